@@ -1,0 +1,32 @@
+// Input checks shared by the kernels: every message says what was expected and what came.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace twoway_fast {
+
+inline void check_matrix(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, name, " must be a 2-D (batch, width) tensor, got shape ", t.sizes());
+  TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());
+}
+
+inline void check_vector(const at::Tensor& t, const char* name, int64_t width, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == width, name, " must have shape (", width, "), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(),
+              " like the activations, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but the activations are on ",
+              like.device());
+}
+
+inline void check_rng_state(const at::Tensor& t, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 1 && t.numel() == 3 && t.scalar_type() == at::kLong,
+              "rng_state must be an int64 tensor (seed, offset, first_row), got ", t.scalar_type(),
+              " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == like.device(), "rng_state is on ", t.device(), " but the activations are on ",
+              like.device());
+}
+
+inline void check_dropout(double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout probability must be in [0, 1), got ", p);
+}
+
+}  // namespace twoway_fast

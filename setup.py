@@ -1,0 +1,84 @@
+"""Builds twoway_fast._C: the CPU kernels always, the CUDA kernels when torch has CUDA and a toolkit.
+
+Environment:
+  FORCE_CUDA=1 / FORCE_CUDA=0   build the CUDA kernels / never build them (default: auto-detect)
+  TORCH_CUDA_ARCH_LIST          target GPUs; defaults to one that includes 9.0 (H100/H200)
+  TWOWAY_DEBUG=1                -O0 -g build
+  TWOWAY_SANITIZE=1             -fsanitize=address,undefined (CPU build only)
+"""
+import glob
+import os
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).parent.resolve()
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+STANDARD_CUDA_HOMES = ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+
+
+def find_cuda_home():
+    """torch's guess, unless it holds no CUDA headers (the nvcc on PATH may be a wrapper script)."""
+    candidates = [cpp_extension.CUDA_HOME, os.environ.get("CUDA_HOME"), *STANDARD_CUDA_HOMES]
+    for home in candidates:
+        if home and (Path(home) / "include" / "cuda_runtime.h").exists():
+            return home
+    return None
+
+
+def want_cuda():
+    forced = os.environ.get("FORCE_CUDA")
+    if forced is not None:
+        return forced == "1"
+    return torch.version.cuda is not None and find_cuda_home() is not None
+
+
+def write_build_info():
+    """Record the torch this build compiles against; __init__ refuses to load under another one."""
+    (ROOT / "twoway_fast" / "_build_info.py").write_text(
+        "# Written by setup.py at build time.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"WITH_CUDA = {want_cuda()!r}\n"
+    )
+
+
+def extension():
+    # setuptools wants source paths relative to setup.py
+    sources = ["csrc/twoway_fast.cpp", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cpu/*.cpp"))]
+    debug = os.environ.get("TWOWAY_DEBUG") == "1"
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    if os.uname().machine == "x86_64":
+        cxx.append("-march=x86-64-v2")  # SSE4.2: every x86_64 server of the last decade
+    cxx += ["-fopenmp", "-std=c++17"]
+    ldflags = ["-fopenmp"]
+    if os.environ.get("TWOWAY_SANITIZE") == "1":
+        cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address,undefined"]
+    include_dirs = [str((ROOT / "csrc").resolve())]
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "twoway_fast._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx}, extra_link_args=ldflags, py_limited_api=False,
+        )
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit with include/cuda_runtime.h was found")
+    cpp_extension.CUDA_HOME = cuda_home  # torch may have guessed a wrapper script's folder
+    os.environ.setdefault("CUDA_HOME", cuda_home)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    sources += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+    return cpp_extension.CUDAExtension(
+        "twoway_fast._C", sources, include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx + ["-DTWOWAY_WITH_CUDA"], "nvcc": nvcc + ["-DTWOWAY_WITH_CUDA"]},
+        extra_link_args=ldflags + ["-lcublas", "-lcublasLt"],
+    )
+
+
+write_build_info()
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,9 @@
+"""twoway_fast: fast, trustworthy 2-Way Nets (Eisenschtat and Wolf, CVPR 2017)."""
+from . import _extension  # raises ImportError when built against another torch
+from . import presets, reference
+from .loss import TwoWayLoss
+from .model import TwoWayNet
+from .reference import LossTerms, TwoWayOutput
+
+__version__ = "0.1.0"
+__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "presets", "reference"]

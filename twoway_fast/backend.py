@@ -1,0 +1,45 @@
+"""Chooses where the computation runs: the fused ops of twoway_fast._C or the plain-PyTorch reference."""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+
+from . import reference
+from ._extension import EXTENSION, WHY_NOT
+
+BACKENDS = ("auto", "fused", "reference")
+
+
+class Backend(NamedTuple):
+    name: str
+    hidden_block: reference.BlockFn
+
+
+REFERENCE = Backend("reference", reference.hidden_block)
+
+
+def fused_unavailable_reason(device: torch.device) -> str:
+    """Empty when the fused ops run on `device`, else why not."""
+    if EXTENSION is None:
+        return WHY_NOT
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::hidden_block", device.type.upper()):
+        return f"twoway_fast._C has no kernels for {device.type} in this build"
+    return ""
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "reference":
+        return REFERENCE
+    why = fused_unavailable_reason(device)
+    if not why:
+        from . import ops  # registers fake kernels and autograd on first use
+
+        return Backend("fused", ops.hidden_block)
+    if name == "fused":
+        raise RuntimeError(f"backend='fused' is unavailable on {device}: {why}")
+    warnings.warn(f"twoway_fast: using the reference backend on {device}: {why}", stacklevel=3)
+    return REFERENCE

@@ -1,0 +1,42 @@
+"""TwoWayLoss: the 2-Way loss of SPEC section 2 as a module bound to its model's weights and gammas."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import reference
+from .reference import LossTerms, TwoWayOutput
+
+DECORRELATION_FORMS = ("second_moment", "correlation")
+DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
+
+
+class TwoWayLoss(nn.Module):
+    """criterion(out, x, y) -> LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y,
+    weight_decay, gamma_penalty): the weighted total and each term unweighted.
+
+    Defaults are SPEC's faithful settings with the mnist preset's lh and lc; the presets
+    (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
+    """
+
+    def __init__(self, model, lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05,
+                 wd: float = 0.05, lg: float = 0.05, decorrelation: str = "second_moment",
+                 decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5):
+        super().__init__()
+        if decorrelation not in DECORRELATION_FORMS:
+            raise ValueError(f"decorrelation must be one of {DECORRELATION_FORMS}, got {decorrelation!r}")
+        if decorrelation_input not in DECORRELATION_INPUTS:
+            raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {decorrelation_input!r}")
+        self.model = [model]  # a plain list: the loss must not re-register the model's parameters
+        self.coefficients = dict(lx=lx, ly=ly, lh=lh, lc=lc, wd=wd, lg=lg)
+        self.decorrelation, self.decorrelation_input = decorrelation, decorrelation_input
+        self.decorrelation_eps = decorrelation_eps
+
+    def forward(self, out: TwoWayOutput, x: Tensor, y: Tensor) -> LossTerms:
+        model = self.model[0]
+        return reference.loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients,
+                              decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
+                              decorrelation_eps=self.decorrelation_eps)
+
+    def extra_repr(self) -> str:
+        return (", ".join(f"{k}={v}" for k, v in self.coefficients.items())
+                + f", decorrelation={self.decorrelation!r}, decorrelation_input={self.decorrelation_input!r}")

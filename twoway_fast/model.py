@@ -1,0 +1,163 @@
+"""TwoWayNet: the nn.Module users hold. It owns the parameters and the BN running statistics; the
+computation comes from a backend: the plain-PyTorch reference or the fused ops."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import reference
+from .backend import resolve_backend
+from .reference import TwoWayOutput
+
+ORDERS = ("act_then_bn", "bn_then_act")
+
+
+class BatchNormParams(nn.Module):
+    """One modified batch norm: gamma ~ U(0.95, 1.05), beta = 0, running mean and std (not variance)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(width).uniform_(0.95, 1.05))
+        self.beta = nn.Parameter(torch.zeros(width))
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_std", torch.ones(width))
+
+
+def _positive_widths(name: str, widths: Sequence[int]) -> list[int]:
+    widths = [int(w) for w in widths]
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"{name} must be a non-empty list of positive widths, got {widths}")
+    return widths
+
+
+def _dropout_per_position(dropout: float | Sequence[float], n: int) -> list[float]:
+    rates = [float(dropout)] * n if isinstance(dropout, (int, float)) else [float(p) for p in dropout]
+    if len(rates) != n:
+        raise ValueError(f"dropout must be one rate or one per hidden position ({n}), got {len(rates)} rates")
+    for p in rates:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return rates
+
+
+def _locally_dense(spec: Mapping[int | str, int] | None, sizes: list[int]) -> dict[int, int]:
+    """{weight index: M}; weight i maps sizes[i] -> sizes[i+1]; negative indices count from the end."""
+    layers = len(sizes) - 1
+    blocks = {}
+    for key, m in (spec or {}).items():
+        i, m = int(key), int(m)
+        if not -layers <= i < layers:
+            raise ValueError(f"locally_dense names weight {i}, but the network has weights 0..{layers - 1}")
+        i %= layers
+        if m < 1 or sizes[i] % m or sizes[i + 1] % m:
+            raise ValueError(f"locally dense weight {i} maps width {sizes[i]} to {sizes[i + 1]}: both must "
+                             f"divide by M = {m}")
+        if m > 1:
+            blocks[i] = m
+    return blocks
+
+
+class TwoWayNet(nn.Module):
+    """A 2-Way Net (SPEC section 1): tied X->Y and Y->X channels sharing W_1..W_{n+1}.
+
+    Args:
+        dx, dy: widths of the two views.
+        hidden: hidden widths h_1..h_n.
+        repr_layer: hidden position (0-based) of the representation; None = the middle one.
+        order: "act_then_bn" (LeakyReLU -> BN, presets mnist/xrmb) or "bn_then_act".
+        dropout: tied-dropout rate, one for all hidden positions or one per position.
+        leak: LeakyReLU slope.
+        locally_dense: {weight index: M} for block-diagonal layers (index -1: the output layer W_{n+1}).
+        backend: "fused" (the twoway_fast ops), "reference" (plain PyTorch) or "auto".
+        bn_eps: batch-norm epsilon (SPEC: 1e-3 faithful).
+        bn_momentum: weight of the batch value in the running mean/std update.
+
+    Parameters: weights[i] is W_{i+1}, shape (h_{i+1}, h_i) or (M, h_{i+1}/M, h_i/M) when locally
+    dense; x_bias[k] / y_bias[k] are each channel's bias at hidden position k, index n the output
+    layer's; bn_x[k] / bn_y[k] the batch norms at hidden position k (mirrored positions share k).
+    """
+
+    def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
+                 order: str = "act_then_bn", dropout: float | Sequence[float] = 0.5, leak: float = 0.3,
+                 locally_dense: Mapping[int | str, int] | None = None, backend: str = "auto",
+                 bn_eps: float = 1e-3, bn_momentum: float = 0.01):
+        super().__init__()
+        self.hidden = _positive_widths("hidden", hidden)
+        dx, dy = _positive_widths("view widths (dx, dy)", [dx, dy])
+        n = len(self.hidden)
+        self.repr_layer = n // 2 if repr_layer is None else int(repr_layer)
+        if not 0 <= self.repr_layer < n:
+            raise ValueError(f"repr_layer must be a hidden position in 0..{n - 1}, got {repr_layer}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if bn_eps <= 0:
+            raise ValueError(f"bn_eps must be positive, got {bn_eps}")
+        self.dx, self.dy, self.order = dx, dy, order
+        self.act_first = order == "act_then_bn"
+        self.dropout = _dropout_per_position(dropout, n)
+        self.leak, self.bn_eps, self.bn_momentum = float(leak), float(bn_eps), float(bn_momentum)
+        sizes = [dx, *self.hidden, dy]
+        self.locally_dense = _locally_dense(locally_dense, sizes)
+        self.weights = nn.ParameterList()
+        for i in range(n + 1):
+            m = self.locally_dense.get(i, 1)
+            shape = (sizes[i + 1], sizes[i]) if m == 1 else (m, sizes[i + 1] // m, sizes[i] // m)
+            self.weights.append(nn.Parameter(reference.glorot_uniform_(torch.empty(shape))))
+        self.x_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dy]])
+        self.y_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dx]])
+        self.bn_x = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
+        self.bn_y = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
+        self.backend = backend
+        resolve_backend(backend, torch.device("cpu"))  # fail now on an unknown or unavailable backend
+
+    def gammas(self) -> list[Tensor]:
+        return [bn.gamma for bn in [*self.bn_x, *self.bn_y]]
+
+    def _check_views(self, x: Tensor, y: Tensor) -> None:
+        for name, v, width in (("x", x, self.dx), ("y", y, self.dy)):
+            if v.dim() != 2 or v.shape[1] != width:
+                raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(v.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same number of rows (pairs), got {x.shape[0]} and {y.shape[0]}")
+        if self.training and x.shape[0] < 2:
+            raise ValueError(f"training needs at least 2 rows per batch (batch statistics), got {x.shape[0]}")
+
+    def forward(self, x: Tensor, y: Tensor, seed: int | Tensor | None = None) -> TwoWayOutput:
+        """Both channels. In training mode the tied-dropout masks come from `seed` (an int64), drawn
+        from torch's generator when None, and the BN running statistics are updated."""
+        self._check_views(x, y)
+        if not self.training:
+            return reference.forward(self, x, y, None)[0]
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+        seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
+        block = resolve_backend(self.backend, x.device).hidden_block
+        out, stats = reference.forward(self, x, y, seed, block)
+        self._update_running_stats(stats)
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, stats) -> None:
+        for (channel, k), (mean, std) in stats.items():
+            bn = (self.bn_x if channel == "x" else self.bn_y)[k]
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), self.bn_momentum)
+            bn.running_std.lerp_(std.detach().to(bn.running_std.dtype), self.bn_momentum)
+
+    def encode_x(self, x: Tensor) -> Tensor:
+        """The X view's representation (eval semantics: running statistics, no dropout)."""
+        if x.dim() != 2 or x.shape[1] != self.dx:
+            raise ValueError(f"x must have shape (batch, {self.dx}), got {tuple(x.shape)}")
+        return reference.encode(self, x, "x")
+
+    def encode_y(self, y: Tensor) -> Tensor:
+        """The Y view's representation (eval semantics: running statistics, no dropout)."""
+        if y.dim() != 2 or y.shape[1] != self.dy:
+            raise ValueError(f"y must have shape (batch, {self.dy}), got {tuple(y.shape)}")
+        return reference.encode(self, y, "y")
+
+    def extra_repr(self) -> str:
+        return (f"dx={self.dx}, dy={self.dy}, hidden={self.hidden}, repr_layer={self.repr_layer}, "
+                f"order={self.order!r}, dropout={self.dropout}, leak={self.leak}, bn_eps={self.bn_eps}, "
+                f"locally_dense={self.locally_dense}, backend={self.backend!r}")

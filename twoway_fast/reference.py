@@ -1,0 +1,246 @@
+"""The plain-PyTorch 2-Way Net, written straight from SPEC.md.
+
+It is the oracle for every fused kernel (tests compare against it), the fallback backend and the
+benchmark baseline, so it stays plain: no fusion, no cleverness, one function per SPEC concept.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+# ---------------------------------------------------------------- tied dropout (SPEC section 1)
+
+def _mulhilo32(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """High and low 32 bits of a * m for a in [0, 2^32), exactly, with 16-bit halves (no int64 overflow)."""
+    a_lo, a_hi = a & 0xFFFF, a >> 16
+    m_lo, m_hi = m & 0xFFFF, m >> 16
+    ll = a_lo * m_lo
+    mid = a_lo * m_hi + a_hi * m_lo + (ll >> 16)
+    lo = ((mid & 0xFFFF) << 16) | (ll & 0xFFFF)
+    hi = a_hi * m_hi + (mid >> 16)
+    return hi, lo
+
+
+def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor) -> list[Tensor]:
+    """Philox4x32-10 on int64 tensors holding unsigned 32-bit words (Salmon et al., SC 2011)."""
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo32(c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return [c0, c1, c2, c3]
+
+
+def dropout_mask(rng_state: Tensor, rows: int, cols: int, p: float, dtype: torch.dtype) -> Tensor | None:
+    """The tied-dropout multiplier of one hidden position: 0 or 1/sqrt(1-p), shape (rows, cols).
+
+    rng_state = int64 (seed, offset, first_row). Element (row, col) is kept iff word col % 4 of
+    Philox4x32-10(counter=(col // 4, first_row + row, offset_lo, offset_hi), key=(seed_lo, seed_hi))
+    is below floor((1 - p) * 2^32). Identical to the kernels' mask (csrc/philox.h). None when p == 0.
+    """
+    if p == 0:
+        return None
+    keep_prob = 1.0 - p
+    state = rng_state.to(torch.int64)
+    device = state.device
+    seed, offset, first_row = state[0], state[1], state[2]
+    col = torch.arange(cols, device=device)
+    row = torch.arange(rows, device=device).unsqueeze(1)
+    words = philox4x32(
+        (col >> 2).unsqueeze(0), (row + first_row) & MASK32, offset & MASK32, (offset >> 32) & MASK32,
+        seed & MASK32, (seed >> 32) & MASK32,
+    )
+    word = torch.stack(words).gather(0, (col & 3).expand(rows, cols).unsqueeze(0)).squeeze(0)
+    keep = word < math.floor(keep_prob * 2.0**32)
+    return keep.to(dtype) * (1.0 / math.sqrt(keep_prob))
+
+
+# ---------------------------------------------------------------- hidden block (SPEC section 1)
+
+def batch_norm_train(u: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Modified BN with batch statistics: returns (output, mean, std = sqrt(var_biased + eps))."""
+    mean = u.mean(0)
+    std = torch.sqrt(u.var(0, unbiased=False) + eps)
+    return gamma * (u - mean) / std + beta, mean, std
+
+
+def hidden_block(z: Tensor, gamma: Tensor, beta: Tensor, rng_state: Tensor, p: float, leak: float,
+                 eps: float, act_first: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Training-mode hidden block, same signature as torch.ops.twoway_fast.hidden_block."""
+    u = F.leaky_relu(z, leak) if act_first else z
+    out, mean, std = batch_norm_train(u, gamma, beta, eps)
+    if not act_first:
+        out = F.leaky_relu(out, leak)
+    mask = dropout_mask(rng_state, z.shape[0], z.shape[1], p, z.dtype)
+    return (out if mask is None else out * mask), mean, std
+
+
+def hidden_block_eval(z: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor, running_std: Tensor,
+                      leak: float, act_first: bool) -> Tensor:
+    """Eval-mode hidden block: running mean and std, no dropout."""
+    u = F.leaky_relu(z, leak) if act_first else z
+    out = gamma * (u - running_mean) / running_std + beta
+    return out if act_first else F.leaky_relu(out, leak)
+
+
+# ---------------------------------------------------------------- tied layers
+
+def full_weight(weight: Tensor) -> Tensor:
+    """The dense (out, in) matrix of a layer; a locally dense layer's (M, out/M, in/M) blocks become
+    the block-diagonal matrix they stand for."""
+    return weight if weight.dim() == 2 else torch.block_diag(*weight.unbind(0))
+
+
+def tied_linear(a: Tensor, weight: Tensor, bias: Tensor, transposed: bool) -> Tensor:
+    """X channel: a W^T + b. Y channel (transposed=True): the same matrix transposed, a W + b."""
+    w = full_weight(weight)
+    return a @ (w if transposed else w.T) + bias
+
+
+def glorot_uniform_(weight: Tensor) -> Tensor:
+    """Glorot/Xavier uniform, per block for a locally dense layer (each block is a dense map)."""
+    fan_out, fan_in = weight.shape[-2], weight.shape[-1]
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+# ---------------------------------------------------------------- the network
+
+class TwoWayOutput(NamedTuple):
+    x_hat: Tensor  # y -> x reconstruction (Y channel output)
+    y_hat: Tensor  # x -> y reconstruction (X channel output)
+    hx: Tensor  # X channel at the representation position, after the tied dropout
+    hy: Tensor  # Y channel at the representation position, after the tied dropout
+    hx_pre: Tensor  # the same before the dropout (the decorrelation's "before_dropout" input)
+    hy_pre: Tensor
+
+
+BlockFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+
+
+def rng_states(seed: Tensor, positions: int) -> Tensor:
+    """One (seed, offset, first_row) per hidden position; the two channels share them (tied dropout)."""
+    states = torch.zeros(positions, 3, dtype=torch.int64, device=seed.device)
+    states[:, 0] = seed
+    states[:, 1] = torch.arange(positions, device=seed.device)
+    return states
+
+
+def _channel(net, a: Tensor, channel: str, states: Tensor | None, block: BlockFn, stop_at: int | None = None):
+    """Runs one channel. X visits hidden positions 0..n-1 with W_1..W_n, Y visits n-1..0 with
+    W_{n+1}^T..W_2^T; both end with the remaining matrix (W_{n+1} for X, W_1^T for Y).
+
+    Returns (output, {position: (out, pre_dropout)}, {position: (batch mean, batch std)}).
+    With stop_at, returns the hidden output at that position instead of running to the end.
+    """
+    n = len(net.hidden)
+    positions = range(n) if channel == "x" else range(n - 1, -1, -1)
+    bns, biases = (net.bn_x, net.x_bias) if channel == "x" else (net.bn_y, net.y_bias)
+    taken, stats = {}, {}
+    for k in positions:
+        weight = net.weights[k] if channel == "x" else net.weights[k + 1]
+        z = tied_linear(a, weight, biases[k], transposed=channel == "y")
+        bn = bns[k]
+        if states is None:
+            a = pre = hidden_block_eval(z, bn.gamma, bn.beta, bn.running_mean, bn.running_std, net.leak,
+                                        net.act_first)
+        else:
+            p = net.dropout[k]
+            if k == net.repr_layer and p > 0:  # keep the pre-dropout value for the decorrelation
+                pre, mean, std = block(z, bn.gamma, bn.beta, states[k], 0.0, net.leak, net.bn_eps, net.act_first)
+                a = pre * dropout_mask(states[k], z.shape[0], z.shape[1], p, z.dtype)
+            else:
+                a, mean, std = block(z, bn.gamma, bn.beta, states[k], p, net.leak, net.bn_eps, net.act_first)
+                pre = a
+            stats[k] = (mean, std)
+        if k == net.repr_layer:
+            taken[k] = (a, pre)
+            if stop_at == k:
+                return a, taken, stats
+    out_weight = net.weights[n] if channel == "x" else net.weights[0]
+    return tied_linear(a, out_weight, biases[n], transposed=channel == "y"), taken, stats
+
+
+def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, block: BlockFn = hidden_block):
+    """Both channels of a 2-Way Net. seed=None means eval mode (running statistics, no dropout).
+
+    `net` supplies the parameters (a twoway_fast.TwoWayNet); `block` is the training-mode hidden
+    block (this module's, or a fused op with the same signature).
+    Returns (TwoWayOutput, batch statistics {("x" or "y", position): (mean, std)}).
+    """
+    states = None if seed is None else rng_states(seed, len(net.hidden))
+    y_hat, taken_x, stats_x = _channel(net, x, "x", states, block)
+    x_hat, taken_y, stats_y = _channel(net, y, "y", states, block)
+    r = net.repr_layer
+    out = TwoWayOutput(x_hat, y_hat, taken_x[r][0], taken_y[r][0], taken_x[r][1], taken_y[r][1])
+    stats = {("x", k): v for k, v in stats_x.items()} | {("y", k): v for k, v in stats_y.items()}
+    return out, stats
+
+
+def encode(net, a: Tensor, channel: str) -> Tensor:
+    """Eval-mode representation of one view at the representation position."""
+    return _channel(net, a, channel, None, hidden_block, stop_at=net.repr_layer)[0]
+
+
+# ---------------------------------------------------------------- the loss (SPEC section 2)
+
+class LossTerms(NamedTuple):
+    """The weighted total and every term unweighted."""
+    total: Tensor
+    recon_x: Tensor  # mean_rows sum_cols (x - x_hat)^2
+    recon_y: Tensor
+    midway: Tensor  # mean_rows sum_cols (hx - hy)^2
+    decorr_x: Tensor  # ||Cx||_F - ||diag Cx||_2
+    decorr_y: Tensor
+    weight_decay: Tensor  # sum ||W_i||_F^2 + sum gamma^2
+    gamma_penalty: Tensor  # sum 1 / gamma^2
+
+
+def squared_distance(a: Tensor, b: Tensor) -> Tensor:
+    return (a - b).pow(2).sum(1).mean()
+
+
+def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> Tensor:
+    """||C||_F - ||diag(C)||_2 with C the uncentred second moment h^T h / B ("second_moment") or the
+    batch correlation matrix ("correlation": columns centred, scaled to unit variance with eps)."""
+    if form == "correlation":
+        centred = h - h.mean(0)
+        h = centred / torch.sqrt(centred.pow(2).mean(0) + eps)
+    elif form != "second_moment":
+        raise ValueError(f"decorrelation form must be 'second_moment' or 'correlation', got {form!r}")
+    c = h.T @ h / h.shape[0]
+    return torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
+
+
+def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,
+         lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05, wd: float = 0.05,
+         lg: float = 0.05, decorrelation_form: str = "second_moment",
+         decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
+    """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
+    both channels. Defaults are SPEC's faithful ones (lh, lc of the mnist preset)."""
+    if decorrelation_input not in ("after_dropout", "before_dropout"):
+        raise ValueError(f"decorrelation_input must be 'after_dropout' or 'before_dropout', got "
+                         f"{decorrelation_input!r}")
+    hx, hy = (out.hx, out.hy) if decorrelation_input == "after_dropout" else (out.hx_pre, out.hy_pre)
+    recon_x = squared_distance(x, out.x_hat)
+    recon_y = squared_distance(y, out.y_hat)
+    midway = squared_distance(out.hx, out.hy)
+    decorr_x = decorrelation(hx, decorrelation_form, decorrelation_eps)
+    decorr_y = decorrelation(hy, decorrelation_form, decorrelation_eps)
+    weight_decay = sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas)
+    gamma_penalty = sum(g.pow(-2).sum() for g in gammas)
+    total = (lx * recon_x + ly * recon_y + lh * midway + lc * (decorr_x + decorr_y) + wd * weight_decay
+             + lg * gamma_penalty)
+    return LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty)
