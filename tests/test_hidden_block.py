@@ -79,3 +79,17 @@ def test_bad_input_is_refused(change, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.twoway_fast.hidden_block(args["z"], args["gamma"], args["beta"], args["state"], args["p"],
                                            0.3, 1e-3, True)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    z, gamma, beta, state = inputs(16, 12, torch.float32)
+
+    def f(z, gamma, beta):
+        out, mean, std = ops.hidden_block(z * 2, gamma, beta, state, 0.5, 0.3, 1e-3, True)
+        return (out * out).sum() + mean.sum() + std.sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    want = torch.autograd.grad(f(z, gamma, beta), (z, gamma, beta))
+    got = torch.autograd.grad(compiled(z, gamma, beta), (z, gamma, beta))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
