@@ -47,7 +47,7 @@ struct DropoutMask {
   double scale;
   bool active;
 
-  static DropoutMask make(int64_t seed, int64_t offset, int64_t first_row, double p) {
+  TWOWAY_HD static DropoutMask make(int64_t seed, int64_t offset, int64_t first_row, double p) {
     const double keep = 1.0 - p;
     DropoutMask m;
     m.k0 = static_cast<uint32_t>(static_cast<uint64_t>(seed));
@@ -55,8 +55,8 @@ struct DropoutMask {
     m.off_lo = static_cast<uint32_t>(static_cast<uint64_t>(offset));
     m.off_hi = static_cast<uint32_t>(static_cast<uint64_t>(offset) >> 32);
     m.first_row = first_row;
-    m.threshold = static_cast<uint64_t>(std::floor(keep * 4294967296.0));
-    m.scale = 1.0 / std::sqrt(keep);
+    m.threshold = static_cast<uint64_t>(floor(keep * 4294967296.0));
+    m.scale = 1.0 / sqrt(keep);
     m.active = p > 0.0;
     return m;
   }

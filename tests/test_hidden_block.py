@@ -93,3 +93,35 @@ def test_torch_compile_fullgraph_matches_eager():
     got = torch.autograd.grad(compiled(z, gamma, beta), (z, gamma, beta))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+CUDA_TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-10),
+                  torch.bfloat16: dict(rtol=2e-2, atol=3e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
+
+
+@cuda
+@pytest.mark.parametrize("dtype", list(CUDA_TOLERANCE))
+@pytest.mark.parametrize("act_first", ORDERS)
+@pytest.mark.parametrize("batch, width", [(2, 1), (3, 7), (129, 50), (128, 392), (64, 1000)])
+def test_cuda_matches_reference(batch, width, dtype, act_first):
+    """The CUDA kernel against the float64 reference on the CPU, same masks."""
+    z, gamma, beta, state = inputs(batch, width, torch.float64)
+    ref = reference.hidden_block(z, gamma, beta, state, 0.5, 0.3, 1e-3, act_first)
+    grad = torch.randn_like(z)
+    want = torch.autograd.grad(ref[0], (z, gamma, beta), grad)
+    dev = [t.detach().to("cuda", dtype).requires_grad_() for t in (z, gamma, beta)]
+    fused = ops.hidden_block(*dev, state.cuda(), 0.5, 0.3, 1e-3, act_first)
+    got = torch.autograd.grad(fused[0], dev, grad.to("cuda", dtype))
+    tol = CUDA_TOLERANCE[dtype]
+    assert torch.equal((fused[0] == 0).cpu(), ref[0] == 0) or width == 1, "identical dropout masks"
+    for name, a, b in zip(("out", "mean", "std", "grad z", "grad gamma", "grad beta"), [*fused, *got], [*ref, *want]):
+        scale = b.abs().max().clamp_min(1).item()  # gradients of 129 rows: compare relative to their size
+        torch.testing.assert_close(a.double().cpu() / scale, b.detach() / scale, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@cuda
+def test_cuda_opcheck():
+    z, gamma, beta, state = (t.cuda() for t in inputs(5, 6, torch.float32, requires_grad=False))
+    z.requires_grad_(), gamma.requires_grad_(), beta.requires_grad_()
+    torch.library.opcheck(torch.ops.twoway_fast.hidden_block.default, (z, gamma, beta, state, 0.5, 0.3, 1e-3, True))
