@@ -130,8 +130,8 @@ class TwoWayNet(nn.Module):
         self._check_views(x, y)
         if not self.training:
             return reference.forward(self, x, y, None)[0]
-        if seed is None:
-            seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+        if seed is None:  # drawn on the data's device: no host round trip, capturable in a CUDA graph
+            seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device=x.device)
         seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
         block = resolve_backend(self.backend, x.device).hidden_block
         out, stats = reference.forward(self, x, y, seed, block)
