@@ -29,4 +29,24 @@ inline void check_dropout(double p) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout probability must be in [0, 1), got ", p);
 }
 
+inline void check_hidden_block(const at::Tensor& z, const at::Tensor& gamma, const at::Tensor& beta,
+                               const at::Tensor& rng_state, double p) {
+  check_matrix(z, "z");
+  TORCH_CHECK(z.size(0) >= 2, "batch statistics need at least 2 rows in training, got a batch of ", z.size(0));
+  check_vector(gamma, "gamma", z.size(1), z);
+  check_vector(beta, "beta", z.size(1), z);
+  check_rng_state(rng_state, z);
+  check_dropout(p);
+}
+
+inline void check_hidden_block_backward(const at::Tensor& grad_out, const at::Tensor& z, const at::Tensor& gamma,
+                                        const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& std,
+                                        const at::Tensor& rng_state, double p) {
+  check_hidden_block(z, gamma, beta, rng_state, p);
+  TORCH_CHECK(grad_out.sizes() == z.sizes(), "grad_out must have the shape of z ", z.sizes(), ", got ",
+              grad_out.sizes());
+  check_vector(mean, "mean", z.size(1), z);
+  check_vector(std, "std", z.size(1), z);
+}
+
 }  // namespace twoway_fast

@@ -123,20 +123,10 @@ void backward_kernel(const T* grad_out, const T* z, const T* gamma, const T* bet
   });
 }
 
-void check_block_inputs(const at::Tensor& z, const at::Tensor& gamma, const at::Tensor& beta,
-                        const at::Tensor& rng_state, double p) {
-  check_matrix(z, "z");
-  TORCH_CHECK(z.size(0) >= 2, "batch statistics need at least 2 rows in training, got a batch of ", z.size(0));
-  check_vector(gamma, "gamma", z.size(1), z);
-  check_vector(beta, "beta", z.size(1), z);
-  check_rng_state(rng_state, z);
-  check_dropout(p);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in,
                                                                 const at::Tensor& beta_in, const at::Tensor& rng_state,
                                                                 double p, double leak, double eps, bool act_first) {
-  check_block_inputs(z_in, gamma_in, beta_in, rng_state, p);
+  check_hidden_block(z_in, gamma_in, beta_in, rng_state, p);
   const auto z = z_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   const DropoutMask mask = mask_from(rng_state, p);
   auto out = at::empty_like(z);
@@ -154,11 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
     const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
     bool act_first) {
-  check_block_inputs(z_in, gamma_in, beta_in, rng_state, p);
-  TORCH_CHECK(grad_out_in.sizes() == z_in.sizes(), "grad_out must have the shape of z ", z_in.sizes(), ", got ",
-              grad_out_in.sizes());
-  check_vector(mean_in, "mean", z_in.size(1), z_in);
-  check_vector(std_in, "std", z_in.size(1), z_in);
+  check_hidden_block_backward(grad_out_in, z_in, gamma_in, beta_in, mean_in, std_in, rng_state, p);
   const auto grad_out = grad_out_in.contiguous().to(z_in.scalar_type()), z = z_in.contiguous();
   const auto gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   const auto mean = mean_in.contiguous(), std = std_in.contiguous();
