@@ -48,3 +48,14 @@ def _hidden_block_backward(ctx, grad_out, _grad_mean, _grad_std):
 
 torch.library.register_autograd("twoway_fast::hidden_block", _hidden_block_backward,
                                 setup_context=_hidden_block_setup)
+
+
+def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor, tile_rows: int) -> tuple[Tensor, Tensor]:
+    """Ranks under dot-product similarity of the rows as given (normalise them first for correlation),
+    tile_rows queries per GEMM: (ranks_a2b (n,), ranks_b2a (m,)), int64, 1-based, ties against the query."""
+    return torch.ops.twoway_fast.retrieval_ranks.default(a, b, group, tile_rows)
+
+
+@torch.library.register_fake("twoway_fast::retrieval_ranks")
+def _(a, b, group, tile_rows):
+    return a.new_empty(a.shape[0], dtype=torch.int64), b.new_empty(b.shape[0], dtype=torch.int64)

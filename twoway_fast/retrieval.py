@@ -1,10 +1,18 @@
-"""Cross-view retrieval ranks, computed tile by tile: no N x M similarity matrix in memory, no sort."""
+"""Cross-view retrieval ranks, computed tile by tile: no N x M similarity matrix in memory, no sort.
+
+The fused op (csrc/retrieval_ranks.h, CPU and CUDA) does the work where the extension has a kernel for
+the device; `plain_ranks` is the plain-PyTorch version of the same rule, the fallback elsewhere."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-TILE = 1024
+from ._extension import EXTENSION
+
+# Query rows per GEMM block: the block is tile_rows x candidates scores. Large enough for an efficient
+# GEMM, small enough that the block stays a small multiple of the inputs.
+TILE_ROWS = {"cpu": 512, "cuda": 4096}
+PLAIN_TILE_ROWS = 1024
 
 
 def correlation_normalise(a: Tensor) -> Tensor:
@@ -18,6 +26,9 @@ def _check(a: Tensor, b: Tensor, group: Tensor | None) -> Tensor:
         raise ValueError(f"a and b must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] == 0 or b.shape[0] == 0:
         raise ValueError("a and b must not be empty")
+    if a.dtype != b.dtype or a.device != b.device or not a.is_floating_point():
+        raise ValueError(f"a and b must be floating point of one dtype on one device, got {a.dtype} on {a.device} "
+                         f"and {b.dtype} on {b.device}")
     if group is None:
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"without group, a and b must have the same number of rows, got {a.shape[0]} and {b.shape[0]}")
@@ -32,22 +43,30 @@ def _check(a: Tensor, b: Tensor, group: Tensor | None) -> Tensor:
     return group
 
 
-def _ranks(queries: Tensor, candidates: Tensor, true_of_candidate: Tensor, query_owns: bool) -> Tensor:
-    """Rank of each query's best true candidate: 1 + the non-matching candidates scoring at least as
-    high (ties count against the query)."""
+def _plain_one_way(queries: Tensor, candidates: Tensor, true_of_candidate: Tensor, query_owns: bool) -> Tensor:
     n = queries.shape[0]
     ranks = torch.empty(n, dtype=torch.int64, device=queries.device)
-    for start in range(0, n, TILE):
-        rows = torch.arange(start, min(n, start + TILE), device=queries.device)
+    for start in range(0, n, PLAIN_TILE_ROWS):
+        rows = torch.arange(start, min(n, start + PLAIN_TILE_ROWS), device=queries.device)
         scores = queries[rows] @ candidates.T
         if query_owns:  # candidate j matches query i iff true_of_candidate[j] == i
             match = true_of_candidate.unsqueeze(0) == rows.unsqueeze(1)
         else:  # query j matches candidate true_of_candidate[j]
             match = torch.zeros_like(scores, dtype=torch.bool)
             match[torch.arange(len(rows)), true_of_candidate[rows]] = True
-        best = scores.masked_fill(~match, float("-inf")).amax(1, keepdim=True)
-        ranks[rows] = 1 + ((scores >= best) & ~match).sum(1)
+        best = scores.masked_fill(~match, float("-inf")).amax(1, keepdim=True)  # NaN propagates
+        ranks[rows] = 1 + (~(scores < best) & ~match).sum(1)
     return ranks
+
+
+def plain_ranks(a: Tensor, b: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
+    """The fused op's rule in plain PyTorch, on rows already normalised: dot-product similarity."""
+    return _plain_one_way(a, b, group, query_owns=True), _plain_one_way(b, a, group, query_owns=False)
+
+
+def fused_available(device: torch.device) -> bool:
+    return EXTENSION is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "twoway_fast::retrieval_ranks", device.type.upper())
 
 
 def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -56,8 +75,15 @@ def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor | None = None) -> tuple[
     a: (n, d), b: (m, d); group: int64 (m,), the row of `a` that each row of `b` belongs to (None: m == n
     and row i pairs with row i). Returns (ranks_a2b (n,), ranks_b2a (m,)): for each `a` row the rank of
     its best matching `b` row among all m, for each `b` row the rank of its `a` row among all n.
-    Ties count against the query: rank = 1 + #non-matching candidates scoring >= the best match.
+    Ties count against the query: rank = 1 + #non-matching candidates scoring >= the best match; a NaN
+    score counts against the query too. Half and bfloat16 inputs are scored in float32.
     """
     group = _check(a, b, group)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a, b = a.float(), b.float()
     a_n, b_n = correlation_normalise(a), correlation_normalise(b)
-    return _ranks(a_n, b_n, group, query_owns=True), _ranks(b_n, a_n, group, query_owns=False)
+    if fused_available(a.device):
+        from . import ops  # registers the fake kernel on first use
+
+        return ops.retrieval_ranks(a_n, b_n, group, TILE_ROWS.get(a.device.type, TILE_ROWS["cuda"]))
+    return plain_ranks(a_n, b_n, group)
