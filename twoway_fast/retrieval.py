@@ -44,11 +44,14 @@ def _check(a: Tensor, b: Tensor, group: Tensor | None) -> Tensor:
 
 
 def _plain_one_way(queries: Tensor, candidates: Tensor, true_of_candidate: Tensor, query_owns: bool) -> Tensor:
+    # Identical candidates must tie, and one GEMM may round identical columns differently: score each
+    # distinct candidate row once (as the fused op does, see csrc/retrieval_ranks.h).
+    distinct, inverse = torch.unique(candidates, dim=0, return_inverse=True)
     n = queries.shape[0]
     ranks = torch.empty(n, dtype=torch.int64, device=queries.device)
     for start in range(0, n, PLAIN_TILE_ROWS):
         rows = torch.arange(start, min(n, start + PLAIN_TILE_ROWS), device=queries.device)
-        scores = queries[rows] @ candidates.T
+        scores = (queries[rows] @ distinct.T)[:, inverse]
         if query_owns:  # candidate j matches query i iff true_of_candidate[j] == i
             match = true_of_candidate.unsqueeze(0) == rows.unsqueeze(1)
         else:  # query j matches candidate true_of_candidate[j]

@@ -12,8 +12,8 @@ namespace twoway_fast {
 namespace {
 
 template <typename T>
-void count_block(const T* scores, int64_t rows, int64_t width, int64_t row0, const int64_t* ptr,
-                 const int64_t* idx, int64_t* ranks) {
+void count_block(const T* scores, int64_t rows, int64_t width, int64_t row0, const int64_t* weight,
+                 const int64_t* ptr, const int64_t* idx, int64_t* ranks) {
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* s = scores + r * width;
@@ -23,11 +23,10 @@ void count_block(const T* scores, int64_t rows, int64_t width, int64_t row0, con
         const T v = s[idx[k]];
         if (v > best || std::isnan(v)) best = v;  // a NaN among the matches makes the query fail
       }
-      int64_t at_least = 0;  // candidates c with !(s_c < best): the matches at best are among them
-      for (int64_t c = 0; c < width; ++c) at_least += !(s[c] < best);
-      int64_t matches_at_least = 0;
-      for (int64_t k = m0; k < m1; ++k) matches_at_least += !(s[idx[k]] < best);
-      ranks[r] = 1 + at_least - matches_at_least;
+      int64_t at_least = 0;  // original candidates with !(s < best): the matches at best are among them
+      for (int64_t c = 0; c < width; ++c) at_least += s[c] < best ? 0 : weight[c];
+      for (int64_t k = m0; k < m1; ++k) at_least -= !(s[idx[k]] < best);
+      ranks[r] = 1 + at_least;
     }
   });
 }
@@ -35,11 +34,11 @@ void count_block(const T* scores, int64_t rows, int64_t width, int64_t row0, con
 std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cpu(const at::Tensor& a, const at::Tensor& b,
                                                        const at::Tensor& group, int64_t tile_rows) {
   TORCH_CHECK(a.device().is_cpu(), "retrieval_ranks (CPU kernel): expected CPU tensors, got ", a.device());
-  auto count = [](const Block& block, const MatchLists& match, at::Tensor ranks) {
+  auto count = [](const Block& block, const Candidates& cand, at::Tensor ranks) {
     AT_DISPATCH_FLOATING_TYPES(block.scores.scalar_type(), "retrieval_ranks_cpu", [&] {
       count_block<scalar_t>(block.scores.data_ptr<scalar_t>(), block.scores.size(0), block.scores.size(1),
-                            block.row0, match.ptr.data_ptr<int64_t>(), match.idx.data_ptr<int64_t>(),
-                            ranks.data_ptr<int64_t>());
+                            block.row0, cand.weight.data_ptr<int64_t>(), cand.ptr.data_ptr<int64_t>(),
+                            cand.idx.data_ptr<int64_t>(), ranks.data_ptr<int64_t>());
     });
   };
   return retrieval_ranks_tiled(a, b, group, tile_rows, count);

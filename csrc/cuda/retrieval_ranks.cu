@@ -18,8 +18,8 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void count_block_kernel(const T* __restrict__ scores, int64_t width, int64_t row0,
-                                   const int64_t* __restrict__ ptr, const int64_t* __restrict__ idx,
-                                   int64_t* __restrict__ ranks) {
+                                   const int64_t* __restrict__ weight, const int64_t* __restrict__ ptr,
+                                   const int64_t* __restrict__ idx, int64_t* __restrict__ ranks) {
   const int64_t r = blockIdx.x;
   const T* s = scores + r * width;
   const int64_t m0 = ptr[row0 + r], m1 = ptr[row0 + r + 1];
@@ -34,8 +34,8 @@ __global__ void count_block_kernel(const T* __restrict__ scores, int64_t width, 
   }
   __syncthreads();
   const T best = best_shared;
-  long long at_least = 0;  // candidates c with !(s_c < best), the matches at best included
-  for (int64_t c = threadIdx.x; c < width; c += kThreads) at_least += !(s[c] < best);
+  long long at_least = 0;  // original candidates with !(s < best), the matches at best included
+  for (int64_t c = threadIdx.x; c < width; c += kThreads) at_least += s[c] < best ? 0 : weight[c];
   for (int64_t k = m0 + threadIdx.x; k < m1; k += kThreads) at_least -= !(s[idx[k]] < best);
   using Reduce = cub::BlockReduce<long long, kThreads>;
   __shared__ typename Reduce::TempStorage temp;
@@ -47,13 +47,13 @@ std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cuda(const at::Tensor& a, con
                                                         const at::Tensor& group, int64_t tile_rows) {
   TORCH_CHECK(a.is_cuda(), "retrieval_ranks (CUDA kernel): expected CUDA tensors, got ", a.device());
   const c10::cuda::CUDAGuard guard(a.device());
-  auto count = [](const Block& block, const MatchLists& match, at::Tensor ranks) {
+  auto count = [](const Block& block, const Candidates& cand, at::Tensor ranks) {
     const int64_t rows = block.scores.size(0);
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(block.scores.scalar_type(), "retrieval_ranks_cuda", [&] {
       count_block_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
-          block.scores.data_ptr<scalar_t>(), block.scores.size(1), block.row0, match.ptr.data_ptr<int64_t>(),
-          match.idx.data_ptr<int64_t>(), ranks.data_ptr<int64_t>());
+          block.scores.data_ptr<scalar_t>(), block.scores.size(1), block.row0, cand.weight.data_ptr<int64_t>(),
+          cand.ptr.data_ptr<int64_t>(), cand.idx.data_ptr<int64_t>(), ranks.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   };
