@@ -40,5 +40,36 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
 
+# Compiles every csrc/cuda/*.cu for sm_90 against the venv's torch headers, on a machine without a GPU
+# (or a CUDA torch). The system CUDA lacks the cuBLAS/cuSPARSE/cuSOLVER/cuRAND headers that ATen's CUDA
+# headers include: their folders come from the pinned nvidia-* wheels (CUDA 13.0), unpacked once.
+# Objects are only checked, never linked; each is rebuilt when its source or a header changes.
+NVCC ?= /usr/local/cuda-13.0/bin/nvcc
+CUDA_CHECK_DIR := build/cuda-check
+CUDA_HEADERS := $(VENV)/cuda-headers
+CUDA_HEADER_WHEELS := nvidia-cublas==13.0.2.14 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66 \
+                      nvidia-curand==10.4.0.35
+CU_OBJECTS := $(patsubst csrc/cuda/%.cu,$(CUDA_CHECK_DIR)/%.o,$(wildcard csrc/cuda/*.cu))
+TORCH_DIR = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])")
+NVCC_FLAGS = -std=c++17 -O3 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr \
+  -diag-suppress 3306 -Xcompiler -Wno-c++20-extensions \
+  -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -DTWOWAY_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+  -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+  -D__CUDA_NO_HALF2_OPERATORS__ -Icsrc -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include \
+  -I$(CUDA_HEADERS)/nvidia/cu13/include
+
+$(CUDA_HEADERS)/.unpacked: $(VENV)/.created
+	$(PY) -m pip download -q --no-deps -d $(VENV)/cuda-wheels $(CUDA_HEADER_WHEELS)
+	for wheel in $(VENV)/cuda-wheels/*.whl; do unzip -qo "$$wheel" 'nvidia/*/include/*' -d $(CUDA_HEADERS); done
+	rm -rf $(VENV)/cuda-wheels  # only the headers are needed
+	touch $@
+
+$(CUDA_CHECK_DIR)/%.o: csrc/cuda/%.cu $(wildcard csrc/*.h csrc/cuda/*.cuh) $(CUDA_HEADERS)/.unpacked Makefile
+	@mkdir -p $(CUDA_CHECK_DIR)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+cuda-check: $(CU_OBJECTS)
+	@echo "cuda-check: $(words $(CU_OBJECTS)) CUDA source(s) compile for sm_90"
+
 clean:
 	rm -rf build *.egg-info twoway_fast/_C*.so twoway_fast/_build_info.py

@@ -2,7 +2,7 @@
 // in retrieval_ranks.h): one thread block per block row; thread 0 finds the best match, every thread
 // counts a strided slice of the row, then a block reduction.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cuda(const at::Tensor& a, con
   const c10::cuda::CUDAGuard guard(a.device());
   auto count = [](const Block& block, const Candidates& cand, at::Tensor ranks) {
     const int64_t rows = block.scores.size(0);
-    const auto stream = at::cuda::getCurrentCUDAStream();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(block.scores.scalar_type(), "retrieval_ranks_cuda", [&] {
       count_block_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
           block.scores.data_ptr<scalar_t>(), block.scores.size(1), block.row0, cand.weight.data_ptr<int64_t>(),
