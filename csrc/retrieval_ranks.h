@@ -1,34 +1,36 @@
-// The device-independent half of retrieval_ranks: input checks, distinct candidates, the match lists
-// and the tile loop. The CPU and CUDA kernels supply only the counting pass over one block of scores.
+// The device-independent half of retrieval_ranks: input checks, the per-row thresholds and the tile
+// loop. The CPU and CUDA kernels supply the float64 reference dot product and the counting pass.
 //
 // Rule: rank = 1 + #non-matching candidates c with !(s_c < best), best = the highest score among the
-// query's matching candidates. So ties count against the query, and a NaN score (a candidate's, or
-// the best one's) counts against it too: bad inputs never look like good retrieval.
+// query's matching candidates: ties count against the query, and so does a NaN score.
 //
-// Coherent ties: `best` is read from the very block the counts compare it with (one GEMM), never
-// recomputed apart. And BLAS does not promise bit-identical results for identical columns at different
-// positions of one GEMM (MKL's sgemm differs in the last bit, measured), so a candidate identical to
-// the true one could score a hair lower and not count. Hence each distinct candidate row is scored once
-// and counted with its multiplicity: identical candidates share one score and always tie.
+// Which scores? One GEMM does not round identical columns identically (MKL's sgemm differs in the last
+// bit between positions, measured), so "the block's score" would make a copy of the true candidate
+// sometimes tie and sometimes not. The scores that count are instead s = dot64(query, candidate): a
+// float64 dot product in one fixed order, a pure function of the two rows, so identical rows always
+// tie. The GEMM block only sorts candidates out: a rigorous bound e on |GEMM score - dot64| (both
+// within gamma_d * |q| |c| of the exact value) decides every candidate whose block score is farther
+// than e from best; only those within e (near-ties: rare) are recomputed with dot64.
+//
+// One GEMM of image rows against all captions serves both directions: rows count image -> caption
+// ranks, columns accumulate caption -> image counts across tiles. Memory: one tile_rows x m block.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <limits>
 #include <tuple>
 
 namespace twoway_fast {
 
-// One direction: the queries' candidates, de-duplicated, and which of them each query matches.
-struct Candidates {
-  at::Tensor rows;    // (u, d): the distinct candidate rows
-  at::Tensor weight;  // (u,) int64: how many original candidates each distinct row stands for
-  at::Tensor ptr;     // (queries + 1,) int64: query q matches idx[ptr[q] .. ptr[q+1])
-  at::Tensor idx;     // int64 indices into rows, one per original matching candidate
-};
-
-// The block scores rows [row0, row0 + scores.size(0)) of the queries against every distinct candidate.
-struct Block {
-  const at::Tensor& scores;  // (rows, u), contiguous, float or double
-  int64_t row0;
+// Everything the counting pass needs besides the block; a and b rows, S the GEMM's dtype.
+struct Prepared {
+  at::Tensor a, b, group;  // (n, d), (m, d) contiguous, float or double; (m,) int64
+  at::Tensor best_a;       // (n,) double: dot64 of each a row with its best matching b row
+  at::Tensor true_b;       // (m,) double: dot64 of each b row with its a row
+  at::Tensor per_a;        // (n,) int64: matching b rows per a row
+  at::Tensor hi_a, lo_a;   // (n,) GEMM dtype: best_a -/+ the bound, rounded outwards
+  at::Tensor hi_b, lo_b;   // (m,) GEMM dtype: true_b -/+ the bound, rounded outwards
 };
 
 inline void check_retrieval_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group,
@@ -50,7 +52,8 @@ inline void check_retrieval_inputs(const at::Tensor& a, const at::Tensor& b, con
   TORCH_CHECK(tile_rows > 0, "retrieval_ranks: tile_rows must be positive, got ", tile_rows);
 }
 
-// Validates group; one host synchronisation, fine for evaluation (never inside a training step).
+// Validates group (host synchronisations: fine for evaluation, never inside a training step) and
+// returns how many b rows each a row has.
 inline at::Tensor matches_per_a_row(const at::Tensor& group, int64_t n) {
   const int64_t lo = group.min().item<int64_t>(), hi = group.max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < n, "retrieval_ranks: group values must index rows of a (0..", n - 1, "), got ",
@@ -62,44 +65,79 @@ inline at::Tensor matches_per_a_row(const at::Tensor& group, int64_t n) {
   return counts;
 }
 
-// Candidates `x` for queries whose matches are x's rows orig_idx[ptr[q] .. ptr[q+1]).
-inline Candidates distinct_candidates(const at::Tensor& x, at::Tensor ptr, const at::Tensor& orig_idx) {
-  auto [rows, inverse, counts] = at::unique_dim(x, 0, /*sorted=*/false, /*return_inverse=*/true,
-                                                /*return_counts=*/true);
-  return {rows, counts, std::move(ptr), inverse.index_select(0, orig_idx)};
+// c such that |GEMM(q . x) - dot64(q . x)| <= c |q| |x| (plus an absolute term for underflow): each is
+// within gamma_d = d u / (1 - d u) of the exact value (Higham, any summation order, FMA or not). When
+// float32 matmuls may run in TF32 or bfloat16, the inputs' rounding (<= 2^-8 each) is added.
+inline double gemm_error_coefficient(int64_t d, at::ScalarType dtype, bool reduced_fp32) {
+  auto gamma = [d](double u) {
+    const double du = static_cast<double>(d) * u;
+    return du < 0.5 ? du / (1.0 - du) : std::numeric_limits<double>::infinity();
+  };
+  const double u_gemm = dtype == at::kDouble ? std::ldexp(1.0, -53) : std::ldexp(1.0, -24);
+  double c = gamma(u_gemm) + gamma(std::ldexp(1.0, -53));
+  if (dtype == at::kFloat && reduced_fp32) c += 2 * std::ldexp(1.0, -8) + std::ldexp(1.0, -16);
+  return c * 1.01;  // headroom for the rounding of the norms and of this bound itself
 }
 
-// Ranks of `queries` against `cand`, tile_rows queries per GEMM; the block lives until `count` has
-// turned it into ranks, so memory stays O(tile_rows x candidates).
-template <typename CountFn>
-at::Tensor ranks_one_way(const at::Tensor& queries, const Candidates& cand, int64_t tile_rows, CountFn&& count) {
-  const int64_t n = queries.size(0);
-  auto ranks = at::empty({n}, queries.options().dtype(at::kLong));
-  const auto candidates_t = cand.rows.t();
+inline bool reduced_fp32_matmul(const at::Device& device) {
+  const auto backend = device.is_cuda() ? at::Float32Backend::CUDA : at::Float32Backend::MKLDNN;
+  const auto p = at::globalContext().float32Precision(backend, at::Float32Op::MATMUL);
+  return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
+}
+
+// [centre - slack, centre + slack] in the GEMM dtype, rounded outwards so it still contains the
+// double-precision interval.
+inline std::tuple<at::Tensor, at::Tensor> band(const at::Tensor& centre, const at::Tensor& slack,
+                                               at::ScalarType dtype) {
+  const auto inf = at::full({}, std::numeric_limits<double>::infinity(), centre.options()).to(dtype);
+  const auto hi = (centre + slack).to(dtype), lo = (centre - slack).to(dtype);
+  return {at::nextafter(hi, inf), at::nextafter(lo, -inf)};
+}
+
+// true_scores(a, b, group) -> (m,) double: dot64(a[group[j]], b[j]). count(block, row0, prep,
+// ranks_a rows of the tile, counts_b): see the kernels.
+template <typename TrueScores, typename Count>
+std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                         const at::Tensor& group_in, int64_t tile_rows,
+                                                         TrueScores&& true_scores, Count&& count) {
+  check_retrieval_inputs(a_in, b_in, group_in, tile_rows);
+  const bool reduced = a_in.scalar_type() == at::kHalf || a_in.scalar_type() == at::kBFloat16;
+  Prepared p;
+  p.a = reduced ? a_in.to(at::kFloat).contiguous() : a_in.contiguous();  // half/bf16: scored in float32
+  p.b = reduced ? b_in.to(at::kFloat).contiguous() : b_in.contiguous();
+  p.group = group_in.contiguous();
+  const int64_t n = p.a.size(0), m = p.b.size(0), d = p.a.size(1);
+  const auto dtype = p.a.scalar_type();
+  p.per_a = matches_per_a_row(p.group, n);
+
+  p.true_b = true_scores(p.a, p.b, p.group);
+  const auto f64 = p.true_b.options();
+  const auto nan_matches = at::zeros({n}, f64).index_add_(0, p.group, p.true_b.isnan().to(at::kDouble));
+  p.best_a = at::full({n}, -std::numeric_limits<double>::infinity(), f64)
+                 .scatter_reduce_(0, p.group, p.true_b, "amax")
+                 .masked_fill_(nan_matches > 0, std::numeric_limits<double>::quiet_NaN());
+
+  const double c = gemm_error_coefficient(d, dtype, reduced_fp32_matmul(p.a.device()));
+  const double tiny = static_cast<double>(d) * 4 *
+                      (dtype == at::kDouble ? std::numeric_limits<double>::min() : std::numeric_limits<float>::min());
+  // A NaN row leaves only its own scores undecided (all recomputed, and all NaN), not everyone's.
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto norm_a = at::linalg_vector_norm(p.a, 2, {1}, false, at::kDouble).nan_to_num(0.0, inf);
+  const auto norm_b = at::linalg_vector_norm(p.b, 2, {1}, false, at::kDouble).nan_to_num(0.0, inf);
+  std::tie(p.hi_a, p.lo_a) = band(p.best_a, norm_a * (c * norm_b.max()) + tiny, dtype);
+  std::tie(p.hi_b, p.lo_b) = band(p.true_b, norm_b * (c * norm_a.max()) + tiny, dtype);
+
+  auto ranks_a = at::empty({n}, p.group.options());
+  auto counts_b = at::zeros({m}, p.group.options());
+  const auto b_t = p.b.t();
   for (int64_t row0 = 0; row0 < n; row0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, n - row0);
-    const auto scores = at::mm(queries.narrow(0, row0, rows), candidates_t).contiguous();
-    count(Block{scores, row0}, cand, ranks.narrow(0, row0, rows));
+    const auto block = at::mm(p.a.narrow(0, row0, rows), b_t).contiguous();  // (rows, m)
+    count(block, row0, p, ranks_a.narrow(0, row0, rows), counts_b);
   }
-  return ranks;
-}
-
-// Both directions. Half and bfloat16 inputs are scored in float32 (fewer rounding ties).
-template <typename CountFn>
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in, const at::Tensor& b_in,
-                                                         const at::Tensor& group, int64_t tile_rows,
-                                                         CountFn&& count) {
-  check_retrieval_inputs(a_in, b_in, group, tile_rows);
-  const bool reduced = a_in.scalar_type() == at::kHalf || a_in.scalar_type() == at::kBFloat16;
-  const auto a = reduced ? a_in.to(at::kFloat) : a_in.contiguous();
-  const auto b = reduced ? b_in.to(at::kFloat) : b_in.contiguous();
-  const auto per_a_row = matches_per_a_row(group, a.size(0));
-  // a row i matches the b rows of group value i (several captions); b row j matches a row group[j].
-  const auto a2b_ptr = at::cat({at::zeros({1}, group.options()), per_a_row.cumsum(0)});
-  const auto a2b_idx = std::get<1>(group.sort(std::optional<bool>(true), 0));
-  const auto to_b = distinct_candidates(b, a2b_ptr, a2b_idx);
-  const auto to_a = distinct_candidates(a, at::arange(group.size(0) + 1, group.options()), group);
-  return {ranks_one_way(a, to_b, tile_rows, count), ranks_one_way(b, to_a, tile_rows, count)};
+  // A NaN true score makes every other a row count: the worst rank.
+  auto ranks_b = at::where(p.true_b.isnan(), at::full({}, n, counts_b.options()), counts_b + 1);
+  return {ranks_a, ranks_b};
 }
 
 }  // namespace twoway_fast
