@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._extension import EXTENSION
 
-# Query rows per GEMM block: the block is tile_rows x candidates scores. Large enough for an efficient
+# Rows of `a` per GEMM block: the block holds tile_rows x m scores. Large enough for an efficient
 # GEMM, small enough that the block stays a small multiple of the inputs.
 TILE_ROWS = {"cpu": 512, "cuda": 4096}
 PLAIN_TILE_ROWS = 1024
@@ -44,9 +44,10 @@ def _check(a: Tensor, b: Tensor, group: Tensor | None) -> Tensor:
 
 
 def _plain_one_way(queries: Tensor, candidates: Tensor, true_of_candidate: Tensor, query_owns: bool) -> Tensor:
-    # Identical candidates must tie, and one GEMM may round identical columns differently: score each
-    # distinct candidate row once (as the fused op does, see csrc/retrieval_ranks.h).
-    distinct, inverse = torch.unique(candidates, dim=0, return_inverse=True)
+    # Scores in float64, like the fused op's (csrc/retrieval_ranks.h). Identical candidates must tie,
+    # and one GEMM may round identical columns differently: score each distinct candidate row once.
+    queries = queries.double()
+    distinct, inverse = torch.unique(candidates.double(), dim=0, return_inverse=True)
     n = queries.shape[0]
     ranks = torch.empty(n, dtype=torch.int64, device=queries.device)
     for start in range(0, n, PLAIN_TILE_ROWS):
@@ -63,7 +64,8 @@ def _plain_one_way(queries: Tensor, candidates: Tensor, true_of_candidate: Tenso
 
 
 def plain_ranks(a: Tensor, b: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
-    """The fused op's rule in plain PyTorch, on rows already normalised: dot-product similarity."""
+    """The fused op's rule in plain PyTorch, on rows as given (dot-product similarity), for devices
+    without a kernel. Scores in float64; slower, and O(tile x m) memory several times over."""
     return _plain_one_way(a, b, group, query_owns=True), _plain_one_way(b, a, group, query_owns=False)
 
 
@@ -79,7 +81,10 @@ def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor | None = None) -> tuple[
     and row i pairs with row i). Returns (ranks_a2b (n,), ranks_b2a (m,)): for each `a` row the rank of
     its best matching `b` row among all m, for each `b` row the rank of its `a` row among all n.
     Ties count against the query: rank = 1 + #non-matching candidates scoring >= the best match; a NaN
-    score counts against the query too. Half and bfloat16 inputs are scored in float32.
+    score counts against the query too. Scores are float64 dot products of the normalised rows (the
+    float32 GEMM only settles the clear cases, see csrc/retrieval_ranks.h), so identical rows always tie
+    and ranks do not depend on tiling or matmul precision. Half and bfloat16 inputs are normalised in
+    float32.
     """
     group = _check(a, b, group)
     if a.dtype in (torch.float16, torch.bfloat16):
