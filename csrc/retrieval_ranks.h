@@ -120,10 +120,14 @@ std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in,
   const double c = gemm_error_coefficient(d, dtype, reduced_fp32_matmul(p.a.device()));
   const double tiny = static_cast<double>(d) * 4 *
                       (dtype == at::kDouble ? std::numeric_limits<double>::min() : std::numeric_limits<float>::min());
+  // Norms in the inputs' dtype (no float64 copy of the inputs), widened by their own rounding bound.
   // A NaN row leaves only its own scores undecided (all recomputed, and all NaN), not everyone's.
   const double inf = std::numeric_limits<double>::infinity();
-  const auto norm_a = at::linalg_vector_norm(p.a, 2, {1}, false, at::kDouble).nan_to_num(0.0, inf);
-  const auto norm_b = at::linalg_vector_norm(p.b, 2, {1}, false, at::kDouble).nan_to_num(0.0, inf);
+  const double widen = 1.0 + 2 * gemm_error_coefficient(d, dtype, false);
+  auto norms = [&](const at::Tensor& x) {
+    return (at::linalg_vector_norm(x, 2, {1}).to(at::kDouble) * widen).nan_to_num(0.0, inf);
+  };
+  const auto norm_a = norms(p.a), norm_b = norms(p.b);
   std::tie(p.hi_a, p.lo_a) = band(p.best_a, norm_a * (c * norm_b.max()) + tiny, dtype);
   std::tie(p.hi_b, p.lo_b) = band(p.true_b, norm_b * (c * norm_a.max()) + tiny, dtype);
 
