@@ -79,10 +79,15 @@ inline double gemm_error_coefficient(int64_t d, at::ScalarType dtype, bool reduc
   return c * 1.01;  // headroom for the rounding of the norms and of this bound itself
 }
 
-inline bool reduced_fp32_matmul(const at::Device& device) {
-  const auto backend = device.is_cuda() ? at::Float32Backend::CUDA : at::Float32Backend::MKLDNN;
-  const auto p = at::globalContext().float32Precision(backend, at::Float32Op::MATMUL);
-  return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
+// Whether float32 matmuls may run in TF32/bfloat16. The legacy getter exists in every torch this
+// builds against (the enum API is newer); it throws once the new per-backend API has been used, and
+// then we assume reduced precision: a wider band, more near-ties recomputed, the same ranks.
+inline bool reduced_fp32_matmul() {
+  try {
+    return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+  } catch (const c10::Error&) {
+    return true;
+  }
 }
 
 // [centre - slack, centre + slack] in the GEMM dtype, rounded outwards so it still contains the
@@ -117,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in,
                  .scatter_reduce_(0, p.group, p.true_b, "amax")
                  .masked_fill_(nan_matches > 0, std::numeric_limits<double>::quiet_NaN());
 
-  const double c = gemm_error_coefficient(d, dtype, reduced_fp32_matmul(p.a.device()));
+  const double c = gemm_error_coefficient(d, dtype, reduced_fp32_matmul());
   const double tiny = static_cast<double>(d) * 4 *
                       (dtype == at::kDouble ? std::numeric_limits<double>::min() : std::numeric_limits<float>::min());
   // Norms in the inputs' dtype (no float64 copy of the inputs), widened by their own rounding bound.

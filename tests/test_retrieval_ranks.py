@@ -3,7 +3,8 @@
 Exactness: most data here makes every similarity exactly representable in float32 (small integers, or
 rows whose correlation-normalised form is a pattern of +-1/2), so any GEMM rounding order gives the
 same scores and deliberate ties are real ties. Gaussian data is checked in float64 exactly, and in
-float32 against bounds that allow for rounding."""
+float32 against bounds that allow for the normalisation's rounding; near-copies (scores a few float32
+ulps apart) check that the op's float64 scores, not the GEMM's rounding, decide."""
 import numpy as np
 import pytest
 import torch
