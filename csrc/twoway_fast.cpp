@@ -20,7 +20,8 @@ TORCH_LIBRARY(twoway_fast, m) {
   // Its backward: (grad_z, grad_gamma, grad_beta), the mask regenerated from rng_state.
   m.def("hidden_block_backward(Tensor grad_out, Tensor z, Tensor gamma, Tensor beta, Tensor mean, "
         "Tensor std, Tensor rng_state, float p, float leak, bool act_first) -> (Tensor, Tensor, Tensor)");
-  // Retrieval ranks under dot-product similarity (rows already normalised), both directions, tile_rows
-  // query rows at a time: (ranks_a2b int64 (n), ranks_b2a int64 (m)), 1-based, ties against the query.
+  // Retrieval ranks under dot-product similarity of the rows as given (normalise them first for
+  // correlation), both directions from one GEMM per tile_rows rows of a: (ranks_a2b int64 (n),
+  // ranks_b2a int64 (m)), 1-based, ties against the query. Rule and precision: csrc/retrieval_ranks.h.
   m.def("retrieval_ranks(Tensor a, Tensor b, Tensor group, int tile_rows) -> (Tensor, Tensor)");
 }
