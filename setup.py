@@ -73,7 +73,7 @@ def extension():
     return cpp_extension.CUDAExtension(
         "twoway_fast._C", sources, include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx + ["-DTWOWAY_WITH_CUDA"], "nvcc": nvcc + ["-DTWOWAY_WITH_CUDA"]},
-        extra_link_args=ldflags + ["-lcublas", "-lcublasLt"],
+        extra_link_args=ldflags,
     )
 
 
