@@ -10,7 +10,8 @@
 // float64 dot product in one fixed order, a pure function of the two rows, so identical rows always
 // tie. The GEMM block only sorts candidates out: a rigorous bound e on |GEMM score - dot64| (both
 // within gamma_d * |q| |c| of the exact value) decides every candidate whose block score is farther
-// than e from best; only those within e (near-ties: rare) are recomputed with dot64.
+// than e from best; only those within e (near-ties: rare on real data, exact ties among them) are
+// recomputed with dot64, one d-length dot product each.
 //
 // One GEMM of image rows against all captions serves both directions: rows count image -> caption
 // ranks, columns accumulate caption -> image counts across tiles. Memory: one tile_rows x m block.
@@ -23,14 +24,14 @@
 
 namespace twoway_fast {
 
-// Everything the counting pass needs besides the block; a and b rows, S the GEMM's dtype.
+// Everything the counting pass needs besides the block.
 struct Prepared {
   at::Tensor a, b, group;  // (n, d), (m, d) contiguous, float or double; (m,) int64
   at::Tensor best_a;       // (n,) double: dot64 of each a row with its best matching b row
   at::Tensor true_b;       // (m,) double: dot64 of each b row with its a row
   at::Tensor per_a;        // (n,) int64: matching b rows per a row
-  at::Tensor hi_a, lo_a;   // (n,) GEMM dtype: best_a -/+ the bound, rounded outwards
-  at::Tensor hi_b, lo_b;   // (m,) GEMM dtype: true_b -/+ the bound, rounded outwards
+  at::Tensor hi_a, lo_a;   // (n,) GEMM dtype: best_a + and - the bound, rounded outwards
+  at::Tensor hi_b, lo_b;   // (m,) GEMM dtype: true_b + and - the bound, rounded outwards
 };
 
 inline void check_retrieval_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group,
