@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -109,8 +110,8 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
 
-    def fit(self) -> list[dict]:
-        """Runs the remaining epochs; returns the metrics log (one dict per epoch)."""
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Runs the remaining epochs, calling on_epoch(row) after each; returns the metrics log."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
@@ -132,6 +133,8 @@ class Trainer:
                 run.save_checkpoint(state, self.run_dir / run.BEST)
             self.log.append(row)
             run.write_metrics(self.run_dir, self.log)
+            if on_epoch is not None:
+                on_epoch(row)
         return self.log
 
     def _selection_value(self, val: dict) -> float:
