@@ -55,7 +55,7 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     config = TrainConfig(**preset.train)
     dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
     model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
-    trainer = Trainer(model, criterion, dataset, config, out, progress=progress)
+    trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress)
     if resume:
         trainer.resume()
         print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)

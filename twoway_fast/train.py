@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, run
-from .data import Dataset, Split, batches
+from .data import Split, batches
 from .evaluation import encode, retrieval_of
 from .presets import Preset
 
@@ -73,14 +73,17 @@ def build(preset: Preset, dx: int, dy: int, seed: int, device: str | torch.devic
 
 
 class Trainer:
-    """Trains `model` on `data` and writes the run folder `run_dir` (see twoway_fast.run)."""
+    """Trains `model` on the `train` split, validating on `val` after each epoch, and writes the run
+    folder `run_dir` (see twoway_fast.run). Without `val` every epoch counts as the best; without
+    `run_dir` nothing is written (the estimator's in-memory use)."""
 
-    def __init__(self, model, criterion, data: Dataset, config: TrainConfig, run_dir: str | Path,
-                 progress: bool = True):
-        if config.batch_size > len(data.train):
-            raise ValueError(f"train.batch_size {config.batch_size} exceeds the {len(data.train)} training rows")
-        self.model, self.criterion, self.data, self.config = model, criterion, data, config
-        self.run_dir = Path(run_dir)
+    def __init__(self, model, criterion, train: Split, val: Split | None, config: TrainConfig,
+                 run_dir: str | Path | None, progress: bool = True):
+        if config.batch_size > len(train):
+            raise ValueError(f"train.batch_size {config.batch_size} exceeds the {len(train)} training rows")
+        self.model, self.criterion, self.config = model, criterion, config
+        self.train_split, self.val_split = train, val
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
         self.optimizer = make_optimizer(model.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.lr_milestones, config.lr_gamma)
@@ -99,6 +102,8 @@ class Trainer:
 
     def resume(self) -> None:
         """Continues from RUN/last.pt; the metrics log is cut back to the checkpoint's epoch."""
+        if self.run_dir is None:
+            raise ValueError("resume needs a run folder")
         state = run.load_checkpoint(self.run_dir / run.LAST, next(self.model.parameters()).device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -112,7 +117,8 @@ class Trainer:
 
     def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Runs the remaining epochs, calling on_epoch(row) after each; returns the metrics log."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             train_terms, samples = self._train_epoch()
@@ -120,19 +126,23 @@ class Trainer:
             self.epoch += 1
             self.scheduler.step()
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                   "samples_per_s": round(samples / seconds, 1), "train": train_terms,
-                   "val": self.validate(self.data.val)}
-            value = self._selection_value(row["val"])
-            lower = LOWER_IS_BETTER[self.config.select]
-            row["best"] = math.isfinite(value) and (self.best is None or (value < self.best if lower else value > self.best))
-            if row["best"]:
-                self.best = value
-            state = self.state()
-            run.save_checkpoint(state, self.run_dir / run.LAST)
-            if row["best"]:
-                run.save_checkpoint(state, self.run_dir / run.BEST)
+                   "samples_per_s": round(samples / seconds, 1), "train": train_terms}
+            row["best"] = True
+            if self.val_split is not None:
+                row["val"] = self.validate(self.val_split)
+                value = self._selection_value(row["val"])
+                lower = LOWER_IS_BETTER[self.config.select]
+                row["best"] = math.isfinite(value) and (
+                    self.best is None or (value < self.best if lower else value > self.best))
+                if row["best"]:
+                    self.best = value
             self.log.append(row)
-            run.write_metrics(self.run_dir, self.log)
+            if self.run_dir is not None:
+                state = self.state()
+                run.save_checkpoint(state, self.run_dir / run.LAST)
+                if row["best"]:
+                    run.save_checkpoint(state, self.run_dir / run.BEST)
+                run.write_metrics(self.run_dir, self.log)
             if on_epoch is not None:
                 on_epoch(row)
         return self.log
@@ -143,7 +153,7 @@ class Trainer:
         return val["total"] if self.config.select == "loss" else val["total_correlation"]
 
     def _train_epoch(self) -> tuple[dict, int]:
-        model, split, cfg = self.model.train(), self.data.train, self.config
+        model, split, cfg = self.model.train(), self.train_split, self.config
         steps = len(split) // cfg.batch_size
         device = split.device
         sums = torch.zeros(len(TERMS), dtype=torch.float64, device=device)
@@ -174,8 +184,9 @@ class Trainer:
     def _stop_if_bad(self, batch: int, value: float, steps: int) -> None:
         if batch < 0:
             return
-        last = self.run_dir / run.LAST
-        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
+        last = None if self.run_dir is None else self.run_dir / run.LAST
+        kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last is not None and last.exists()
+                else "no checkpoint was written")
         raise NonFiniteLoss(f"loss is {value} at step {self.epoch * steps + batch + 1} (epoch {self.epoch + 1}, "
                             f"batch {batch + 1} of {steps}); training stopped, {kept}. Try a lower train.lr.")
 
