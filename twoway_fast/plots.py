@@ -68,24 +68,26 @@ def _image(half: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 @torch.no_grad()
 def plot_reconstructions(model, data: Dataset, path: Path, count: int = 8) -> None:
-    """For test images: the original, the left half beside the right half reconstructed from it, and
-    the left half reconstructed from the right half beside it."""
+    """For test images, three rows: the original; the left half beside the right half reconstructed
+    from it; the left half reconstructed from the right half beside the right half."""
     split = data.test
     x, y = split.rows(torch.arange(min(count, len(split)), device=split.device))
     model.eval()
     out = model(x, y)
-    views = [(x, y), (x, out.y_hat), (out.x_hat, y)]
-    titles = ["original", "x | y reconstructed from x", "x reconstructed from y | y"]
+    rows = []
+    for left, right in ((x, y), (x, out.y_hat), (out.x_hat, y)):
+        tiles = [np.hstack([_image(left[c].cpu().numpy(), data.half_shape),
+                            _image(right[c].cpu().numpy(), data.half_shape)]) for c in range(len(x))]
+        gap = np.full((data.half_shape[0], 1), np.nan)  # a blank column between images
+        rows.append(np.hstack([t for tile in tiles for t in (tile, gap)]))
+    gap = np.full((1, rows[0].shape[1]), np.nan)
+    mosaic = np.vstack([rows[0], gap, rows[1], gap, rows[2]])
     fig = Figure(figsize=(1.2 * len(x), 4), layout="constrained")
-    for r, ((left, right), title) in enumerate(zip(views, titles)):
-        for c in range(len(x)):
-            ax = fig.add_subplot(3, len(x), r * len(x) + c + 1)
-            pair = [_image(v[c].cpu().numpy(), data.half_shape) for v in (left, right)]
-            ax.imshow(np.hstack(pair), cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(title, fontsize=7)
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap="gray")
+    h = data.half_shape[0] + 1
+    ax.set_yticks([h * 0.5, h * 1.5, h * 2.5], ["original", "x | y from x", "x from y | y"])
+    ax.set_xticks([])
     _save(fig, path)
 
 

@@ -57,12 +57,11 @@ class NonFiniteLoss(RuntimeError):
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer.lower() == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    classes = {name.lower(): getattr(torch.optim, name) for name in dir(torch.optim)
-               if isinstance(getattr(torch.optim, name), type)
-               and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)}
-    if config.optimizer.lower() not in classes:
+    name = {n.lower(): n for n in torch.optim.__all__}.get(config.optimizer.lower(), "")
+    cls = getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f"train.optimizer {config.optimizer!r} is not a torch.optim optimiser")
-    return classes[config.optimizer.lower()](params, lr=config.lr)
+    return cls(params, lr=config.lr)
 
 
 def build(preset: Preset, dx: int, dy: int, seed: int, device: str | torch.device = "cpu"):
