@@ -130,6 +130,7 @@ def cmd_demo(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twoway-fast", description="2-Way Nets: train, evaluate, embed.")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 2-Way Net and evaluate its best checkpoint on test")
@@ -175,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, NonFiniteLoss) as err:
