@@ -39,7 +39,8 @@ def test_eval_json(trained, capsys):
 
 def test_embed(trained, tmp_path, capsys):
     out = tmp_path / "val.npz"
-    assert main(["embed", str(trained), "--data", "digits", "--split", "val", "--out", str(out), "--device", "cpu"]) == 0
+    args = ["embed", str(trained), "--data", "digits", "--split", "val", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
     with np.load(out) as z:
         assert z["x"].dtype == np.float32 and z["y"].dtype == np.float32
         assert z["x"].shape == z["y"].shape and z["x"].shape[1] == 8

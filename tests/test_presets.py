@@ -17,7 +17,8 @@ def test_faithful_form_is_the_original(name):
     hidden, r, order, lh, lc, epochs = SPEC[name]
     assert (p.model["hidden"], p.model["repr_layer"], p.model["order"]) == (hidden, r, order)
     assert (p.model["dropout"], p.model["bn_eps"], p.model["leak"]) == (0.5, 1e-3, 0.3)
-    assert (p.loss["lh"], p.loss["lc"], p.loss["lx"], p.loss["ly"], p.loss["wd"], p.loss["lg"]) == (lh, lc, 1, 1, 0.05, 0.05)
+    loss = p.loss
+    assert (loss["lh"], loss["lc"], loss["lx"], loss["ly"], loss["wd"], loss["lg"]) == (lh, lc, 1, 1, 0.05, 0.05)
     assert (p.loss["decorrelation"], p.loss["decorrelation_input"]) == ("second_moment", "after_dropout")
     t = p.train
     assert (t["epochs"], t["batch_size"], t["optimizer"], t["lr"], t["momentum"], t["nesterov"]) == (

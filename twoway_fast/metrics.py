@@ -11,7 +11,6 @@ Plus retrieval (R@K, median rank) in both directions.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .retrieval import retrieval_ranks

@@ -43,7 +43,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"train.epochs must be >= 1 and train.batch_size >= 2, got {self.epochs}, {self.batch_size}")
+            raise ValueError(f"train.epochs must be >= 1 and train.batch_size >= 2, got {self.epochs} and "
+                             f"{self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.select not in LOWER_IS_BETTER:
