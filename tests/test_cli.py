@@ -49,6 +49,13 @@ def test_embed(trained, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == rows
 
 
+def test_linear_cca_baseline(capsys):
+    assert main(["cca", "--data", "digits", "--preset", "digits", "--dims", "8", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dims"] == 8 and result["cca_correlation"] == result["total_correlation"] > 3
+    assert result["effective_rank"] > 6  # canonical variates are uncorrelated by construction
+
+
 def test_resume_extends_the_run(trained):
     assert main(["train", "--out", str(trained), "--resume", "--epochs", "3", "--no-progress", "--device", "cpu"]) == 0
     assert [r["epoch"] for r in run.read_metrics(trained)] == [1, 2, 3]

@@ -3,6 +3,7 @@
     twoway-fast train --preset mnist --data DIR|digits --out RUN [--faithful] [--config FILE] [--set loss.lh=2]
     twoway-fast eval RUN --data DIR [--split test] [--json]
     twoway-fast embed RUN --data DIR [--split test] --out FILE.npz
+    twoway-fast cca --data DIR [--preset mnist] [--dims 50] [--split test] [--json]    (the linear CCA baseline)
     twoway-fast demo
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from . import data as data_mod
 from . import plots, presets, run
-from .evaluation import encode, evaluate
+from .evaluation import encode, evaluate, linear_cca_baseline
 from .train import NonFiniteLoss, Trainer, TrainConfig, build
 
 
@@ -121,6 +122,14 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_cca(args) -> int:
+    preset = presets.resolve(args.preset, False, args.config, args.set)
+    dataset = data_mod.load(args.data, data_mod.DataConfig(**preset.data), args.device)
+    results = linear_cca_baseline(dataset, args.dims, args.split)
+    print(json.dumps(results) if args.json else format_results({"linear CCA": results}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import demo
 
@@ -162,6 +171,16 @@ def parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--out", required=True, help="output .npz (float32 arrays x and y)")
         e.set_defaults(func=func)
+
+    c = sub.add_parser("cca", help="the linear CCA baseline: the same metrics, same data and preprocessing")
+    c.add_argument("--data", required=True)
+    c.add_argument("--preset", default="mnist", help="whose [data] preprocessing to apply")
+    c.add_argument("--config", action="append", default=[], metavar="FILE")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    c.add_argument("--dims", type=int, default=50, help="canonical dimensions kept")
+    c.add_argument("--split", choices=data_mod.SPLITS, default="test")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cca)
 
     d = sub.add_parser("demo", help="train on the embedded digits halves; compare with linear CCA")
     d.add_argument("--out", default="runs/demo")
