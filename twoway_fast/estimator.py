@@ -23,8 +23,9 @@ class TwoWayEstimator(TransformerMixin, BaseEstimator):
         hidden: hidden widths; None = the preset's.
         repr_layer, dropout, bn_eps: model values; None = the preset's.
         lh, lc: mid-way and decorrelation weights; None = the preset's.
-        epochs, batch_size, lr, optimizer: training values; None = the preset's. The batch size is
-            capped at the number of rows.
+        epochs: 20 by default (None: the preset's, 80 for mnist).
+        batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
+            the number of rows.
         device: torch device for training and transform.
         random_state: seed of the initialisation, batch order and dropout.
         verbose: show a progress bar.
