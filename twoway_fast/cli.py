@@ -37,8 +37,8 @@ def format_results(results: dict[str, dict]) -> str:
         lines.append(f"{name:<14}{r['total_correlation']:>11.2f}{r['cca_correlation']:>10.2f}"
                      f"{r['effective_rank']:>10.1f}   {pair['r1']:>12}{pair['r5']:>12}{pair['r10']:>12}"
                      f"{pair['medr']:>10}")
-    dims = next(iter(results.values()))["dims"]
-    lines.append(f"({dims} dimensions, {next(iter(results.values()))['rows']} test rows; R@K in %)")
+    first = next(iter(results.values()))
+    lines.append(f"({first['dims']} dimensions, {first['rows']} {first['split']} rows; R@K in %)")
     return "\n".join(lines)
 
 
