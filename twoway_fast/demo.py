@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from . import data as data_mod
 from . import presets
 from .cli import format_results, train_run
@@ -12,6 +14,10 @@ from .evaluation import linear_cca_baseline
 
 def demo(out: str | Path = "runs/demo", device: str = "cpu", epochs: int | None = None,
          progress: bool = True) -> dict:
+    # The digits model is too small to gain from threads, and extra threads make it crawl on a busy
+    # machine (measured: 40 s with one thread, nearly 4 minutes with two on a shared 2-core box).
+    if device == "cpu":
+        torch.set_num_threads(1)
     overrides = [] if epochs is None else [f"train.epochs={epochs}"]
     preset = presets.resolve("digits", overrides=overrides)
     print(f"2-Way Net, preset 'digits' (hidden {preset.model['hidden']}), on the digits halves "
