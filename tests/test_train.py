@@ -112,3 +112,12 @@ def test_sgd_schedule_is_spec_default(digits):
         t.scheduler.step()
     assert np.allclose([lrs[0], lrs[20], lrs[40], lrs[60], lrs[80]], [1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6])
     assert lrs[19] == 1e-4
+
+
+def test_select_by_validation_r1(digits, tmp_path):
+    t = trainer(digits, tmp_path, epochs=3, select="r1")
+    log = t.fit()
+    mean_r1 = [(r["val"]["x2y"]["r1"] + r["val"]["y2x"]["r1"]) / 2 for r in log]
+    best_epoch = max(r["epoch"] for r in log if r["best"])
+    assert mean_r1[best_epoch - 1] == max(mean_r1)
+    assert run.load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
