@@ -6,4 +6,12 @@ from .model import TwoWayNet
 from .reference import LossTerms, TwoWayOutput
 
 __version__ = "0.1.0"
-__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "presets", "reference"]
+__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference"]
+
+
+def __getattr__(name):
+    if name == "TwoWayEstimator":  # imported on first use: it pulls in scikit-learn
+        from .estimator import TwoWayEstimator
+
+        return TwoWayEstimator
+    raise AttributeError(f"module 'twoway_fast' has no attribute {name!r}")

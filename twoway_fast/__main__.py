@@ -1,3 +1,6 @@
+"""`python -m twoway_fast ...`: the command line of twoway_fast.cli."""
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

@@ -1,16 +1,204 @@
-"""The `twoway-fast` command line."""
+"""The command line: `twoway-fast` or `python -m twoway_fast`.
+
+    twoway-fast train --preset mnist --data DIR|digits --out RUN [--faithful] [--config FILE] [--set loss.lh=2]
+    twoway-fast eval RUN --data DIR [--split test] [--json]
+    twoway-fast embed RUN --data DIR [--split test] --out FILE.npz
+    twoway-fast cca --data DIR [--preset mnist] [--dims 50] [--split test] [--json]    (the linear CCA baseline)
+    twoway-fast demo
+"""
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from . import plots, presets, run
+from .evaluation import encode, evaluate, linear_cca_baseline
+from .train import NonFiniteLoss, Trainer, TrainConfig, build
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="twoway-fast", description="2-Way Nets, fast.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train on the embedded digits halves and print the test correlation")
-    demo.add_argument("--epochs", type=int, default=30)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import main as demo_main
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-        demo_main(epochs=args.epochs)
+
+def format_results(results: dict[str, dict]) -> str:
+    """One line per method: the three correlation views and retrieval both ways."""
+    head = (f"{'':<14}{'total corr':>11}{'CCA prot.':>10}{'eff. rank':>10}   "
+            f"{'R@1 x2y/y2x':>12}{'R@5':>12}{'R@10':>12}{'medr':>10}")
+    lines = [head]
+    for name, r in results.items():
+        pair = {k: f"{r['x2y'][k]:.0f}/{r['y2x'][k]:.0f}" for k in ("r1", "r5", "r10", "medr")}
+        lines.append(f"{name:<14}{r['total_correlation']:>11.2f}{r['cca_correlation']:>10.2f}"
+                     f"{r['effective_rank']:>10.1f}   {pair['r1']:>12}{pair['r5']:>12}{pair['r10']:>12}"
+                     f"{pair['medr']:>10}")
+    first = next(iter(results.values()))
+    lines.append(f"({first['dims']} dimensions, {first['rows']} {first['split']} rows; R@K in %)")
+    return "\n".join(lines)
+
+
+def _epoch_line(row: dict) -> str:
+    val = row["val"]
+    return (f"epoch {row['epoch']:>3}: train loss {row['train']['total']:.4g}, val loss {val['total']:.4g}, "
+            f"val total corr {val['total_correlation']:.2f}, val R@1 {val['x2y']['r1']:.1f}/{val['y2x']['r1']:.1f}"
+            f"{'  (best)' if row['best'] else ''}  [{row['samples_per_s']:.0f} samples/s]")
+
+
+def train_run(preset: presets.Preset, source: str, out: str | Path, device: str, resume: bool = False,
+              progress: bool = True) -> dict:
+    """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results."""
+    out = Path(out)
+    config = TrainConfig(**preset.train)
+    dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
+    model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
+    trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress)
+    if resume:
+        trainer.resume()
+        print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
+    trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True))
+    model.load_state_dict(run.load_checkpoint(out / run.BEST, device)["model"])
+    results = evaluate(model, dataset, "test")
+    zx, zy = encode(model, dataset.test)
+    plots.write_all(out, model, dataset, trainer.log, zx, zy)
+    run.write_atomic(out / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
+    return results
+
+
+def _load_for_run(args):
+    model, config = run.load_model(args.run, args.checkpoint, args.device)
+    source = args.data or config["data"]
+    dataset = data_mod.load(source, data_mod.DataConfig(**config["preset"].data), args.device)
+    if (dataset.dx, dataset.dy) != (model.dx, model.dy):
+        raise ValueError(f"{source}: view widths ({dataset.dx}, {dataset.dy}) do not match the model of {args.run} "
+                         f"({model.dx}, {model.dy})")
+    return model, dataset
+
+
+def cmd_train(args) -> int:
+    overrides = list(args.set)
+    for flag, key in (("epochs", "train.epochs"), ("lr", "train.lr"), ("batch_size", "train.batch_size"),
+                      ("seed", "train.seed"), ("backend", "model.backend")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+    if args.resume:
+        saved = run.read_config(args.out)
+        preset = saved["preset"]
+        for text in overrides:
+            preset = preset.merged(presets.parse_override(text), f"override {text!r}")
+        source = args.data or saved["data"]
+    else:
+        if not args.data:
+            raise ValueError("train needs --data (a directory, an .npz file, or 'digits')")
+        preset = presets.resolve(args.preset, args.faithful, args.config, overrides)
+        source = args.data
+    results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress)
+    print(format_results({"2-Way Net": results}))
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model, dataset = _load_for_run(args)
+    results = evaluate(model, dataset, args.split)
+    print(json.dumps(results) if args.json else format_results({"2-Way Net": results}))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    model, dataset = _load_for_run(args)
+    zx, zy = encode(model, dataset.split(args.split))
+    buffer = io.BytesIO()
+    np.savez(buffer, x=zx.cpu().numpy().astype(np.float32), y=zy.cpu().numpy().astype(np.float32))
+    run.write_atomic(args.out, buffer.getvalue())
+    print(f"wrote {args.out}: x {tuple(zx.shape)}, y {tuple(zy.shape)} float32 ({args.split} split)")
+    return 0
+
+
+def cmd_cca(args) -> int:
+    preset = presets.resolve(args.preset, False, args.config, args.set)
+    dataset = data_mod.load(args.data, data_mod.DataConfig(**preset.data), args.device)
+    results = linear_cca_baseline(dataset, args.dims, args.split)
+    print(json.dumps(results) if args.json else format_results({"linear CCA": results}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    demo(args.out, args.device, args.epochs, progress=not args.no_progress)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twoway-fast", description="2-Way Nets: train, evaluate, embed.")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a 2-Way Net and evaluate its best checkpoint on test")
+    t.add_argument("--preset", default="mnist", help=f"one of {', '.join(presets.names())}, or a preset .toml file")
+    t.add_argument("--data", help="data directory, .npz file, or 'digits' (the embedded set)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, plots)")
+    t.add_argument("--faithful", action="store_true", help="the original's settings exactly (SPEC sections 2-3)")
+    t.add_argument("--config", action="append", default=[], metavar="FILE", help="TOML file laid over the preset")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one preset value, TOML syntax (e.g. loss.lh=2.0, model.hidden=[64,16,64])")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--backend", choices=["auto", "fused", "reference"])
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    for name, func, text in (("eval", cmd_eval, "metrics of a trained run on a split"),
+                             ("embed", cmd_embed, "write a split's representations to an .npz file")):
+        e = sub.add_parser(name, help=text)
+        e.add_argument("run", help="run folder written by train")
+        e.add_argument("--data", help="data source (default: the one the run was trained on)")
+        e.add_argument("--split", choices=data_mod.SPLITS, default="test")
+        e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+        if name == "eval":
+            e.add_argument("--json", action="store_true", help="print one JSON object")
+        else:
+            e.add_argument("--out", required=True, help="output .npz (float32 arrays x and y)")
+        e.set_defaults(func=func)
+
+    c = sub.add_parser("cca", help="the linear CCA baseline: the same metrics, same data and preprocessing")
+    c.add_argument("--data", required=True)
+    c.add_argument("--preset", default="mnist", help="whose [data] preprocessing to apply")
+    c.add_argument("--config", action="append", default=[], metavar="FILE")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    c.add_argument("--dims", type=int, default=50, help="canonical dimensions kept")
+    c.add_argument("--split", choices=data_mod.SPLITS, default="test")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cca)
+
+    d = sub.add_parser("demo", help="train on the embedded digits halves; compare with linear CCA")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--epochs", type=int)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    for s in sub.choices.values():
+        s.add_argument("--device", default=default_device(), help="torch device (default: cuda if available)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (ValueError, NonFiniteLoss) as err:
+        print(f"twoway-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2

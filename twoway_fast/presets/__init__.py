@@ -3,11 +3,13 @@ the representation does not collapse, and `faithful=True`, the original's choice
 [faithful.*] tables override the defaults)."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SECTIONS = ("model", "loss", "train", "data")
 
@@ -30,6 +32,72 @@ class Preset:
         from ..loss import TwoWayLoss
 
         return TwoWayLoss(model, **(self.loss | overrides))
+
+    def merged(self, table: dict[str, dict[str, Any]], source: str = "overrides") -> "Preset":
+        """This preset with `table`'s sections laid over it ({"loss": {"lh": 2.0}, ...}), checked."""
+        unknown = set(table) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"{source}: unknown sections {sorted(unknown)}; expected {list(SECTIONS)}")
+        sections = {s: getattr(self, s) | dict(table.get(s, {})) for s in SECTIONS}
+        merged = Preset(self.name, self.faithful, **sections)
+        merged.check(source)
+        return merged
+
+    def check(self, source: str = "preset") -> None:
+        """Every key must be a parameter of what its section configures."""
+        for section, allowed in allowed_keys().items():
+            unknown = set(getattr(self, section)) - allowed
+            if unknown:
+                raise ValueError(f"{source}: unknown {section} keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any]) -> "Preset":
+        return cls(**table)
+
+
+def allowed_keys() -> dict[str, set[str]]:
+    from ..data import DataConfig
+    from ..loss import TwoWayLoss
+    from ..model import TwoWayNet
+    from ..train import TrainConfig
+
+    def params(fn, skip):
+        return set(inspect.signature(fn).parameters) - set(skip)
+
+    return {"model": params(TwoWayNet, ("dx", "dy")), "loss": params(TwoWayLoss, ("model",)),
+            "train": {f.name for f in dataclasses.fields(TrainConfig)},
+            "data": {f.name for f in dataclasses.fields(DataConfig)}}
+
+
+def parse_override(text: str) -> dict[str, dict[str, Any]]:
+    """"section.key=value" (value in TOML syntax; a bare word is a string) -> {section: {key: value}}."""
+    key, sep, value = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ValueError(f"override {text!r} must look like section.key=value, e.g. loss.lh=2.0")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return {section: {name: parsed}}
+
+
+def resolve(name_or_file: str, faithful: bool = False, files: Sequence[str | Path] = (),
+            overrides: Sequence[str] = ()) -> Preset:
+    """A packaged preset (or a preset TOML file), then each user TOML file, then each
+    section.key=value override, later ones winning."""
+    is_file = name_or_file.endswith(".toml")
+    preset = load(name_or_file, faithful) if is_file else get(name_or_file, faithful)
+    preset.check(name_or_file)
+    for path in files:
+        table = load(path, faithful)
+        preset = preset.merged({s: getattr(table, s) for s in SECTIONS}, str(path))
+    for text in overrides:
+        preset = preset.merged(parse_override(text), f"override {text!r}")
+    return preset
 
 
 def names() -> list[str]:

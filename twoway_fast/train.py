@@ -1,0 +1,216 @@
+"""Training a 2-Way Net (SPEC section 3): optimiser and schedule, validation each epoch, best-checkpoint
+selection, atomic checkpoints, resume, progress bar and a JSON-lines metrics log.
+
+Determinism: the model is initialised from torch's generator seeded with `seed`; batch order and
+dropout seeds come from two CPU generators seeded from it and saved in every checkpoint, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics, run
+from .data import Split, batches
+from .evaluation import encode, retrieval_of
+from .presets import Preset
+
+LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
+TERMS = ("total", "recon_x", "recon_y", "midway", "decorr_x", "decorr_y", "weight_decay", "gamma_penalty")
+CHECK_EVERY = 20  # steps between reads of the loss on the host (each read waits for the device)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The [train] table of a preset."""
+    epochs: int = 80
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (Nesterov, SPEC) or any torch.optim class name, e.g. "Adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    lr_milestones: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
+    lr_gamma: float = 0.5
+    shuffle: bool = True
+    seed: int = 0
+    select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"train.epochs must be >= 1 and train.batch_size >= 2, got {self.epochs} and "
+                             f"{self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.select not in LOWER_IS_BETTER:
+            raise ValueError(f"train.select must be one of {sorted(LOWER_IS_BETTER)}, got {self.select!r}")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf; the run stopped and the last good checkpoint was kept."""
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer.lower() == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    name = {n.lower(): n for n in torch.optim.__all__}.get(config.optimizer.lower(), "")
+    cls = getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"train.optimizer {config.optimizer!r} is not a torch.optim optimiser")
+    return cls(params, lr=config.lr)
+
+
+def build(preset: Preset, dx: int, dy: int, seed: int, device: str | torch.device = "cpu"):
+    """(model, criterion) for the preset, initialised deterministically from `seed`."""
+    torch.manual_seed(seed)
+    model = preset.build_model(dx, dy).to(device)
+    return model, preset.build_loss(model)
+
+
+class Trainer:
+    """Trains `model` on the `train` split, validating on `val` after each epoch, and writes the run
+    folder `run_dir` (see twoway_fast.run). Without `val` every epoch counts as the best; without
+    `run_dir` nothing is written (the estimator's in-memory use)."""
+
+    def __init__(self, model, criterion, train: Split, val: Split | None, config: TrainConfig,
+                 run_dir: str | Path | None, progress: bool = True):
+        if config.batch_size > len(train):
+            raise ValueError(f"train.batch_size {config.batch_size} exceeds the {len(train)} training rows")
+        self.model, self.criterion, self.config = model, criterion, config
+        self.train_split, self.val_split = train, val
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.progress = progress
+        self.optimizer = make_optimizer(model.parameters(), config)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.lr_milestones, config.lr_gamma)
+        self.shuffle_gen = torch.Generator().manual_seed(config.seed)
+        self.dropout_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.epoch = 0  # epochs completed
+        self.best: float | None = None
+        self.log: list[dict] = []
+
+    # -------------------------------------------------------------- state
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "shuffle_gen": self.shuffle_gen.get_state(),
+                "dropout_gen": self.dropout_gen.get_state(), "epoch": self.epoch, "best": self.best}
+
+    def resume(self) -> None:
+        """Continues from RUN/last.pt; the metrics log is cut back to the checkpoint's epoch."""
+        if self.run_dir is None:
+            raise ValueError("resume needs a run folder")
+        state = run.load_checkpoint(self.run_dir / run.LAST, next(self.model.parameters()).device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle_gen.set_state(state["shuffle_gen"])
+        self.dropout_gen.set_state(state["dropout_gen"])
+        self.epoch, self.best = state["epoch"], state["best"]
+        self.log = [row for row in run.read_metrics(self.run_dir) if row["epoch"] <= self.epoch]
+
+    # -------------------------------------------------------------- loop
+
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Runs the remaining epochs, calling on_epoch(row) after each; returns the metrics log."""
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            train_terms, samples = self._train_epoch()
+            seconds = time.perf_counter() - start
+            self.epoch += 1
+            self.scheduler.step()
+            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                   "samples_per_s": round(samples / seconds, 1), "train": train_terms}
+            row["best"] = True
+            if self.val_split is not None:
+                row["val"] = self.validate(self.val_split)
+                value = self._selection_value(row["val"])
+                lower = LOWER_IS_BETTER[self.config.select]
+                row["best"] = math.isfinite(value) and (
+                    self.best is None or (value < self.best if lower else value > self.best))
+                if row["best"]:
+                    self.best = value
+            self.log.append(row)
+            if self.run_dir is not None:
+                state = self.state()
+                run.save_checkpoint(state, self.run_dir / run.LAST)
+                if row["best"]:
+                    run.save_checkpoint(state, self.run_dir / run.BEST)
+                run.write_metrics(self.run_dir, self.log)
+            if on_epoch is not None:
+                on_epoch(row)
+        return self.log
+
+    def _selection_value(self, val: dict) -> float:
+        if self.config.select == "r1":
+            return (val["x2y"]["r1"] + val["y2x"]["r1"]) / 2
+        return val["total"] if self.config.select == "loss" else val["total_correlation"]
+
+    def _train_epoch(self) -> tuple[dict, int]:
+        model, split, cfg = self.model.train(), self.train_split, self.config
+        steps = len(split) // cfg.batch_size
+        device = split.device
+        sums = torch.zeros(len(TERMS), dtype=torch.float64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        bad_value = torch.zeros((), dtype=torch.float64, device=device)
+        order = batches(len(split), cfg.batch_size, self.shuffle_gen if cfg.shuffle else None, device)
+        bar = tqdm(total=steps * cfg.batch_size, unit="sample", unit_scale=True, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress)
+        with bar:
+            for b, index in enumerate(order):
+                x, y = split.rows(index)
+                seed = torch.randint(0, 2**62, (), generator=self.dropout_gen)
+                terms = self.criterion(model(x, y, seed=seed), x, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                self.optimizer.step()
+                total = terms.total.detach().double()
+                newly_bad = (first_bad < 0) & ~torch.isfinite(total)
+                first_bad = torch.where(newly_bad, b, first_bad)
+                bad_value = torch.where(newly_bad, total, bad_value)
+                sums += torch.stack([t.detach().double() for t in terms])
+                bar.update(cfg.batch_size)
+                if (b + 1) % CHECK_EVERY == 0 or b + 1 == steps:
+                    self._stop_if_bad(int(first_bad), float(bad_value), steps)
+                    bar.set_postfix(loss=f"{float(sums[0]) / (b + 1):.4g}")
+        return {name: float(v) / steps for name, v in zip(TERMS, sums.tolist())}, steps * cfg.batch_size
+
+    def _stop_if_bad(self, batch: int, value: float, steps: int) -> None:
+        if batch < 0:
+            return
+        last = None if self.run_dir is None else self.run_dir / run.LAST
+        kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last is not None and last.exists()
+                else "no checkpoint was written")
+        raise NonFiniteLoss(f"loss is {value} at step {self.epoch * steps + batch + 1} (epoch {self.epoch + 1}, "
+                            f"batch {batch + 1} of {steps}); training stopped, {kept}. Try a lower train.lr.")
+
+    # -------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def validate(self, split: Split) -> dict:
+        """Every loss term (eval mode, averaged over batches of the training batch size), the total
+        correlation and R@K of the split."""
+        model, cfg = self.model, self.config
+        was_training = model.training
+        model.eval()
+        sums, count = torch.zeros(len(TERMS), dtype=torch.float64), 0
+        for index in split.chunks(cfg.batch_size):
+            if len(index) < 2:  # batch statistics of the decorrelation need 2 rows
+                continue
+            x, y = split.rows(index)
+            terms = self.criterion(model(x, y), x, y)
+            sums += torch.stack([t.double().cpu() for t in terms]) * len(index)
+            count += len(index)
+        zx, zy = encode(model, split)
+        model.train(was_training)
+        out = {name: float(v) / count for name, v in zip(TERMS, sums.tolist())}
+        out["total_correlation"] = metrics.total_correlation(zx, zy)
+        if not math.isfinite(out["total"]):
+            out["total"] = float("inf")  # a diverged validation loss never wins selection
+        return out | retrieval_of(split, zx, zy)
