@@ -8,8 +8,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <array>
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -17,24 +18,61 @@ namespace twoway_fast {
 
 constexpr int64_t kBlockChunk = 64;  // columns per task
 
-template <typename T>
-inline T leaky_relu(T v, T leak) { return v > T(0) ? v : v * leak; }
+// Calls f(std::integral_constant<bool, a>, std::integral_constant<bool, b>, std::integral_constant<bool, c>):
+// the passes below are compiled per combination of their flags, so their inner loops have no branches
+// and vectorise.
+template <typename F>
+inline void with_flags(bool a, bool b, bool c, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (a) {
+    if (b) c ? f(Y{}, Y{}, Y{}) : f(Y{}, Y{}, N{});
+    else c ? f(Y{}, N{}, Y{}) : f(Y{}, N{}, N{});
+  } else {
+    if (b) c ? f(N{}, Y{}, Y{}) : f(N{}, Y{}, N{});
+    else c ? f(N{}, N{}, Y{}) : f(N{}, N{}, N{});
+  }
+}
 
-// The keep flags (1 = kept) of one hidden position's tied-dropout mask, (rows, cols) bytes. Drawn once
-// per direction and shared by the two channels, whose masks are identical by construction; a
-// transient of the op, never kept between forward and backward. Undefined when nothing is dropped.
+// The keep flags (1 = kept) of one hidden position's tied-dropout mask, (rows, cols) bytes: the
+// DropoutMask of philox.h (the same Philox4x32-10 rounds), evaluated for 16 counters at a time so the
+// rounds vectorise. Drawn once per direction and shared by the two channels, whose masks are
+// identical by construction; a transient of the op, never kept between forward and backward.
+// Undefined when nothing is dropped.
 inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols, const at::Device& device) {
   if (!mask.active) return at::Tensor();
+  constexpr int kLanes = 16;
+  constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+  const uint32_t threshold = static_cast<uint32_t>(mask.threshold);  // < 2^32 when active
   auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
   uint8_t* out = flags.data_ptr<uint8_t>();
+  const int64_t groups = (cols + 3) / 4;
   at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
-    bool keep[4];
+    alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* row = out + r * cols;
-      for (int64_t c = 0; c < cols; c += 4) {
-        mask.four(r, c >> 2, keep);
-        const int64_t n = std::min<int64_t>(4, cols - c);
-        for (int64_t j = 0; j < n; ++j) row[c + j] = keep[j];
+      const uint32_t row_counter = static_cast<uint32_t>(mask.first_row + r);
+      for (int64_t g0 = 0; g0 < groups; g0 += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          c0[l] = static_cast<uint32_t>(g0 + l), c1[l] = row_counter, c2[l] = mask.off_lo, c3[l] = mask.off_hi;
+        }
+        uint32_t k0 = mask.k0, k1 = mask.k1;
+        for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+          for (int l = 0; l < kLanes; ++l) {
+            const uint64_t p0 = static_cast<uint64_t>(M0) * c0[l], p1 = static_cast<uint64_t>(M1) * c2[l];
+            const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+            const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+            c1[l] = static_cast<uint32_t>(p1), c3[l] = static_cast<uint32_t>(p0), c0[l] = n0, c2[l] = n2;
+          }
+          k0 += W0, k1 += W1;
+        }
+        const int64_t n = std::min<int64_t>(kLanes, groups - g0);
+        for (int64_t l = 0; l < n; ++l) {
+          const int64_t c = 4 * (g0 + l);
+          const uint32_t words[4] = {c0[l], c1[l], c2[l], c3[l]};
+          for (int64_t j = 0; j < 4 && c + j < cols; ++j) row[c + j] = words[j] < threshold;
+        }
       }
     }
   });
@@ -52,53 +90,70 @@ struct BlockArgs {
   bool act_first;       // LeakyReLU -> BN (else BN -> LeakyReLU)
 };
 
+// LeakyReLU when `on` (a compile-time constant at every use), as a multiply by a selected factor:
+// a branch around the multiply would keep the loops from vectorising.
+template <typename T>
+inline T leaky_slope(T v, T leak) { return v > T(0) ? T(1) : leak; }
+
+template <typename T>
+inline T leaky_if(bool on, T v, T leak) { return on ? v * leaky_slope(v, leak) : v; }
+
 // z: contiguous (rows, cols) GEMM output. Writes out (after dropout), pre (before it; may be nullptr)
 // and the batch mean and std = sqrt(var_biased + eps) of the BN input.
 template <typename T>
 void block_forward(const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b, double eps, T* out, T* pre,
                    T* mean_out, T* std_out) {
   const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
-      auto u = [&](int64_t r, int64_t j) {
-        const T v = z[r * cols + c0 + j];
-        return b.act_first ? leaky_relu(v, b.leak) : v;
-      };
-      std::array<double, kBlockChunk> acc{};
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < w; ++j) acc[j] += u(r, j);
-      std::array<T, kBlockChunk> mean, scale, shift;
-      for (int64_t j = 0; j < w; ++j) mean[j] = static_cast<T>(acc[j] / rows), acc[j] = 0.0;
-      // Squared deviations from the mean (not E[u^2] - m^2): exact even when the mean dwarfs the spread.
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < w; ++j) {
-          const double d = u(r, j) - mean[j];
-          acc[j] += d * d;
+  with_flags(b.act_first, b.keep != nullptr, pre != nullptr, [&](auto act_first_c, auto has_keep_c, auto has_pre_c) {
+    constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
+                   kPre = decltype(has_pre_c)::value;
+    const T leak = b.leak, drop_scale = b.scale;
+    at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
+        // One pass of moments in double around the first row's value, which keeps them exact even
+        // when the mean dwarfs the spread.
+        alignas(64) T shift[kBlockChunk], mean[kBlockChunk], scale[kBlockChunk], beta[kBlockChunk];
+        alignas(64) double s1[kBlockChunk] = {}, s2[kBlockChunk] = {};
+        for (int64_t j = 0; j < w; ++j) shift[j] = leaky_if(kActFirst, z[c0 + j], leak);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* __restrict zr = z + r * cols + c0;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) {
+            const double d = leaky_if(kActFirst, zr[j], leak) - shift[j];
+            s1[j] += d;
+            s2[j] += d * d;
+          }
         }
-      for (int64_t j = 0; j < w; ++j) {
-        const double s = std::sqrt(acc[j] / rows + eps);
-        mean_out[c0 + j] = mean[j];
-        std_out[c0 + j] = static_cast<T>(s);
-        scale[j] = static_cast<T>(b.gamma[c0 + j] / s);
-        shift[j] = b.beta[c0 + j];
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = r * cols + c0;
         for (int64_t j = 0; j < w; ++j) {
-          T v = (u(r, j) - mean[j]) * scale[j] + shift[j];
-          if (!b.act_first) v = leaky_relu(v, b.leak);
-          if (pre) pre[o + j] = v;
-          out[o + j] = b.keep ? (b.keep[o + j] ? v * b.scale : T(0)) : v;
+          const double m1 = s1[j] / rows, s = std::sqrt(std::max(s2[j] / rows - m1 * m1, 0.0) + eps);
+          mean[j] = static_cast<T>(shift[j] + m1);
+          mean_out[c0 + j] = mean[j];
+          std_out[c0 + j] = static_cast<T>(s);
+          scale[j] = static_cast<T>(b.gamma[c0 + j] / s);
+          beta[j] = b.beta[c0 + j];
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t o = r * cols + c0;
+          const T* __restrict zr = z + o;
+          const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
+          T* __restrict outr = out + o;
+          T* __restrict prer = kPre ? pre + o : nullptr;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) {
+            const T v = leaky_if(!kActFirst, (leaky_if(kActFirst, zr[j], leak) - mean[j]) * scale[j] + beta[j], leak);
+            if (kPre) prer[j] = v;
+            outr[j] = kKeep ? v * (static_cast<T>(kr[j]) * drop_scale) : v;
+          }
         }
       }
-    }
+    });
   });
 }
 
-// Gradients that reach one hidden block: g_out at its output (after dropout), g_extra also after
-// dropout and g_pre before it (both may be nullptr; they carry the loss's direct terms at the
-// representation position).
+// Gradients that reach one hidden block: g_out at its output (after dropout); at the representation
+// position also g_extra (after dropout) and g_pre (before it), the loss's direct terms; both nullptr
+// elsewhere, both set there.
 template <typename T>
 struct BlockGrads {
   const T* g_out;
@@ -107,62 +162,78 @@ struct BlockGrads {
 };
 
 // Backward of block_forward on the same z, mean and std. Writes grad_z (contiguous (rows, cols)),
-// the block's output rebuilt into a_out (for the weight gradient), dgamma, dbeta and, when not
-// nullptr, dbias = the column sums of grad_z (the bias added before z).
+// the block's output rebuilt into a_out (for the weight gradient), dgamma, dbeta and, in act_first
+// order (where the bias before z matters), dbias = the column sums of grad_z.
 template <typename T>
 void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b,
-                    const T* mean, const T* std, T* grad_z, T* a_out, T* dgamma, T* dbeta, T* dbias) {
+                    const T* mean_in, const T* std_in, T* grad_z, T* a_out, T* dgamma, T* dbeta, T* dbias) {
   const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
-      std::array<T, kBlockChunk> rstd;
-      for (int64_t j = 0; j < w; ++j) rstd[j] = T(1) / std[c0 + j];
-      auto xhat = [&](int64_t o, int64_t j) {
-        const T v = z[o + j];
-        return ((b.act_first ? leaky_relu(v, b.leak) : v) - mean[c0 + j]) * rstd[j];
-      };
-      // Pass 1: the gradient at the BN output (kept in grad_z), its column sums, the rebuilt output.
-      std::array<double, kBlockChunk> sum_g{}, sum_gx{};
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = r * cols + c0;
+  with_flags(b.act_first, b.keep != nullptr, g.g_extra != nullptr, [&](auto act_first_c, auto has_keep_c,
+                                                                        auto has_extra_c) {
+    constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
+                   kExtra = decltype(has_extra_c)::value;
+    const T leak = b.leak, drop_scale = b.scale;
+    at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
+        alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
         for (int64_t j = 0; j < w; ++j) {
-          const T xh = xhat(o, j);
-          const T y = b.gamma[c0 + j] * xh + b.beta[c0 + j];
-          const T m = b.keep ? (b.keep[o + j] ? b.scale : T(0)) : T(1);
-          T go = g.g_out ? g.g_out[o + j] : T(0);
-          if (g.g_extra) go += g.g_extra[o + j];
-          T gy = go * m;
-          if (g.g_pre) gy += g.g_pre[o + j];
-          if (!b.act_first && y <= T(0)) gy *= b.leak;
-          a_out[o + j] = (b.act_first ? y : leaky_relu(y, b.leak)) * m;
-          grad_z[o + j] = gy;
-          sum_g[j] += gy;
-          sum_gx[j] += static_cast<double>(gy) * xh;
+          mean[j] = mean_in[c0 + j], rstd[j] = T(1) / std_in[c0 + j];
+          gamma[j] = b.gamma[c0 + j], beta[j] = b.beta[c0 + j];
         }
-      }
-      std::array<T, kBlockChunk> k0, k1, k2;  // grad_z = k0 * gy - k1 - k2 * xhat
-      for (int64_t j = 0; j < w; ++j) {
-        dbeta[c0 + j] = static_cast<T>(sum_g[j]);
-        dgamma[c0 + j] = static_cast<T>(sum_gx[j]);
-        k0[j] = b.gamma[c0 + j] * rstd[j];
-        k1[j] = static_cast<T>(k0[j] * sum_g[j] / rows);
-        k2[j] = static_cast<T>(k0[j] * sum_gx[j] / rows);
-      }
-      // Pass 2: through the normalisation (and the LeakyReLU before it).
-      std::array<double, kBlockChunk> sum_gz{};
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = r * cols + c0;
+        // Pass 1: the gradient at the BN output (kept in grad_z), its column sums, the rebuilt output.
+        alignas(64) double sum_g[kBlockChunk] = {}, sum_gx[kBlockChunk] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t o = r * cols + c0;
+          const T* __restrict zr = z + o;
+          const T* __restrict gr = g.g_out + o;
+          const T* __restrict er = kExtra ? g.g_extra + o : nullptr;
+          const T* __restrict pr = kExtra ? g.g_pre + o : nullptr;
+          const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
+          T* __restrict ar = a_out + o;
+          T* __restrict gzr = grad_z + o;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) {
+            const T xh = (leaky_if(kActFirst, zr[j], leak) - mean[j]) * rstd[j];
+            const T y = gamma[j] * xh + beta[j];
+            const T m = kKeep ? static_cast<T>(kr[j]) * drop_scale : T(1);
+            T gy = (kExtra ? gr[j] + er[j] : gr[j]) * m;
+            if (kExtra) gy += pr[j];
+            if (!kActFirst) gy *= leaky_slope(y, leak);
+            ar[j] = leaky_if(!kActFirst, y, leak) * m;
+            gzr[j] = gy;
+            sum_g[j] += gy;
+            sum_gx[j] += static_cast<double>(gy) * xh;
+          }
+        }
+        alignas(64) T k0[kBlockChunk], k1[kBlockChunk], k2[kBlockChunk];  // grad_z = k0 gy - k1 - k2 xhat
         for (int64_t j = 0; j < w; ++j) {
-          T gz = k0[j] * grad_z[o + j] - k1[j] - k2[j] * xhat(o, j);
-          if (b.act_first && z[o + j] <= T(0)) gz *= b.leak;
-          grad_z[o + j] = gz;
-          sum_gz[j] += gz;
+          dbeta[c0 + j] = static_cast<T>(sum_g[j]);
+          dgamma[c0 + j] = static_cast<T>(sum_gx[j]);
+          k0[j] = gamma[j] * rstd[j];
+          k1[j] = static_cast<T>(k0[j] * sum_g[j] / rows);
+          k2[j] = static_cast<T>(k0[j] * sum_gx[j] / rows);
         }
+        // Pass 2: through the normalisation (and the LeakyReLU before it).
+        alignas(64) double sum_gz[kBlockChunk] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t o = r * cols + c0;
+          const T* __restrict zr = z + o;
+          T* __restrict gzr = grad_z + o;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) {
+            const T zv = zr[j];
+            const T xh = (leaky_if(kActFirst, zv, leak) - mean[j]) * rstd[j];
+            T gz = k0[j] * gzr[j] - k1[j] - k2[j] * xh;
+            if (kActFirst) gz *= leaky_slope(zv, leak);
+            gzr[j] = gz;
+            if (kActFirst) sum_gz[j] += gz;
+          }
+        }
+        if (kActFirst)
+          for (int64_t j = 0; j < w; ++j) dbias[c0 + j] = static_cast<T>(sum_gz[j]);
       }
-      if (dbias)
-        for (int64_t j = 0; j < w; ++j) dbias[c0 + j] = static_cast<T>(sum_gz[j]);
-    }
+    });
   });
 }
 

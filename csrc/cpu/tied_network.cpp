@@ -230,10 +230,15 @@ BackwardResult twoway_net_backward_cpu(
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
   const auto keep = all_keep_flags(net, x);
   const auto opts = x.options();
-  const Tensor extra[2] = {grad_or_undefined(grad_hx, {B, s[repr + 1]}, x, "grad_hx"),
-                           grad_or_undefined(grad_hy, {B, s[repr + 1]}, x, "grad_hy")};
-  const Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
-                               grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
+  // The loss's direct gradients at the representation: both or neither (a missing one is zero).
+  Tensor extra[2] = {grad_or_undefined(grad_hx, {B, s[repr + 1]}, x, "grad_hx"),
+                     grad_or_undefined(grad_hy, {B, s[repr + 1]}, x, "grad_hy")};
+  Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
+                         grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
+  for (int c = 0; c < 2; ++c) {
+    if (extra[c].defined() && !extra_pre[c].defined()) extra_pre[c] = at::zeros_like(extra[c]);
+    if (extra_pre[c].defined() && !extra[c].defined()) extra[c] = at::zeros_like(extra_pre[c]);
+  }
   std::vector<Tensor> P(n + 1), Q(n + 1);
   for (int64_t k = 0; k <= n; ++k) {
     P[k] = at::empty({2 * B, s[k + 1]}, opts);
