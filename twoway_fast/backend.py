@@ -22,11 +22,16 @@ class Backend(NamedTuple):
 REFERENCE = Backend("reference", reference.hidden_block, reference.forward, reference.loss)
 
 
+@torch.compiler.assume_constant_result  # a fact about the build: torch.compile need not trace it
+def _has_kernels(device_type: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::twoway_net", device_type.upper())
+
+
 def fused_unavailable_reason(device: torch.device) -> str:
     """Empty when the fused ops run on `device`, else why not."""
     if EXTENSION is None:
         return WHY_NOT
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::twoway_net", device.type.upper()):
+    if not _has_kernels(device.type):
         return f"twoway_fast._C has no kernels for {device.type} in this build"
     return ""
 
