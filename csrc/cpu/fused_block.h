@@ -18,6 +18,16 @@ namespace twoway_fast {
 
 constexpr int64_t kBlockChunk = 64;  // columns per task
 
+// Elements below which a pass runs on the calling thread: a parallel region costs more than it saves
+// on a small layer, and much more when other processes hold the cores (a descheduled worker stalls
+// the region's barrier).
+constexpr int64_t kParallelMinElements = 1 << 17;
+
+// at::parallel_for's grain for `tasks` tasks of `per_task` elements each.
+inline int64_t grain_for(int64_t per_task) {
+  return std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(per_task, 1));
+}
+
 // Calls f(std::integral_constant<bool, a>, std::integral_constant<bool, b>, std::integral_constant<bool, c>):
 // the passes below are compiled per combination of their flags, so their inner loops have no branches
 // and vectorise.
@@ -47,7 +57,7 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
   auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
   uint8_t* out = flags.data_ptr<uint8_t>();
   const int64_t groups = (cols + 3) / 4;
-  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
     alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* row = out + r * cols;
@@ -108,7 +118,7 @@ void block_forward(const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kPre = decltype(has_pre_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
@@ -173,7 +183,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kExtra = decltype(has_extra_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
         alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
