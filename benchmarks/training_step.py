@@ -30,7 +30,7 @@ def make_step(provider: str, shape: str):
     preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
     model = preset.build_model(dx, dy, hidden=hidden, backend="fused" if provider == "fused" else "reference")
     criterion = preset.build_loss(model)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
     seed = torch.tensor(1)
 
     def loss(x, y, seed):
