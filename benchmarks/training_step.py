@@ -5,7 +5,8 @@ providers: "fused" (TwoWayNet(backend="fused")), "reference" (backend="reference
 "compiled_reference" (the reference's forward and loss under torch.compile(fullgraph=True); backward
 through the compiled graph, the same optimizer) and "gemm_floor" (the fused step's matrix products
 alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient and n + 1 weight-gradient GEMMs
-with K = 2B; the floor a step cannot beat)."""
+with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per channel at the representation
+width; the floor a step cannot beat)."""
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,9 @@ def make_step(provider: str, shape: str):
     dx, hidden, dy = SHAPES[shape]
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, dx), torch.randn(BATCH, dy)
-    if provider == "gemm_floor":
-        return _gemm_floor(x, y, hidden)
     preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
+    if provider == "gemm_floor":
+        return _gemm_floor(x, y, hidden, hidden[preset.model["repr_layer"]])
     model = preset.build_model(dx, dy, hidden=hidden, backend="fused" if provider == "fused" else "reference")
     criterion = preset.build_loss(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
@@ -47,9 +48,12 @@ def make_step(provider: str, shape: str):
     return step
 
 
-def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int]):
+def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
     sizes = [x.shape[1], *hidden, y.shape[1]]
     n = len(hidden)
+    h = torch.randn(BATCH, repr_width)
+    cov = torch.empty(repr_width, repr_width)
+    dh = torch.empty(BATCH, repr_width)
     weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
     acts = [torch.empty(BATCH, s) for s in sizes]  # one buffer per width, reused by both channels
     grads = [torch.empty(BATCH, s) for s in sizes]
@@ -70,5 +74,8 @@ def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int]):
             torch.mm(q[k][BATCH:], weights[k].T, out=grads[k + 1])
         for k in range(n + 1):  # both channels' weight gradients, K = 2B
             torch.mm(p[k].T, q[k], out=dw[k])
+        for _ in range(2):  # the decorrelation of each channel: C, then the gradient H G
+            torch.mm(h.T, h, out=cov)
+            torch.mm(h, cov, out=dh)
 
     return step
