@@ -108,11 +108,13 @@ inline T leaky_slope(T v, T leak) { return v > T(0) ? T(1) : leak; }
 template <typename T>
 inline T leaky_if(bool on, T v, T leak) { return on ? v * leaky_slope(v, leak) : v; }
 
-// z: contiguous (rows, cols) GEMM output. Writes out (after dropout), pre (before it; may be nullptr)
-// and the batch mean and std = sqrt(var_biased + eps) of the BN input.
+// z: contiguous (rows, cols) GEMM output. In act_first order the layer's bias is added to z in place
+// (backward reads z with it); otherwise batch norm comes first and cancels it, and bias is unused.
+// Writes out (after dropout), pre (before it; may be nullptr) and the batch mean and
+// std = sqrt(var_biased + eps) of the BN input.
 template <typename T>
-void block_forward(const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b, double eps, T* out, T* pre,
-                   T* mean_out, T* std_out) {
+void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockArgs<T>& b, double eps, T* out,
+                   T* pre, T* mean_out, T* std_out) {
   const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
   with_flags(b.act_first, b.keep != nullptr, pre != nullptr, [&](auto act_first_c, auto has_keep_c, auto has_pre_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
@@ -125,11 +127,14 @@ void block_forward(const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b
         // when the mean dwarfs the spread.
         alignas(64) T shift[kBlockChunk], mean[kBlockChunk], scale[kBlockChunk], beta[kBlockChunk];
         alignas(64) double s1[kBlockChunk] = {}, s2[kBlockChunk] = {};
-        for (int64_t j = 0; j < w; ++j) shift[j] = leaky_if(kActFirst, z[c0 + j], leak);
+        alignas(64) T add[kBlockChunk];
+        for (int64_t j = 0; j < w; ++j) add[j] = kActFirst ? bias[c0 + j] : T(0);
+        for (int64_t j = 0; j < w; ++j) shift[j] = leaky_if(kActFirst, z[c0 + j] + add[j], leak);
         for (int64_t r = 0; r < rows; ++r) {
-          const T* __restrict zr = z + r * cols + c0;
+          T* __restrict zr = z + r * cols + c0;
 #pragma omp simd
           for (int64_t j = 0; j < w; ++j) {
+            if (kActFirst) zr[j] += add[j];
             const double d = leaky_if(kActFirst, zr[j], leak) - shift[j];
             s1[j] += d;
             s2[j] += d * d;

@@ -9,15 +9,14 @@ namespace twoway_fast {
 inline int64_t weight_out(const at::Tensor& w) { return w.dim() == 2 ? w.size(0) : w.size(0) * w.size(1); }
 inline int64_t weight_in(const at::Tensor& w) { return w.dim() == 2 ? w.size(1) : w.size(0) * w.size(2); }
 
-// out = a W^T + bias (transposed = false: the X channel's use, and the Y channel's input gradient)
-// or a W + bias (transposed = true: the Y channel's use, and the X channel's input gradient).
-// bias may be undefined. out must be (a.size(0), the product's width) with unit column stride.
-inline void tied_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool transposed,
-                        const at::Tensor& bias) {
+// out = a W^T (transposed = false: the X channel's use, and the Y channel's input gradient) or a W
+// (transposed = true: the Y channel's use, and the X channel's input gradient). out must be
+// (a.size(0), the product's width) with unit column stride. Biases are added by the passes after the
+// GEMM, not through addmm: its bias copy and beta = 1 product cost a pass of their own, and far more
+// when other processes load the cores.
+inline void tied_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool transposed) {
   if (w.dim() == 2) {
-    const auto rhs = transposed ? w : w.t();
-    if (bias.defined()) at::addmm_out(out, bias, a, rhs);
-    else at::mm_out(out, a, rhs);
+    at::mm_out(out, a, transposed ? w : w.t());
     return;
   }
   const int64_t blocks = w.size(0);
@@ -25,16 +24,13 @@ inline void tied_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   for (int64_t m = 0; m < blocks; ++m) {
     const auto wm = w.select(0, m);
     auto out_m = out.narrow(1, m * out_w, out_w);
-    const auto a_m = a.narrow(1, m * in_w, in_w);
-    const auto rhs = transposed ? wm : wm.t();
-    if (bias.defined()) at::addmm_out(out_m, bias.narrow(0, m * out_w, out_w), a_m, rhs);
-    else at::mm_out(out_m, a_m, rhs);
+    at::mm_out(out_m, a.narrow(1, m * in_w, in_w), transposed ? wm : wm.t());
   }
 }
 
-inline at::Tensor tied_mm(const at::Tensor& a, const at::Tensor& w, bool transposed, const at::Tensor& bias) {
+inline at::Tensor tied_mm(const at::Tensor& a, const at::Tensor& w, bool transposed) {
   auto out = at::empty({a.size(0), transposed ? weight_in(w) : weight_out(w)}, a.options());
-  tied_mm_out(out, a, w, transposed, bias);
+  tied_mm_out(out, a, w, transposed);
   return out;
 }
 

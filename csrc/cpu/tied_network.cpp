@@ -122,9 +122,24 @@ std::vector<Tensor> contiguous(TensorList list) {
   return out;
 }
 
+template <typename T>
+const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
 const Tensor& maybe_undefined() {
   static const Tensor undefined;
   return undefined;
+}
+
+// m (rows, cols) += v per row; on the calling thread unless large (like the block passes).
+template <typename T>
+void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* __restrict row = m + r * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) row[j] += v[j];
+    }
+  });
 }
 
 // Results of the forward op, in schema order.
@@ -154,8 +169,9 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
       const int64_t k = c == 0 ? step : n - 1 - step, slot = c * n + k;
       const Tensor& w = weights[c == 0 ? k : k + 1];
       // Batch norm right after the GEMM cancels the bias: skip it (the op's mean then excludes it).
+      // Before a LeakyReLU it counts: the block's pass adds it to z.
+      z[slot] = tied_mm(a, w, c == 1);
       const Tensor& b = act_first ? bias[c * (n + 1) + k] : maybe_undefined();
-      z[slot] = tied_mm(a, w, c == 1, b);
       const int64_t cols = net.s[k + 1];
       mean[slot] = at::empty({cols}, x.options());
       std[slot] = at::empty({cols}, x.options());
@@ -163,7 +179,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
       // Position repr always yields its pre-dropout value too (a copy when nothing is dropped).
       Tensor pre = k == repr ? at::empty({B, cols}, x.options()) : Tensor();
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_forward", [&] {
-        block_forward<scalar_t>(z[slot].data_ptr<scalar_t>(), B, cols,
+        block_forward<scalar_t>(z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), B, cols,
                                 block_args<scalar_t>(net, gamma[slot], beta[slot], keep[k], k), eps,
                                 next.data_ptr<scalar_t>(), pre.defined() ? pre.data_ptr<scalar_t>() : nullptr,
                                 mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>());
@@ -171,7 +187,11 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
       if (k == repr) h[c] = next, h_pre[c] = pre;
       a = next;
     }
-    out[c] = tied_mm(a, weights[c == 0 ? n : 0], c == 1, bias[c * (n + 1) + n]);
+    out[c] = tied_mm(a, weights[c == 0 ? n : 0], c == 1);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_output_bias", [&] {
+      add_row_vector<scalar_t>(out[c].data_ptr<scalar_t>(), bias[c * (n + 1) + n].data_ptr<scalar_t>(), B,
+                               out[c].size(1));
+    });
   }
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
@@ -199,9 +219,6 @@ Tensor grad_or_undefined(const c10::optional<Tensor>& g, at::IntArrayRef shape, 
   TORCH_CHECK(g->sizes() == shape, name, " must have shape ", shape, ", got ", g->sizes());
   return g->contiguous().to(like.scalar_type());
 }
-
-template <typename T>
-const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 BackwardResult twoway_net_backward_cpu(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
@@ -253,8 +270,8 @@ BackwardResult twoway_net_backward_cpu(
   Tensor grad_in[2];
   for (int c = 0; c < 2; ++c) {
     // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1).
-    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true, Tensor())
-                      : tied_mm(bottom(Q[0], B), weights[0], false, Tensor());
+    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true)
+                      : tied_mm(bottom(Q[0], B), weights[0], false);
     for (int64_t step = 0; step < n; ++step) {
       const int64_t k = c == 0 ? n - 1 - step : step, slot = c * n + k;
       const int64_t cols = s[k + 1];
@@ -276,7 +293,7 @@ BackwardResult twoway_net_backward_cpu(
       });
       // The gradient at the next block (or at the channel's input) goes through the same weight.
       const bool last = step == n - 1;
-      if (!last || input_grads) g = c == 0 ? tied_mm(gz, weights[k], true, Tensor()) : tied_mm(gz, weights[k + 1], false, Tensor());
+      if (!last || input_grads) g = c == 0 ? tied_mm(gz, weights[k], true) : tied_mm(gz, weights[k + 1], false);
     }
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
   }
