@@ -74,11 +74,10 @@ Tensor second_moment(const Tensor& H) {
   return at::addmm_out(c, c, H.t(), H, /*beta=*/0, /*alpha=*/1.0 / H.size(0));
 }
 
-// (||C||_F, ||diag C||_2) in double.
+// (||C||_F, ||diag C||_2) in double, one pass over C.
 std::pair<double, double> norms(const Tensor& c) {
-  const double fro = c.to(at::kDouble).pow(2).sum().item<double>();
-  const double diag = c.diagonal().to(at::kDouble).pow(2).sum().item<double>();
-  return {std::sqrt(fro), std::sqrt(diag)};
+  const auto square = [](double v) { return v * v; };
+  return {std::sqrt(sum_over(c, square)), std::sqrt(sum_over(c.diagonal(), square))};
 }
 
 void check_same(const Tensor& t, const Tensor& like, const char* name, const char* like_name) {
@@ -158,14 +157,15 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor
 }
 
 // Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
-// standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (0 where a norm is 0),
-// then through the standardisation dh = inv_std (dH - mean(dH) - H mean(dH * H)).
+// standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0 where
+// its norm is 0), computed as (2 w / B) (H C / ||C||_F - H diag(C) / ||diag C||_2) so that no k x k
+// temporary is built; then through the standardisation dh = inv_std (dH - mean(dH) - H mean(dH * H)).
 Tensor decorrelation_grad(const Tensor& h, const Tensor& c, double w, bool correlation, double eps) {
   const auto [fro, diag] = norms(c);
-  auto g = fro > 0 ? c / fro : at::zeros_like(c);
-  if (diag > 0) g.diagonal().sub_(c.diagonal() / diag);
+  const double scale = 2.0 * w / h.size(0);
   const auto H = decorrelation_input(h, correlation, eps);
-  auto dH = at::mm(H, g).mul_(2.0 * w / h.size(0));
+  auto dH = fro > 0 ? at::mm(H, c).mul_(scale / fro) : at::zeros_like(H);
+  if (diag > 0) dH.sub_(H * c.diagonal() * (scale / diag));
   if (!correlation) return dH;
   const auto inv_std = column_moments(h, eps).second;
   return (dH - dH.mean(0) - H * (dH * H).mean(0)) * inv_std;
