@@ -28,7 +28,8 @@ def main(rounds: dict[str, int]) -> None:
         print(f"{shape} ({rounds[shape]} rounds): " + ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in best.items()))
         print(f"  reference / fused {best['reference'] / best['fused']:.2f}x, compiled_reference / fused "
               f"{best['compiled_reference'] / best['fused']:.2f}x, fused / gemm_floor "
-              f"{best['fused'] / best['gemm_floor']:.2f}x")
+              f"{best['fused'] / best['gemm_floor']:.2f}x, compiled_fused / gemm_floor "
+              f"{best['compiled_fused'] / best['gemm_floor']:.2f}x")
 
 
 if __name__ == "__main__":

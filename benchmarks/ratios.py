@@ -16,6 +16,8 @@ def main(path: str) -> None:
         print(f"  reference / fused          {t['reference'] / fused:.2f}x")
         print(f"  compiled_reference / fused {t['compiled_reference'] / fused:.2f}x")
         print(f"  fused / gemm_floor         {fused / t['gemm_floor']:.2f}x")
+        print(f"  compiled_fused / gemm_floor {t['compiled_fused'] / t['gemm_floor']:.2f}x, "
+              f"compiled_reference / compiled_fused {t['compiled_reference'] / t['compiled_fused']:.2f}x")
 
 
 if __name__ == "__main__":
