@@ -24,4 +24,36 @@ TORCH_LIBRARY(twoway_fast, m) {
   // correlation), both directions from one GEMM per tile_rows rows of a: (ranks_a2b int64 (n),
   // ranks_b2a int64 (m)), 1-based, ties against the query. Rule and precision: csrc/retrieval_ranks.h.
   m.def("retrieval_ranks(Tensor a, Tensor b, Tensor group, int tile_rows) -> (Tensor, Tensor)");
+
+  // Both channels of a 2-Way Net in training mode (csrc/cpu/tied_network.cpp has the list layouts):
+  // weights[k] is (out, in) or locally dense (M, out/M, in/M); bias = X's n + 1 layers then Y's;
+  // gamma/beta = X's n positions then Y's; rng_states (n, 3) int64, one row per mirrored pair, so
+  // both channels draw the same mask; p one rate per position. Returns the reconstructions, the
+  // representation of each channel after and before its dropout, and per (channel, position) the
+  // GEMM output z and the batch mean and std of the BN input (z excludes the bias that batch norm
+  // cancels when it comes first, so mean does too).
+  m.def("twoway_net(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, Tensor[] beta, "
+        "Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first) -> "
+        "(Tensor x_hat, Tensor y_hat, Tensor hx, Tensor hy, Tensor hx_pre, Tensor hy_pre, Tensor[] z, "
+        "Tensor[] mean, Tensor[] std)");
+  // Its backward; each weight's gradient from both channels is one GEMM over 2B rows. grad_x and
+  // grad_y are empty unless input_grads.
+  m.def("twoway_net_backward(Tensor? grad_x_hat, Tensor? grad_y_hat, Tensor? grad_hx, Tensor? grad_hy, "
+        "Tensor? grad_hx_pre, Tensor? grad_hy_pre, Tensor x, Tensor y, Tensor[] weights, Tensor[] gamma, "
+        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, bool act_first, Tensor[] z, "
+        "Tensor[] mean, Tensor[] std, bool input_grads) -> (Tensor grad_x, Tensor grad_y, Tensor[] grad_weights, "
+        "Tensor[] grad_bias, Tensor[] grad_gamma, Tensor[] grad_beta)");
+
+  // The 2-Way loss (SPEC section 2). hx_dec/hy_dec are the decorrelation's inputs; coefficients =
+  // (lx, ly, lh, lc, wd, lg). Returns terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y,
+  // weight_decay, gamma_penalty) and the two (k, k) matrices C whose norms give the decorrelation.
+  m.def("twoway_loss(Tensor x, Tensor y, Tensor x_hat, Tensor y_hat, Tensor hx, Tensor hy, Tensor hx_dec, "
+        "Tensor hy_dec, Tensor[] weights, Tensor[] gammas, float[] coefficients, bool correlation, float eps) "
+        "-> (Tensor terms, Tensor cx, Tensor cy)");
+  // Its backward from grad_terms (8,), the gradient of every entry of terms.
+  m.def("twoway_loss_backward(Tensor grad_terms, Tensor x, Tensor y, Tensor x_hat, Tensor y_hat, Tensor hx, "
+        "Tensor hy, Tensor hx_dec, Tensor hy_dec, Tensor[] weights, Tensor[] gammas, Tensor cx, Tensor cy, "
+        "float[] coefficients, bool correlation, float eps) -> (Tensor grad_x_hat, Tensor grad_y_hat, "
+        "Tensor grad_hx, Tensor grad_hy, Tensor grad_hx_dec, Tensor grad_hy_dec, Tensor[] grad_weights, "
+        "Tensor[] grad_gammas)");
 }

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -15,16 +15,23 @@ BACKENDS = ("auto", "fused", "reference")
 class Backend(NamedTuple):
     name: str
     hidden_block: reference.BlockFn
+    forward: Callable  # (net, x, y, seed) -> (TwoWayOutput, batch statistics), as reference.forward
+    loss: Callable  # same signature and result as reference.loss
 
 
-REFERENCE = Backend("reference", reference.hidden_block)
+REFERENCE = Backend("reference", reference.hidden_block, reference.forward, reference.loss)
+
+
+@torch.compiler.assume_constant_result  # a fact about the build: torch.compile need not trace it
+def _has_kernels(device_type: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::twoway_net", device_type.upper())
 
 
 def fused_unavailable_reason(device: torch.device) -> str:
     """Empty when the fused ops run on `device`, else why not."""
     if EXTENSION is None:
         return WHY_NOT
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::hidden_block", device.type.upper()):
+    if not _has_kernels(device.type):
         return f"twoway_fast._C has no kernels for {device.type} in this build"
     return ""
 
@@ -36,9 +43,9 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
         return REFERENCE
     why = fused_unavailable_reason(device)
     if not why:
-        from . import ops  # registers fake kernels and autograd on first use
+        from . import fused, ops  # registers fake kernels and autograd on first use
 
-        return Backend("fused", ops.hidden_block)
+        return Backend("fused", ops.hidden_block, fused.forward, fused.loss)
     if name == "fused":
         raise RuntimeError(f"backend='fused' is unavailable on {device}: {why}")
     warnings.warn(f"twoway_fast: using the reference backend on {device}: {why}", stacklevel=3)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import reference
+from .backend import resolve_backend
 from .reference import LossTerms, TwoWayOutput
 
 DECORRELATION_FORMS = ("second_moment", "correlation")
@@ -33,7 +33,7 @@ class TwoWayLoss(nn.Module):
 
     def forward(self, out: TwoWayOutput, x: Tensor, y: Tensor) -> LossTerms:
         model = self.model[0]
-        return reference.loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients,
+        return resolve_backend(model.backend, x.device).loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients,
                               decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
                               decorrelation_eps=self.decorrelation_eps)
 

@@ -133,17 +133,17 @@ class TwoWayNet(nn.Module):
         if seed is None:  # drawn on the data's device: no host round trip, capturable in a CUDA graph
             seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device=x.device)
         seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
-        block = resolve_backend(self.backend, x.device).hidden_block
-        out, stats = reference.forward(self, x, y, seed, block)
+        out, stats = resolve_backend(self.backend, x.device).forward(self, x, y, seed)
         self._update_running_stats(stats)
         return out
 
     @torch.no_grad()
     def _update_running_stats(self, stats) -> None:
-        for (channel, k), (mean, std) in stats.items():
-            bn = (self.bn_x if channel == "x" else self.bn_y)[k]
-            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), self.bn_momentum)
-            bn.running_std.lerp_(std.detach().to(bn.running_std.dtype), self.bn_momentum)
+        bns = [(self.bn_x if channel == "x" else self.bn_y)[k] for channel, k in stats]
+        running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+        batch = [m for m, _ in stats.values()] + [s for _, s in stats.values()]
+        # One foreach call instead of two per batch norm (elementwise the same as lerp_ on each).
+        torch._foreach_lerp_(running, [b.detach().to(r.dtype) for r, b in zip(running, batch)], self.bn_momentum)
 
     def encode_x(self, x: Tensor) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout)."""

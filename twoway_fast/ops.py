@@ -50,6 +50,124 @@ torch.library.register_autograd("twoway_fast::hidden_block", _hidden_block_backw
                                 setup_context=_hidden_block_setup)
 
 
+# ---------------------------------------------------------------- the network op (both channels)
+
+def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], gamma: list[Tensor],
+               beta: list[Tensor], rng_states: Tensor, p: list[float], repr_layer: int, leak: float, eps: float,
+               act_first: bool):
+    """Both channels of a 2-Way Net in training mode (list layouts in csrc/cpu/tied_network.cpp).
+    Returns (x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std); mean and std are per (channel,
+    position), X's first, and mean excludes the bias that batch norm cancels in bn_then_act order."""
+    return torch.ops.twoway_fast.twoway_net.default(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer,
+                                                    leak, eps, act_first)
+
+
+def _weight_out(w: Tensor) -> int:
+    return w.shape[0] if w.dim() == 2 else w.shape[0] * w.shape[1]
+
+
+@torch.library.register_fake("twoway_fast::twoway_net")
+def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first):
+    n = len(gamma) // 2
+    torch._check(len(weights) == n + 1, lambda: f"weights must hold {n + 1} matrices, got {len(weights)}")
+    widths = [_weight_out(w) for w in weights[:n]]
+    rows, h = x.shape[0], widths[repr_layer]
+    reps = [x.new_empty(rows, h) for _ in range(4)]
+    z = [x.new_empty(rows, widths[k % n]) for k in range(2 * n)]
+    mean = [x.new_empty(widths[k % n]) for k in range(2 * n)]
+    std = [x.new_empty(widths[k % n]) for k in range(2 * n)]
+    return (y.new_empty(rows, x.shape[1]), x.new_empty(rows, y.shape[1]), *reps, z, mean, std)
+
+
+@torch.library.register_fake("twoway_fast::twoway_net_backward")
+def _(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights, gamma, beta, rng_states,
+      p, repr_layer, leak, act_first, z, mean, std, input_grads):
+    n = len(gamma) // 2
+    widths = [_weight_out(w) for w in weights[:n]]
+    grad_x = x.new_empty(x.shape) if input_grads else x.new_empty(0)
+    grad_y = y.new_empty(y.shape) if input_grads else y.new_empty(0)
+    grad_bias = ([x.new_empty(w) for w in widths] + [x.new_empty(y.shape[1])]
+                 + [x.new_empty(w) for w in widths] + [x.new_empty(x.shape[1])])
+    return (grad_x, grad_y, [w.new_empty(w.shape) for w in weights], grad_bias,
+            [g.new_empty(g.shape) for g in gamma], [b.new_empty(b.shape) for b in beta])
+
+
+def _twoway_net_setup(ctx, inputs, output):
+    x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first = inputs
+    z, mean, std = output[6:]
+    ctx.counts = (len(weights), len(gamma), len(z))
+    ctx.save_for_backward(x, y, rng_states, *weights, *gamma, *beta, *z, *mean, *std)
+    ctx.p, ctx.repr_layer, ctx.leak, ctx.act_first = list(p), repr_layer, leak, act_first
+    ctx.mark_non_differentiable(*z, *mean, *std)
+    ctx.set_materialize_grads(False)  # unused outputs (z, stats, often hx_pre) cost no zero tensors
+
+
+def _twoway_net_backward(ctx, grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, *_stats):
+    x, y, rng_states, *rest = ctx.saved_tensors
+    n_w, n_g, n_z = ctx.counts
+    weights, gamma, beta = rest[:n_w], rest[n_w:n_w + n_g], rest[n_w + n_g:n_w + 2 * n_g]
+    z, mean, std = (rest[n_w + 2 * n_g + i * n_z:n_w + 2 * n_g + (i + 1) * n_z] for i in range(3))
+    input_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    grad_x, grad_y, grad_w, grad_b, grad_g, grad_be = torch.ops.twoway_fast.twoway_net_backward.default(
+        grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights, gamma, beta, rng_states,
+        ctx.p, ctx.repr_layer, ctx.leak, ctx.act_first, z, mean, std, input_grads)
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_y if ctx.needs_input_grad[1] else None,
+            grad_w, grad_b, grad_g, grad_be, None, None, None, None, None, None)
+
+
+torch.library.register_autograd("twoway_fast::twoway_net", _twoway_net_backward, setup_context=_twoway_net_setup)
+
+
+# ---------------------------------------------------------------- the 2-Way loss
+
+def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, hy: Tensor, hx_dec: Tensor,
+                hy_dec: Tensor, weights: list[Tensor], gammas: list[Tensor], coefficients: list[float],
+                correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2-Way loss: terms (8,) = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay,
+    gamma_penalty) and the decorrelation matrices Cx, Cy. coefficients = (lx, ly, lh, lc, wd, lg)."""
+    return torch.ops.twoway_fast.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas,
+                                                     coefficients, correlation, eps)
+
+
+@torch.library.register_fake("twoway_fast::twoway_loss")
+def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps):
+    k = hx.shape[1]
+    return x.new_empty(8), hx.new_empty(k, k), hx.new_empty(k, k)
+
+
+@torch.library.register_fake("twoway_fast::twoway_loss_backward")
+def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, correlation,
+      eps):
+    return (x_hat.new_empty(x_hat.shape), y_hat.new_empty(y_hat.shape), hx.new_empty(hx.shape),
+            hy.new_empty(hy.shape), hx_dec.new_empty(hx_dec.shape), hy_dec.new_empty(hy_dec.shape),
+            [w.new_empty(w.shape) for w in weights], [g.new_empty(g.shape) for g in gammas])
+
+
+def _twoway_loss_setup(ctx, inputs, output):
+    x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps = inputs
+    _, cx, cy = output
+    ctx.n_weights = len(weights)
+    ctx.save_for_backward(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, cx, cy, *weights, *gammas)
+    ctx.coefficients, ctx.correlation, ctx.eps = list(coefficients), correlation, eps
+    ctx.mark_non_differentiable(cx, cy)
+
+
+def _twoway_loss_backward(ctx, grad_terms, _grad_cx, _grad_cy):
+    x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, cx, cy, *rest = ctx.saved_tensors
+    weights, gammas = rest[:ctx.n_weights], rest[ctx.n_weights:]
+    g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g = torch.ops.twoway_fast.twoway_loss_backward.default(
+        grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, ctx.coefficients,
+        ctx.correlation, ctx.eps)
+    need = ctx.needs_input_grad
+    return (-g_xh if need[0] else None, -g_yh if need[1] else None, g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g,
+            None, None, None)
+
+
+torch.library.register_autograd("twoway_fast::twoway_loss", _twoway_loss_backward, setup_context=_twoway_loss_setup)
+
+
+# ---------------------------------------------------------------- retrieval ranks
+
 def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor, tile_rows: int) -> tuple[Tensor, Tensor]:
     """Ranks under dot-product similarity of the rows as given (normalise them first for correlation),
     tile_rows queries per GEMM: (ranks_a2b (n,), ranks_b2a (m,)), int64, 1-based, ties against the query."""

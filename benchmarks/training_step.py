@@ -1,0 +1,82 @@
+"""The training steps the benchmarks compare, built once per (provider, shape): forward, the 2-Way loss,
+backward and a Nesterov SGD update, on fixed float32 data of batch 128.
+
+providers: "fused" (TwoWayNet(backend="fused")), "reference" (backend="reference", eager),
+"compiled_reference" (the reference's forward and loss under torch.compile(fullgraph=True); backward
+through the compiled graph, the same optimizer), "compiled_fused" (the same with the fused backend:
+the ops without the Python around them) and "gemm_floor" (the fused step's matrix products
+alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient and n + 1 weight-gradient GEMMs
+with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per channel at the representation
+width; the floor a step cannot beat)."""
+from __future__ import annotations
+
+import torch
+
+import twoway_fast
+
+BATCH = 128
+SHAPES = {
+    "mnist": (392, [392, 50, 392], 392),  # the mnist preset
+    "wide": (1024, [2000, 3000, 4000], 1024),  # flickr8k's structure at widths two cores can train
+}
+PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "gemm_floor")
+
+
+def make_step(provider: str, shape: str):
+    """A no-argument callable running one training step."""
+    dx, hidden, dy = SHAPES[shape]
+    torch.manual_seed(0)
+    x, y = torch.randn(BATCH, dx), torch.randn(BATCH, dy)
+    preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
+    if provider == "gemm_floor":
+        return _gemm_floor(x, y, hidden, hidden[preset.model["repr_layer"]])
+    model = preset.build_model(dx, dy, hidden=hidden, backend="reference" if "reference" in provider else "fused")
+    criterion = preset.build_loss(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
+    seed = torch.tensor(1)
+
+    def loss(x, y, seed):
+        return criterion(model(x, y, seed=seed), x, y).total
+
+    if provider.startswith("compiled"):
+        loss = torch.compile(loss, fullgraph=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss(x, y, seed).backward()
+        opt.step()
+
+    return step
+
+
+def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
+    sizes = [x.shape[1], *hidden, y.shape[1]]
+    n = len(hidden)
+    h = torch.randn(BATCH, repr_width)
+    cov = torch.empty(repr_width, repr_width)
+    dh = torch.empty(BATCH, repr_width)
+    weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
+    acts = [torch.empty(BATCH, s) for s in sizes]  # one buffer per width, reused by both channels
+    grads = [torch.empty(BATCH, s) for s in sizes]
+    p = [torch.randn(2 * BATCH, sizes[k + 1]) for k in range(n + 1)]
+    q = [torch.randn(2 * BATCH, sizes[k]) for k in range(n + 1)]
+    dw = [torch.empty_like(w) for w in weights]
+
+    def step():
+        a = x
+        for k in range(n + 1):  # X channel forward
+            a = torch.mm(a, weights[k].T, out=acts[k + 1])
+        a = y
+        for k in range(n, -1, -1):  # Y channel forward
+            a = torch.mm(a, weights[k], out=acts[k])
+        for k in range(n, 0, -1):  # X channel input gradients
+            torch.mm(p[k][:BATCH], weights[k], out=grads[k])
+        for k in range(n):  # Y channel input gradients
+            torch.mm(q[k][BATCH:], weights[k].T, out=grads[k + 1])
+        for k in range(n + 1):  # both channels' weight gradients, K = 2B
+            torch.mm(p[k].T, q[k], out=dw[k])
+        for _ in range(2):  # the decorrelation of each channel: C, then the gradient H G
+            torch.mm(h.T, h, out=cov)
+            torch.mm(h, cov, out=dh)
+
+    return step

@@ -1,0 +1,214 @@
+// CPU kernel of the 2-Way loss (SPEC section 2), forward and backward: one pass per distance, the
+// decorrelation's matrix C as one small GEMM, sums in double. terms = (total, recon_x, recon_y,
+// midway, decorr_x, decorr_y, weight_decay, gamma_penalty); coefficients = (lx, ly, lh, lc, wd, lg).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+
+namespace twoway_fast {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+constexpr int kTerms = 8;
+// terms[i] (i >= 1) enters the total with coefficients[kCoefficientOf[i]].
+constexpr std::array<int, kTerms> kCoefficientOf = {-1, 0, 1, 2, 3, 3, 4, 5};
+
+template <typename T>
+double sum_squared_difference(const T* a, const T* b, int64_t n) {
+  // Pointers by value: through a by-reference capture the vectoriser cannot see them invariant.
+  return at::parallel_reduce(0, n, 1 << 17, 0.0, [a, b](int64_t i0, int64_t i1, double acc) {
+#pragma omp simd reduction(+ : acc)  // several accumulators: a single one is bound by the add latency
+    for (int64_t i = i0; i < i1; ++i) {
+      const double d = static_cast<double>(a[i]) - b[i];
+      acc += d * d;
+    }
+    return acc;
+  }, std::plus<double>());
+}
+
+// sum_i f(t_i) in double, one pass, no temporaries (the weight-decay terms run over every weight).
+template <typename T, typename F>
+double sum_over(const T* v, int64_t n, F f) {
+  return at::parallel_reduce(0, n, 1 << 17, 0.0, [v, f](int64_t i0, int64_t i1, double acc) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = i0; i < i1; ++i) acc += f(static_cast<double>(v[i]));
+    return acc;
+  }, std::plus<double>());
+}
+
+template <typename F>
+double sum_over(const Tensor& t_in, F f) {
+  const auto t = t_in.contiguous();
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "twoway_loss_sum",
+                             [&] { sum = sum_over(t.data_ptr<scalar_t>(), t.numel(), f); });
+  return sum;
+}
+
+// Column mean and 1 / sqrt(var_biased + eps) of h: the correlation form's standardisation.
+std::pair<Tensor, Tensor> column_moments(const Tensor& h, double eps) {
+  const auto hd = h.to(at::kDouble);
+  const auto mean = hd.mean(0);
+  const auto inv_std = ((hd - mean).pow(2).mean(0) + eps).rsqrt();
+  return {mean.to(h.scalar_type()), inv_std.to(h.scalar_type())};
+}
+
+// The matrix C's input: h itself (second moment) or its columns standardised (correlation).
+Tensor decorrelation_input(const Tensor& h, bool correlation, double eps) {
+  if (!correlation) return h;
+  const auto [mean, inv_std] = column_moments(h, eps);
+  return (h - mean) * inv_std;
+}
+
+// C = H^T H / B, one GEMM.
+Tensor second_moment(const Tensor& H) {
+  auto c = at::empty({H.size(1), H.size(1)}, H.options());
+  return at::addmm_out(c, c, H.t(), H, /*beta=*/0, /*alpha=*/1.0 / H.size(0));
+}
+
+// (||C||_F, ||diag C||_2) in double, one pass over C.
+std::pair<double, double> norms(const Tensor& c) {
+  const auto square = [](double v) { return v * v; };
+  return {std::sqrt(sum_over(c, square)), std::sqrt(sum_over(c.diagonal(), square))};
+}
+
+void check_same(const Tensor& t, const Tensor& like, const char* name, const char* like_name) {
+  TORCH_CHECK(t.sizes() == like.sizes(), name, " must have the shape of ", like_name, " ", like.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
+              like.device());
+}
+
+void check_loss_inputs(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
+                       const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
+                       TensorList gammas, at::ArrayRef<double> coefficients) {
+  check_matrix(x, "x");
+  check_matrix(y, "y");
+  check_matrix(hx, "hx");
+  check_same(x_hat, x, "x_hat", "x");
+  check_same(y_hat, y, "y_hat", "y");
+  check_same(hy, hx, "hy", "hx");
+  check_same(hx_dec, hx, "hx_dec", "hx");
+  check_same(hy_dec, hx, "hy_dec", "hx");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() && hx.scalar_type() == x.scalar_type(),
+              "x, y and hx must share a dtype, got ", x.scalar_type(), ", ", y.scalar_type(), " and ",
+              hx.scalar_type());
+  TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
+              x.size(0), ", ", y.size(0), " and ", hx.size(0));
+  TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");
+  TORCH_CHECK(coefficients.size() == 6, "coefficients must be (lx, ly, lh, lc, wd, lg), got ", coefficients.size(),
+              " values");
+  for (size_t i = 0; i < weights.size(); ++i)
+    TORCH_CHECK(weights[i].scalar_type() == x.scalar_type() && weights[i].device() == x.device(), "weights[", i,
+                "] must be ", x.scalar_type(), " on ", x.device(), ", got ", weights[i].scalar_type(), " on ",
+                weights[i].device());
+  for (size_t i = 0; i < gammas.size(); ++i)
+    TORCH_CHECK(gammas[i].dim() == 1 && gammas[i].scalar_type() == x.scalar_type() &&
+                    gammas[i].device() == x.device(),
+                "gammas[", i, "] must be a 1-D ", x.scalar_type(), " tensor on ", x.device(), ", got ",
+                gammas[i].scalar_type(), " of shape ", gammas[i].sizes(), " on ", gammas[i].device());
+}
+
+double squared_distance(const Tensor& a_in, const Tensor& b_in) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_distance", [&] {
+    sum = sum_squared_difference(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), a.numel());
+  });
+  return sum / a.size(0);
+}
+
+std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat,
+                                                   const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
+                                                   const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
+                                                   TensorList gammas, at::ArrayRef<double> coefficients,
+                                                   bool correlation, double eps) {
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
+  std::array<double, kTerms> t{};
+  t[1] = squared_distance(x, x_hat);
+  t[2] = squared_distance(y, y_hat);
+  t[3] = squared_distance(hx, hy);
+  const auto cx = second_moment(decorrelation_input(hx_dec.contiguous(), correlation, eps));
+  const auto cy = second_moment(decorrelation_input(hy_dec.contiguous(), correlation, eps));
+  const auto [fx, dx] = norms(cx);
+  const auto [fy, dy] = norms(cy);
+  t[4] = fx - dx;
+  t[5] = fy - dy;
+  const auto square = [](double v) { return v * v; };
+  for (const auto& w : weights) t[6] += sum_over(w, square);
+  for (const auto& g : gammas) {
+    t[6] += sum_over(g, square);
+    t[7] += sum_over(g, [](double v) { return 1.0 / (v * v); });
+  }
+  for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
+  auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
+  std::copy(t.begin(), t.end(), terms.data_ptr<double>());
+  return {terms.to(x.scalar_type()), cx, cy};
+}
+
+// Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
+// standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0 where
+// its norm is 0), computed as (2 w / B) (H C / ||C||_F - H diag(C) / ||diag C||_2) so that no k x k
+// temporary is built; then through the standardisation dh = inv_std (dH - mean(dH) - H mean(dH * H)).
+Tensor decorrelation_grad(const Tensor& h, const Tensor& c, double w, bool correlation, double eps) {
+  const auto [fro, diag] = norms(c);
+  const double scale = 2.0 * w / h.size(0);
+  const auto H = decorrelation_input(h, correlation, eps);
+  auto dH = fro > 0 ? at::mm(H, c).mul_(scale / fro) : at::zeros_like(H);
+  if (diag > 0) dH.sub_(H * c.diagonal() * (scale / diag));
+  if (!correlation) return dH;
+  const auto inv_std = column_moments(h, eps).second;
+  return (dH - dH.mean(0) - H * (dH * H).mean(0)) * inv_std;
+}
+
+using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
+                                      std::vector<Tensor>>;
+
+LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tensor& x, const Tensor& y,
+                                            const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
+                                            const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
+                                            TensorList weights, TensorList gammas, const Tensor& cx,
+                                            const Tensor& cy, at::ArrayRef<double> coefficients, bool correlation,
+                                            double eps) {
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
+  TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
+              "), got ", grad_terms.sizes());
+  const int64_t k = hx.size(1);
+  TORCH_CHECK(cx.sizes() == at::IntArrayRef({k, k}) && cy.sizes() == cx.sizes(), "cx and cy must be (", k, ", ",
+              k, "), got ", cx.sizes(), " and ", cy.sizes());
+  // Each term's weight in the gradient: through the total and directly.
+  const auto gt = grad_terms.to(at::kDouble).contiguous();
+  const double* g = gt.data_ptr<double>();
+  std::array<double, kTerms> w{};
+  for (int i = 1; i < kTerms; ++i) w[i] = g[0] * coefficients[kCoefficientOf[i]] + g[i];
+  const double B = static_cast<double>(x.size(0));
+  auto grad_x_hat = (x_hat - x).mul_(2.0 * w[1] / B);
+  auto grad_y_hat = (y_hat - y).mul_(2.0 * w[2] / B);
+  auto grad_hx = (hx - hy).mul_(2.0 * w[3] / B);
+  auto grad_hy = -grad_hx;
+  auto grad_hx_dec = decorrelation_grad(hx_dec.contiguous(), cx, w[4], correlation, eps);
+  auto grad_hy_dec = decorrelation_grad(hy_dec.contiguous(), cy, w[5], correlation, eps);
+  std::vector<Tensor> grad_weights, grad_gammas;
+  for (const auto& wt : weights) grad_weights.push_back(wt.mul(2.0 * w[6]));
+  for (const auto& gm : gammas) grad_gammas.push_back(gm.mul(2.0 * w[6]).sub_(gm.pow(-3).mul_(2.0 * w[7])));
+  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
+  m.impl("twoway_loss", &twoway_loss_cpu);
+  m.impl("twoway_loss_backward", &twoway_loss_backward_cpu);
+}
+
+}  // namespace twoway_fast
