@@ -14,12 +14,11 @@ BACKENDS = ("auto", "fused", "reference")
 
 class Backend(NamedTuple):
     name: str
-    hidden_block: reference.BlockFn
     forward: Callable  # (net, x, y, seed) -> (TwoWayOutput, batch statistics), as reference.forward
     loss: Callable  # same signature and result as reference.loss
 
 
-REFERENCE = Backend("reference", reference.hidden_block, reference.forward, reference.loss)
+REFERENCE = Backend("reference", reference.forward, reference.loss)
 
 
 @torch.compiler.assume_constant_result  # a fact about the build: torch.compile need not trace it
@@ -43,9 +42,9 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
         return REFERENCE
     why = fused_unavailable_reason(device)
     if not why:
-        from . import fused, ops  # registers fake kernels and autograd on first use
+        from . import fused  # its import of ops registers fake kernels and autograd on first use
 
-        return Backend("fused", ops.hidden_block, fused.forward, fused.loss)
+        return Backend("fused", fused.forward, fused.loss)
     if name == "fused":
         raise RuntimeError(f"backend='fused' is unavailable on {device}: {why}")
     warnings.warn(f"twoway_fast: using the reference backend on {device}: {why}", stacklevel=3)

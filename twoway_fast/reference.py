@@ -6,7 +6,7 @@ benchmark baseline, so it stays plain: no fusion, no cleverness, one function pe
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,9 +127,6 @@ class TwoWayOutput(NamedTuple):
     hy_pre: Tensor
 
 
-BlockFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
-
-
 def rng_states(seed: Tensor, positions: int) -> Tensor:
     """One (seed, offset, first_row) per hidden position; the two channels share them (tied dropout)."""
     states = torch.zeros(positions, 3, dtype=torch.int64, device=seed.device)
@@ -138,7 +135,7 @@ def rng_states(seed: Tensor, positions: int) -> Tensor:
     return states
 
 
-def _channel(net, a: Tensor, channel: str, states: Tensor | None, block: BlockFn, stop_at: int | None = None):
+def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int | None = None):
     """Runs one channel. X visits hidden positions 0..n-1 with W_1..W_n, Y visits n-1..0 with
     W_{n+1}^T..W_2^T; both end with the remaining matrix (W_{n+1} for X, W_1^T for Y).
 
@@ -157,13 +154,9 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, block: BlockFn
             a = pre = hidden_block_eval(z, bn.gamma, bn.beta, bn.running_mean, bn.running_std, net.leak,
                                         net.act_first)
         else:
-            p = net.dropout[k]
-            if k == net.repr_layer and p > 0:  # keep the pre-dropout value for the decorrelation
-                pre, mean, std = block(z, bn.gamma, bn.beta, states[k], 0.0, net.leak, net.bn_eps, net.act_first)
-                a = pre * dropout_mask(states[k], z.shape[0], z.shape[1], p, z.dtype)
-            else:
-                a, mean, std = block(z, bn.gamma, bn.beta, states[k], p, net.leak, net.bn_eps, net.act_first)
-                pre = a
+            pre, mean, std = hidden_block(z, bn.gamma, bn.beta, states[k], 0.0, net.leak, net.bn_eps, net.act_first)
+            mask = dropout_mask(states[k], z.shape[0], z.shape[1], net.dropout[k], z.dtype)
+            a = pre if mask is None else pre * mask
             stats[k] = (mean, std)
         if k == net.repr_layer:
             taken[k] = (a, pre)
@@ -173,16 +166,15 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, block: BlockFn
     return tied_linear(a, out_weight, biases[n], transposed=channel == "y"), taken, stats
 
 
-def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, block: BlockFn = hidden_block):
+def forward(net, x: Tensor, y: Tensor, seed: Tensor | None):
     """Both channels of a 2-Way Net. seed=None means eval mode (running statistics, no dropout).
 
-    `net` supplies the parameters (a twoway_fast.TwoWayNet); `block` is the training-mode hidden
-    block (this module's, or a fused op with the same signature).
+    `net` supplies the parameters (a twoway_fast.TwoWayNet).
     Returns (TwoWayOutput, batch statistics {("x" or "y", position): (mean, std)}).
     """
     states = None if seed is None else rng_states(seed, len(net.hidden))
-    y_hat, taken_x, stats_x = _channel(net, x, "x", states, block)
-    x_hat, taken_y, stats_y = _channel(net, y, "y", states, block)
+    y_hat, taken_x, stats_x = _channel(net, x, "x", states)
+    x_hat, taken_y, stats_y = _channel(net, y, "y", states)
     r = net.repr_layer
     out = TwoWayOutput(x_hat, y_hat, taken_x[r][0], taken_y[r][0], taken_x[r][1], taken_y[r][1])
     stats = {("x", k): v for k, v in stats_x.items()} | {("y", k): v for k, v in stats_y.items()}
@@ -191,7 +183,7 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, block: BlockFn = hid
 
 def encode(net, a: Tensor, channel: str) -> Tensor:
     """Eval-mode representation of one view at the representation position."""
-    return _channel(net, a, channel, None, hidden_block, stop_at=net.repr_layer)[0]
+    return _channel(net, a, channel, None, stop_at=net.repr_layer)[0]
 
 
 # ---------------------------------------------------------------- the loss (SPEC section 2)
