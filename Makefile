@@ -74,11 +74,14 @@ cuda-check: $(CU_OBJECTS)
 
 # The op tests against twoway_fast._C built with -fsanitize=address,undefined (setup.py's
 # TWOWAY_SANITIZE=1), in a copy of the tree under build/sanitize so the normal build is untouched.
-# Python itself is not instrumented: libasan is preloaded so it comes first, and leak detection is off
-# (CPython and torch keep allocations alive until exit by design). Any ASan or UBSan report fails the run.
+# Python itself is not instrumented: libasan is preloaded so it comes first (with libstdc++, or ASan
+# cannot find the real __cxa_throw when a TORCH_CHECK throws), and leak detection is off (CPython and
+# torch keep allocations alive until exit by design). Any ASan or UBSan report fails the run; pytest
+# captures only sys.stdout/stderr so the report reaches the terminal.
 SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_retrieval_ranks.py tests/test_properties.py
-SANITIZE_ENV = LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+  ASAN_OPTIONS=detect_leaks=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=.
 
 # The C++ is rebuilt when a source changes; Python files and tests are copied afresh on every run.
@@ -95,7 +98,7 @@ sanitize: $(SANITIZE_DIR)/.built
 	for f in twoway_fast/*.py; do [ $$f = twoway_fast/_build_info.py ] || cp $$f $(SANITIZE_DIR)/$$f; done
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
 	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
-	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)
 
 clean:
 	rm -rf build *.egg-info twoway_fast/_C*.so twoway_fast/_build_info.py

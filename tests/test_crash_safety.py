@@ -101,7 +101,7 @@ def test_sigkill_and_resume_give_the_uninterrupted_weights(tmp_path):
     assert run.load_checkpoint(killed_dir / run.LAST)["epoch"] == 1
 
     kill_when_paused(child(killed_dir, "rename:2", resume=True))  # saving epoch 3 (epoch 2 was rename 1)
-    assert not (killed_dir / run.LAST).exists()
+    assert not (killed_dir / run.LAST).exists() and list(killed_dir.glob(".last.pt.*.tmp"))
     assert run.load_checkpoint(killed_dir / run.PREVIOUS)["epoch"] == 2
 
     err = finish(child(killed_dir, resume=True))
@@ -115,3 +115,4 @@ def test_sigkill_and_resume_give_the_uninterrupted_weights(tmp_path):
         assert torch.equal(want[name], got[name]), name
     assert strip_timing(run.read_metrics(killed_dir)) == strip_timing(run.read_metrics(straight_dir))
     assert run.load_checkpoint(killed_dir / run.LAST)["epoch"] == EPOCHS
+    assert not list(killed_dir.glob(".*.tmp"))  # the torn write's temporary file was cleared on resume

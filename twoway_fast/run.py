@@ -60,6 +60,12 @@ def write_atomic(path: str | Path, data: bytes, keep_previous: str | Path | None
         os.close(dir_fd)
 
 
+def remove_temporaries(run_dir: str | Path) -> None:
+    """Deletes what write_atomic leaves when killed before its rename (call with no writer running)."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def model_signature(model) -> dict[str, Any]:
     return {name: getattr(model, name, None) for name in MODEL_FIELDS}
 

@@ -110,6 +110,7 @@ class Trainer:
             raise ValueError("resume needs a run folder")
         # On the CPU: generator states must stay there; load_state_dict copies to the model's device.
         state = run.load_latest(self.run_dir, "cpu", self.model)
+        run.remove_temporaries(self.run_dir)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
