@@ -28,9 +28,9 @@ from . import __version__
 from .presets import Preset
 
 CONFIG, LAST, PREVIOUS, BEST, METRICS = "config.json", "last.pt", "previous.pt", "best.pt", "metrics.jsonl"
-# What a checkpoint must match besides its tensor shapes (TwoWayNet attributes).
-MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "dropout", "leak", "bn_eps", "bn_momentum",
-                "locally_dense")
+# What a checkpoint must match besides its tensor shapes: the TwoWayNet attributes that give its weights
+# their meaning. Training-only settings (dropout, BN momentum) may change between runs of one model.
+MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense")
 
 
 class CorruptCheckpoint(ValueError):
