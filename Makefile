@@ -4,6 +4,7 @@
 #   make demo                 train on the embedded digits halves and print the metrics
 #   make bench                microbenchmarks (ratios, one run), see benchmarks/RESULTS.md
 #   make cuda-check           compile every .cu file for sm_90 with nvcc (no GPU needed)
+#   make sanitize             the op tests against an -fsanitize=address,undefined build (build/sanitize)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ TORCH_PIN ?= 2.13.0
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: test demo bench cuda-check clean
+.PHONY: test demo bench cuda-check sanitize clean
 
 $(VENV)/.created:
 ifeq ($(TORCH),system)
@@ -70,6 +71,34 @@ $(CUDA_CHECK_DIR)/%.o: csrc/cuda/%.cu $(wildcard csrc/*.h csrc/cuda/*.cuh) $(CUD
 
 cuda-check: $(CU_OBJECTS)
 	@echo "cuda-check: $(words $(CU_OBJECTS)) CUDA source(s) compile for sm_90"
+
+# The op tests against twoway_fast._C built with -fsanitize=address,undefined (setup.py's
+# TWOWAY_SANITIZE=1), in a copy of the tree under build/sanitize so the normal build is untouched.
+# Python itself is not instrumented: libasan is preloaded so it comes first (with libstdc++, or ASan
+# cannot find the real __cxa_throw when a TORCH_CHECK throws), and leak detection is off (CPython and
+# torch keep allocations alive until exit by design). Any ASan or UBSan report fails the run; pytest
+# captures only sys.stdout/stderr so the report reaches the terminal.
+SANITIZE_DIR := build/sanitize
+SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_retrieval_ranks.py tests/test_properties.py
+SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+  ASAN_OPTIONS=detect_leaks=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=.
+
+# The C++ is rebuilt when a source changes; Python files and tests are copied afresh on every run.
+$(SANITIZE_DIR)/.built: $(VENV)/.created $(SOURCES)
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	cp -r setup.py pyproject.toml README.md csrc twoway_fast $(SANITIZE_DIR)/
+	rm -f $(SANITIZE_DIR)/twoway_fast/_C*.so $(SANITIZE_DIR)/twoway_fast/_build_info.py
+	cd $(SANITIZE_DIR) && TWOWAY_SANITIZE=1 FORCE_CUDA=0 $(abspath $(PY)) setup.py -q build_ext --inplace
+	touch $@
+
+sanitize: $(SANITIZE_DIR)/.built
+	rm -rf $(SANITIZE_DIR)/tests && cp -r tests $(SANITIZE_DIR)/
+	cp -r twoway_fast/presets $(SANITIZE_DIR)/twoway_fast/
+	for f in twoway_fast/*.py; do [ $$f = twoway_fast/_build_info.py ] || cp $$f $(SANITIZE_DIR)/$$f; done
+	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
+	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
+	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)
 
 clean:
 	rm -rf build *.egg-info twoway_fast/_C*.so twoway_fast/_build_info.py

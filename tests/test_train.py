@@ -50,7 +50,7 @@ def test_deterministic_and_resume_equals_uninterrupted(digits, tmp_path):
 def test_run_folder_contents(digits, tmp_path):
     t = trainer(digits, tmp_path, epochs=2)
     log = t.fit()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "previous.pt"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     val = log[-1]["val"]

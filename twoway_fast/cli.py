@@ -55,6 +55,8 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     out = Path(out)
     config = TrainConfig(**preset.train)
     dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
+    if resume:
+        run.check_widths(source, dataset.dx, dataset.dy, out, run.read_config(out))
     model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
     trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress)
     if resume:
@@ -64,7 +66,7 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
         out.mkdir(parents=True, exist_ok=True)
         run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
     trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True))
-    model.load_state_dict(run.load_checkpoint(out / run.BEST, device)["model"])
+    model.load_state_dict(run.load_checkpoint(out / run.BEST, device, model)["model"])
     results = evaluate(model, dataset, "test")
     zx, zy = encode(model, dataset.test)
     plots.write_all(out, model, dataset, trainer.log, zx, zy)
@@ -76,9 +78,7 @@ def _load_for_run(args):
     model, config = run.load_model(args.run, args.checkpoint, args.device)
     source = args.data or config["data"]
     dataset = data_mod.load(source, data_mod.DataConfig(**config["preset"].data), args.device)
-    if (dataset.dx, dataset.dy) != (model.dx, model.dy):
-        raise ValueError(f"{source}: view widths ({dataset.dx}, {dataset.dy}) do not match the model of {args.run} "
-                         f"({model.dx}, {model.dy})")
+    run.check_widths(source, dataset.dx, dataset.dy, args.run, config)
     return model, dataset
 
 

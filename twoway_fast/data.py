@@ -11,6 +11,8 @@ Sources (`load(source)`):
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,8 @@ CACHE_NAMES = {"train": "train", "val": "validate", "test": "test"}  # the origi
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 PREPROCESS = ("none", "l2_rows", "standardize")
 CHUNK = 65536  # rows per step when a set is processed piecewise (memory-mapped fitting, encoding)
+# What numpy raises on a truncated or damaged .npy/.npz (an empty file: EOFError; a cut zip: BadZipFile).
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class DataConfig:
         if self.pca < 0 or self.group_size < 1:
             raise ValueError(f"data.pca must be >= 0 and data.group_size >= 1, got {self.pca} and {self.group_size}")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
-            raise ValueError("data.val_fraction and data.test_fraction must be in (0, 1)")
+            raise ValueError(f"data.val_fraction and data.test_fraction must be in (0, 1), got "
+                             f"{self.val_fraction} and {self.test_fraction}")
         if self.mmap not in ("auto", True, False):
             raise ValueError(f"data.mmap must be true, false or \"auto\", got {self.mmap!r}")
 
@@ -145,8 +150,8 @@ def load_mnist_dir(directory: str | Path) -> RawData:
 def _npy(path: Path, mmap: bool) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read as .npy: {err}") from err
+    except UNREADABLE as err:
+        raise ValueError(f"{path}: cannot read as .npy: {type(err).__name__}: {err}") from err
 
 
 def _wants_mmap(paths: list[Path], mmap: str | bool) -> bool:
@@ -172,8 +177,8 @@ def load_npz(path: Path) -> RawData:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read as .npz: {err}") from err
+    except UNREADABLE as err:
+        raise ValueError(f"{path}: cannot read as .npz: {type(err).__name__}: {err}") from err
     cache = {f"{CACHE_NAMES[s]}_{v}" for s in SPLITS for v in "xy"}
     if cache <= set(arrays):
         splits = {s: RawSplit(arrays[f"{CACHE_NAMES[s]}_x"], arrays[f"{CACHE_NAMES[s]}_y"], f"{path} ({s})")

@@ -3,6 +3,7 @@ download needs: magic number, declared sizes against the bytes present."""
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {header} needed for rank {ndim})")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(IDX_DTYPES[code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise ValueError(f"{path}: {what}: shape {shape} of {dtype} needs {expected} bytes, the file has {len(raw)}")

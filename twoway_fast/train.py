@@ -2,8 +2,10 @@
 selection, atomic checkpoints, resume, progress bar and a JSON-lines metrics log.
 
 Determinism: the model is initialised from torch's generator seeded with `seed`; batch order and
-dropout seeds come from two CPU generators seeded from it and saved in every checkpoint, so a run
-resumed from a checkpoint continues exactly as the uninterrupted run would have.
+dropout seeds come from two CPU generators seeded from it and saved in every checkpoint (with torch's
+own generator), so a run resumed from a checkpoint continues exactly as the uninterrupted run would
+have. Checkpoints are written once per epoch: a run killed mid-epoch resumes at the start of that
+epoch with the state it had then, and replays the epoch bit for bit.
 """
 from __future__ import annotations
 
@@ -98,18 +100,23 @@ class Trainer:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "shuffle_gen": self.shuffle_gen.get_state(),
-                "dropout_gen": self.dropout_gen.get_state(), "epoch": self.epoch, "best": self.best}
+                "dropout_gen": self.dropout_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "best": self.best}
 
     def resume(self) -> None:
-        """Continues from RUN/last.pt; the metrics log is cut back to the checkpoint's epoch."""
+        """Continues from RUN/last.pt (RUN/previous.pt when last.pt is damaged, with a warning); the
+        metrics log is cut back to the checkpoint's epoch."""
         if self.run_dir is None:
             raise ValueError("resume needs a run folder")
-        state = run.load_checkpoint(self.run_dir / run.LAST, next(self.model.parameters()).device)
+        # On the CPU: generator states must stay there; load_state_dict copies to the model's device.
+        state = run.load_latest(self.run_dir, "cpu", self.model)
+        run.remove_temporaries(self.run_dir)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.dropout_gen.set_state(state["dropout_gen"])
+        torch.set_rng_state(state["torch_rng"])
         self.epoch, self.best = state["epoch"], state["best"]
         self.log = [row for row in run.read_metrics(self.run_dir) if row["epoch"] <= self.epoch]
 
@@ -138,11 +145,13 @@ class Trainer:
                     self.best = value
             self.log.append(row)
             if self.run_dir is not None:
+                # last.pt goes last: a run killed before it resumes from the previous epoch and
+                # rewrites best.pt and the metrics identically.
                 state = self.state()
-                run.save_checkpoint(state, self.run_dir / run.LAST)
                 if row["best"]:
-                    run.save_checkpoint(state, self.run_dir / run.BEST)
+                    run.save_checkpoint(state, self.run_dir / run.BEST, self.model)
                 run.write_metrics(self.run_dir, self.log)
+                run.save_checkpoint(state, self.run_dir / run.LAST, self.model, keep_previous=True)
             if on_epoch is not None:
                 on_epoch(row)
         return self.log
