@@ -101,6 +101,12 @@ def test_bad_views_are_refused():
         model(torch.randn(1, 4), torch.randn(1, 3))
     with pytest.raises(ValueError, match=r"y must have shape \(batch, 3\)"):
         model.encode_y(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"x has dtype torch.float64 but the model's parameters are torch.float32"):
+        model(torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"y is on meta but the model's parameters are on cpu"):
+        model(torch.randn(8, 4), torch.randn(8, 3, device="meta"))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.randn(0, 4), torch.randn(0, 3))
     model.eval()(torch.randn(1, 4), torch.randn(1, 3))  # one row is fine in eval mode
 
 

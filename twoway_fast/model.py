@@ -115,10 +115,21 @@ class TwoWayNet(nn.Module):
     def gammas(self) -> list[Tensor]:
         return [bn.gamma for bn in [*self.bn_x, *self.bn_y]]
 
+    def _check_view(self, name: str, v: Tensor, width: int) -> None:
+        if v.dim() != 2 or v.shape[1] != width:
+            raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(v.shape)}")
+        if v.shape[0] == 0:
+            raise ValueError(f"{name} is empty (0 rows)")
+        weight = self.weights[0]
+        if v.dtype != weight.dtype:
+            raise ValueError(f"{name} has dtype {v.dtype} but the model's parameters are {weight.dtype}; "
+                             f"convert one (e.g. model.to({v.dtype}) or {name}.to({weight.dtype}))")
+        if v.device != weight.device:
+            raise ValueError(f"{name} is on {v.device} but the model's parameters are on {weight.device}")
+
     def _check_views(self, x: Tensor, y: Tensor) -> None:
-        for name, v, width in (("x", x, self.dx), ("y", y, self.dy)):
-            if v.dim() != 2 or v.shape[1] != width:
-                raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(v.shape)}")
+        self._check_view("x", x, self.dx)
+        self._check_view("y", y, self.dy)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y must have the same number of rows (pairs), got {x.shape[0]} and {y.shape[0]}")
         if self.training and x.shape[0] < 2:
@@ -147,14 +158,12 @@ class TwoWayNet(nn.Module):
 
     def encode_x(self, x: Tensor) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout)."""
-        if x.dim() != 2 or x.shape[1] != self.dx:
-            raise ValueError(f"x must have shape (batch, {self.dx}), got {tuple(x.shape)}")
+        self._check_view("x", x, self.dx)
         return reference.encode(self, x, "x")
 
     def encode_y(self, y: Tensor) -> Tensor:
         """The Y view's representation (eval semantics: running statistics, no dropout)."""
-        if y.dim() != 2 or y.shape[1] != self.dy:
-            raise ValueError(f"y must have shape (batch, {self.dy}), got {tuple(y.shape)}")
+        self._check_view("y", y, self.dy)
         return reference.encode(self, y, "y")
 
     def extra_repr(self) -> str:
