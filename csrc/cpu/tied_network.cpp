@@ -15,10 +15,9 @@
 
 #include <vector>
 
-#include "checks.h"
 #include "cpu/fused_block.h"
-#include "cpu/tied_gemm.h"
 #include "philox.h"
+#include "tied_network_checks.h"
 
 namespace twoway_fast {
 namespace {
@@ -26,79 +25,21 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-// The network's shape, read from (and checked against) the op's arguments.
-struct Net {
-  int64_t n, batch, repr;
-  std::vector<int64_t> s;
+// The checked shape, plus the settings and masks of the CPU passes (rng_states read on the host).
+struct Net : NetShape {
   bool act_first;
   double leak;
   std::vector<DropoutMask> masks;
 };
 
-void check_list_item(const Tensor& t, const Tensor& x, const char* list, size_t i) {
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), list, "[", i, "] must have dtype ", x.scalar_type(),
-              " like x, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), list, "[", i, "] is on ", t.device(), " but x is on ", x.device());
-}
-
-void check_vector_item(const Tensor& t, int64_t width, const Tensor& x, const char* list, size_t i) {
-  check_list_item(t, x, list, i);
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == width, list, "[", i, "] must have shape (", width, "), got ",
-              t.sizes());
-}
-
-Net check_net(const Tensor& x, const Tensor& y, TensorList weights, TensorList gamma, TensorList beta,
-              const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first) {
-  check_matrix(x, "x");
-  check_matrix(y, "y");
-  TORCH_CHECK(x.size(0) == y.size(0), "x and y must have the same rows (pairs), got ", x.size(0), " and ",
-              y.size(0));
-  TORCH_CHECK(x.size(0) >= 2, "batch statistics need at least 2 rows in training, got a batch of ", x.size(0));
-  TORCH_CHECK(y.scalar_type() == x.scalar_type(), "y must have dtype ", x.scalar_type(), " like x, got ",
-              y.scalar_type());
-  TORCH_CHECK(y.device() == x.device(), "y is on ", y.device(), " but x is on ", x.device());
+Net cpu_net(const Tensor& x, const Tensor& y, TensorList weights, TensorList gamma, TensorList beta,
+            const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first) {
   Net net;
-  net.n = static_cast<int64_t>(gamma.size()) / 2;
-  TORCH_CHECK(net.n >= 1 && gamma.size() == static_cast<size_t>(2 * net.n),
-              "gamma must hold one vector per hidden position and channel (an even count >= 2), got ",
-              gamma.size());
-  TORCH_CHECK(beta.size() == gamma.size(), "beta must hold ", gamma.size(), " vectors like gamma, got ",
-              beta.size());
-  TORCH_CHECK(weights.size() == static_cast<size_t>(net.n + 1), "weights must hold n + 1 = ", net.n + 1,
-              " matrices for ", net.n, " hidden positions, got ", weights.size());
-  TORCH_CHECK(p.size() == static_cast<size_t>(net.n), "p must hold one dropout rate per hidden position (",
-              net.n, "), got ", p.size());
-  TORCH_CHECK(0 <= repr && repr < net.n, "repr_layer must be in [0, ", net.n, "), got ", repr);
-  TORCH_CHECK(rng_states.dim() == 2 && rng_states.size(0) == net.n && rng_states.size(1) == 3 &&
-                  rng_states.scalar_type() == at::kLong,
-              "rng_states must be int64 of shape (", net.n, ", 3) (seed, offset, first_row per position), got ",
-              rng_states.scalar_type(), " of shape ", rng_states.sizes());
-  TORCH_CHECK(rng_states.device() == x.device(), "rng_states is on ", rng_states.device(), " but x is on ",
-              x.device());
-  net.s.push_back(x.size(1));
-  for (size_t k = 0; k < weights.size(); ++k) {
-    const Tensor& w = weights[k];
-    check_list_item(w, x, "weights", k);
-    TORCH_CHECK(w.dim() == 2 || w.dim() == 3, "weights[", k, "] must be (out, in) or locally dense (M, out/M, ",
-                "in/M), got shape ", w.sizes());
-    TORCH_CHECK(weight_in(w) == net.s.back(), "weights[", k, "] must take width ", net.s.back(), ", got shape ",
-                w.sizes());
-    net.s.push_back(weight_out(w));
-  }
-  TORCH_CHECK(net.s.back() == y.size(1), "the last weight must map to y's width ", y.size(1), ", got ",
-              net.s.back());
-  for (int64_t k = 0; k < 2 * net.n; ++k) {
-    check_vector_item(gamma[k], net.s[k % net.n + 1], x, "gamma", k);
-    check_vector_item(beta[k], net.s[k % net.n + 1], x, "beta", k);
-  }
+  static_cast<NetShape&>(net) = check_net(x, y, weights, gamma, beta, rng_states, p, repr);
   const auto states = rng_states.contiguous();
   const int64_t* st = states.data_ptr<int64_t>();
-  for (int64_t k = 0; k < net.n; ++k) {
-    check_dropout(p[k]);
+  for (int64_t k = 0; k < net.n; ++k)
     net.masks.push_back(DropoutMask::make(st[3 * k], st[3 * k + 1], st[3 * k + 2], p[k]));
-  }
-  net.batch = x.size(0);
-  net.repr = repr;
   net.act_first = act_first;
   net.leak = leak;
   return net;
@@ -114,12 +55,6 @@ std::vector<Tensor> all_keep_flags(const Net& net, const Tensor& x) {
   std::vector<Tensor> keep;
   for (int64_t k = 0; k < net.n; ++k) keep.push_back(keep_flags(net.masks[k], net.batch, net.s[k + 1], x.device()));
   return keep;
-}
-
-std::vector<Tensor> contiguous(TensorList list) {
-  std::vector<Tensor> out;
-  for (const auto& t : list) out.push_back(t.contiguous());
-  return out;
 }
 
 template <typename T>
@@ -149,14 +84,9 @@ using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
 ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                              TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                              at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
-  const Net net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
   const int64_t n = net.n, B = net.batch;
-  TORCH_CHECK(bias_in.size() == static_cast<size_t>(2 * (n + 1)), "bias must hold 2 (n + 1) = ", 2 * (n + 1),
-              " vectors (X's layers then Y's), got ", bias_in.size());
-  for (int64_t k = 0; k <= n; ++k) {
-    check_vector_item(bias_in[k], net.s[k + 1], x_in, "bias", k);
-    check_vector_item(bias_in[n + 1 + k], k < n ? net.s[k + 1] : net.s[0], x_in, "bias", n + 1 + k);
-  }
+  check_net_bias(net, bias_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
@@ -199,27 +129,6 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
 using BackwardResult = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
                                   std::vector<Tensor>>;
 
-// The two rows halves of a (2B, width) buffer.
-Tensor top(const Tensor& t, int64_t B) { return t.narrow(0, 0, B); }
-Tensor bottom(const Tensor& t, int64_t B) { return t.narrow(0, B, B); }
-
-void copy_or_zero(Tensor dst, const c10::optional<Tensor>& src, const char* name) {
-  if (!src.has_value() || !src->defined()) {
-    dst.zero_();
-    return;
-  }
-  TORCH_CHECK(src->sizes() == dst.sizes(), name, " must have shape ", dst.sizes(), ", got ", src->sizes());
-  dst.copy_(*src);
-}
-
-// An optional incoming gradient as a contiguous tensor of the activations' dtype, or undefined.
-Tensor grad_or_undefined(const c10::optional<Tensor>& g, at::IntArrayRef shape, const Tensor& like,
-                         const char* name) {
-  if (!g.has_value() || !g->defined()) return Tensor();
-  TORCH_CHECK(g->sizes() == shape, name, " must have shape ", shape, ", got ", g->sizes());
-  return g->contiguous().to(like.scalar_type());
-}
-
 BackwardResult twoway_net_backward_cpu(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
@@ -227,21 +136,10 @@ BackwardResult twoway_net_backward_cpu(
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
     TensorList std_in, bool input_grads) {
-  const Net net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
-  TORCH_CHECK(z_in.size() == static_cast<size_t>(2 * n) && mean_in.size() == z_in.size() &&
-                  std_in.size() == z_in.size(),
-              "z, mean and std must hold ", 2 * n, " tensors each (the forward's), got ", z_in.size(), ", ",
-              mean_in.size(), " and ", std_in.size());
-  for (int64_t k = 0; k < 2 * n; ++k) {
-    const int64_t cols = s[k % n + 1];
-    check_list_item(z_in[k], x_in, "z", k);
-    TORCH_CHECK(z_in[k].dim() == 2 && z_in[k].size(0) == B && z_in[k].size(1) == cols, "z[", k,
-                "] must have shape (", B, ", ", cols, "), got ", z_in[k].sizes());
-    check_vector_item(mean_in[k], cols, x_in, "mean", k);
-    check_vector_item(std_in[k], cols, x_in, "std", k);
-  }
+  check_net_saved(net, z_in, mean_in, std_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
@@ -252,10 +150,7 @@ BackwardResult twoway_net_backward_cpu(
                      grad_or_undefined(grad_hy, {B, s[repr + 1]}, x, "grad_hy")};
   Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
                          grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
-  for (int c = 0; c < 2; ++c) {
-    if (extra[c].defined() && !extra_pre[c].defined()) extra_pre[c] = at::zeros_like(extra[c]);
-    if (extra_pre[c].defined() && !extra[c].defined()) extra[c] = at::zeros_like(extra_pre[c]);
-  }
+  for (int c = 0; c < 2; ++c) pair_up(extra[c], extra_pre[c]);
   std::vector<Tensor> P(n + 1), Q(n + 1);
   for (int64_t k = 0; k <= n; ++k) {
     P[k] = at::empty({2 * B, s[k + 1]}, opts);

@@ -9,17 +9,13 @@
 #include <cmath>
 #include <vector>
 
-#include "checks.h"
+#include "twoway_loss_common.h"
 
 namespace twoway_fast {
 namespace {
 
 using at::Tensor;
 using at::TensorList;
-
-constexpr int kTerms = 8;
-// terms[i] (i >= 1) enters the total with coefficients[kCoefficientOf[i]].
-constexpr std::array<int, kTerms> kCoefficientOf = {-1, 0, 1, 2, 3, 3, 4, 5};
 
 template <typename T>
 double sum_squared_difference(const T* a, const T* b, int64_t n) {
@@ -53,70 +49,10 @@ double sum_over(const Tensor& t_in, F f) {
   return sum;
 }
 
-// Column mean and 1 / sqrt(var_biased + eps) of h: the correlation form's standardisation.
-std::pair<Tensor, Tensor> column_moments(const Tensor& h, double eps) {
-  const auto hd = h.to(at::kDouble);
-  const auto mean = hd.mean(0);
-  const auto inv_std = ((hd - mean).pow(2).mean(0) + eps).rsqrt();
-  return {mean.to(h.scalar_type()), inv_std.to(h.scalar_type())};
-}
-
-// The matrix C's input: h itself (second moment) or its columns standardised (correlation).
-Tensor decorrelation_input(const Tensor& h, bool correlation, double eps) {
-  if (!correlation) return h;
-  const auto [mean, inv_std] = column_moments(h, eps);
-  return (h - mean) * inv_std;
-}
-
-// C = H^T H / B, one GEMM.
-Tensor second_moment(const Tensor& H) {
-  auto c = at::empty({H.size(1), H.size(1)}, H.options());
-  return at::addmm_out(c, c, H.t(), H, /*beta=*/0, /*alpha=*/1.0 / H.size(0));
-}
-
 // (||C||_F, ||diag C||_2) in double, one pass over C.
 std::pair<double, double> norms(const Tensor& c) {
   const auto square = [](double v) { return v * v; };
   return {std::sqrt(sum_over(c, square)), std::sqrt(sum_over(c.diagonal(), square))};
-}
-
-void check_same(const Tensor& t, const Tensor& like, const char* name, const char* like_name) {
-  TORCH_CHECK(t.sizes() == like.sizes(), name, " must have the shape of ", like_name, " ", like.sizes(), ", got ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
-              like.device());
-}
-
-void check_loss_inputs(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
-                       const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
-                       TensorList gammas, at::ArrayRef<double> coefficients) {
-  check_matrix(x, "x");
-  check_matrix(y, "y");
-  check_matrix(hx, "hx");
-  check_same(x_hat, x, "x_hat", "x");
-  check_same(y_hat, y, "y_hat", "y");
-  check_same(hy, hx, "hy", "hx");
-  check_same(hx_dec, hx, "hx_dec", "hx");
-  check_same(hy_dec, hx, "hy_dec", "hx");
-  TORCH_CHECK(y.scalar_type() == x.scalar_type() && hx.scalar_type() == x.scalar_type(),
-              "x, y and hx must share a dtype, got ", x.scalar_type(), ", ", y.scalar_type(), " and ",
-              hx.scalar_type());
-  TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
-              x.size(0), ", ", y.size(0), " and ", hx.size(0));
-  TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");
-  TORCH_CHECK(coefficients.size() == 6, "coefficients must be (lx, ly, lh, lc, wd, lg), got ", coefficients.size(),
-              " values");
-  for (size_t i = 0; i < weights.size(); ++i)
-    TORCH_CHECK(weights[i].scalar_type() == x.scalar_type() && weights[i].device() == x.device(), "weights[", i,
-                "] must be ", x.scalar_type(), " on ", x.device(), ", got ", weights[i].scalar_type(), " on ",
-                weights[i].device());
-  for (size_t i = 0; i < gammas.size(); ++i)
-    TORCH_CHECK(gammas[i].dim() == 1 && gammas[i].scalar_type() == x.scalar_type() &&
-                    gammas[i].device() == x.device(),
-                "gammas[", i, "] must be a 1-D ", x.scalar_type(), " tensor on ", x.device(), ", got ",
-                gammas[i].scalar_type(), " of shape ", gammas[i].sizes(), " on ", gammas[i].device());
 }
 
 double squared_distance(const Tensor& a_in, const Tensor& b_in) {

@@ -1,6 +1,7 @@
-// The GEMMs of a tied layer through ATen (MKL/oneDNN), dense or locally dense. A layer's weight W is
-// (out, in), or (M, out/M, in/M) for a locally dense layer, whose block-diagonal matrix is never
-// built: each block multiplies its own column slices (strided views, no copies).
+// The GEMMs of a tied layer through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA), dense or locally
+// dense. A layer's weight W is (out, in), or (M, out/M, in/M) for a locally dense layer, whose
+// block-diagonal matrix is never built: each block multiplies its own column slices (strided views,
+// no copies).
 #pragma once
 #include <ATen/ATen.h>
 

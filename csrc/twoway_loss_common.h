@@ -1,0 +1,80 @@
+// The parts of the 2-Way loss op (SPEC section 2) shared by its CPU and CUDA kernels: the term
+// layout, input checks and the decorrelation's matrix C, all through ATen (any device, no host reads).
+// terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty);
+// coefficients = (lx, ly, lh, lc, wd, lg).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <utility>
+
+#include "checks.h"
+
+namespace twoway_fast {
+
+constexpr int kTerms = 8;
+// terms[i] (i >= 1) enters the total with coefficients[kCoefficientOf[i]].
+constexpr std::array<int, kTerms> kCoefficientOf = {-1, 0, 1, 2, 3, 3, 4, 5};
+
+// Column mean and 1 / sqrt(var_biased + eps) of h: the correlation form's standardisation.
+inline std::pair<at::Tensor, at::Tensor> column_moments(const at::Tensor& h, double eps) {
+  const auto hd = h.to(at::kDouble);
+  const auto mean = hd.mean(0);
+  const auto inv_std = ((hd - mean).pow(2).mean(0) + eps).rsqrt();
+  return {mean.to(h.scalar_type()), inv_std.to(h.scalar_type())};
+}
+
+// The matrix C's input: h itself (second moment) or its columns standardised (correlation).
+inline at::Tensor decorrelation_input(const at::Tensor& h, bool correlation, double eps) {
+  if (!correlation) return h;
+  const auto [mean, inv_std] = column_moments(h, eps);
+  return (h - mean) * inv_std;
+}
+
+// C = H^T H / B, one GEMM.
+inline at::Tensor second_moment(const at::Tensor& H) {
+  auto c = at::empty({H.size(1), H.size(1)}, H.options());
+  return at::addmm_out(c, c, H.t(), H, /*beta=*/0, /*alpha=*/1.0 / H.size(0));
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
+  TORCH_CHECK(t.sizes() == like.sizes(), name, " must have the shape of ", like_name, " ", like.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
+              like.device());
+}
+
+inline void check_loss_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
+                              const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
+                              const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
+                              at::TensorList gammas, at::ArrayRef<double> coefficients) {
+  check_matrix(x, "x");
+  check_matrix(y, "y");
+  check_matrix(hx, "hx");
+  check_same(x_hat, x, "x_hat", "x");
+  check_same(y_hat, y, "y_hat", "y");
+  check_same(hy, hx, "hy", "hx");
+  check_same(hx_dec, hx, "hx_dec", "hx");
+  check_same(hy_dec, hx, "hy_dec", "hx");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() && hx.scalar_type() == x.scalar_type(),
+              "x, y and hx must share a dtype, got ", x.scalar_type(), ", ", y.scalar_type(), " and ",
+              hx.scalar_type());
+  TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
+              x.size(0), ", ", y.size(0), " and ", hx.size(0));
+  TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");
+  TORCH_CHECK(coefficients.size() == 6, "coefficients must be (lx, ly, lh, lc, wd, lg), got ", coefficients.size(),
+              " values");
+  for (size_t i = 0; i < weights.size(); ++i)
+    TORCH_CHECK(weights[i].scalar_type() == x.scalar_type() && weights[i].device() == x.device(), "weights[", i,
+                "] must be ", x.scalar_type(), " on ", x.device(), ", got ", weights[i].scalar_type(), " on ",
+                weights[i].device());
+  for (size_t i = 0; i < gammas.size(); ++i)
+    TORCH_CHECK(gammas[i].dim() == 1 && gammas[i].scalar_type() == x.scalar_type() &&
+                    gammas[i].device() == x.device(),
+                "gammas[", i, "] must be a 1-D ", x.scalar_type(), " tensor on ", x.device(), ", got ",
+                gammas[i].scalar_type(), " of shape ", gammas[i].sizes(), " on ", gammas[i].device());
+}
+
+}  // namespace twoway_fast
