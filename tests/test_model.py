@@ -160,3 +160,13 @@ def test_preset_errors_name_the_problem(tmp_path):
         presets.load(bad)
     with pytest.raises(ValueError, match="cannot read preset file"):
         presets.load(tmp_path / "missing.toml")
+
+
+def test_auto_uses_fused_only_on_verified_devices(monkeypatch):
+    from twoway_fast import backend
+
+    monkeypatch.setattr(backend, "_has_kernels", lambda device_type: True)
+    monkeypatch.setattr(backend, "EXTENSION", object())
+    with pytest.warns(UserWarning, match="not yet verified on hardware"):
+        assert backend.resolve_backend("auto", torch.device("meta")).name == "reference"
+    assert backend.resolve_backend("fused", torch.device("meta")).name == "fused"
