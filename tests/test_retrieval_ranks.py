@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from twoway_fast import metrics, ops, retrieval
+from twoway_fast._extension import has_kernel
 
-CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and retrieval.fused_available(torch.device("cuda"))),
+CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and has_kernel("retrieval_ranks", "cuda")),
                           reason="needs a GPU and a CUDA build of twoway_fast._C")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 CPU_TILE = retrieval.TILE_ROWS["cpu"]

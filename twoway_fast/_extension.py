@@ -26,3 +26,9 @@ def load():
 
 
 EXTENSION, WHY_NOT = load()
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether the loaded extension registers torch.ops.twoway_fast.<op> for this device type."""
+    return EXTENSION is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"twoway_fast::{op}", device_type.upper())

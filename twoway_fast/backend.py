@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import reference
-from ._extension import EXTENSION, WHY_NOT
+from ._extension import EXTENSION, WHY_NOT, has_kernel
 
 BACKENDS = ("auto", "fused", "reference")
 
@@ -23,7 +23,7 @@ REFERENCE = Backend("reference", reference.forward, reference.loss)
 
 @torch.compiler.assume_constant_result  # a fact about the build: torch.compile need not trace it
 def _has_kernels(device_type: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("twoway_fast::twoway_net", device_type.upper())
+    return has_kernel("twoway_net", device_type)
 
 
 # Device types whose fused kernels have passed the test suite on real hardware. "auto" picks the fused

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._extension import EXTENSION
+from ._extension import has_kernel
 
 # Rows of `a` per GEMM block: the block holds tile_rows x m scores. Large enough for an efficient
 # GEMM, small enough that the block stays a small multiple of the inputs.
@@ -69,11 +69,6 @@ def plain_ranks(a: Tensor, b: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
     return _plain_one_way(a, b, group, query_owns=True), _plain_one_way(b, a, group, query_owns=False)
 
 
-def fused_available(device: torch.device) -> bool:
-    return EXTENSION is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "twoway_fast::retrieval_ranks", device.type.upper())
-
-
 def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """1-based ranks under correlation similarity, both directions.
 
@@ -90,7 +85,7 @@ def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor | None = None) -> tuple[
     if a.dtype in (torch.float16, torch.bfloat16):
         a, b = a.float(), b.float()
     a_n, b_n = correlation_normalise(a), correlation_normalise(b)
-    if fused_available(a.device):
+    if has_kernel("retrieval_ranks", a.device.type):
         from . import ops  # registers the fake kernel on first use
 
         return ops.retrieval_ranks(a_n, b_n, group, TILE_ROWS.get(a.device.type, TILE_ROWS["cuda"]))
