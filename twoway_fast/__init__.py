@@ -1,5 +1,5 @@
 """twoway_fast: fast, trustworthy 2-Way Nets (Eisenschtat and Wolf, CVPR 2017)."""
-from . import _extension  # raises ImportError when built against another torch
+from . import _extension  # noqa: F401  (raises ImportError when built against another torch)
 from . import presets, reference
 from .loss import TwoWayLoss
 from .model import TwoWayNet

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor
 
 from . import ops
-from .reference import LossTerms, TwoWayOutput, rng_states
+from .reference import LossTerms, TwoWayOutput, decorrelation_inputs, rng_states
 
 
 def forward(net, x: Tensor, y: Tensor, seed: Tensor):
@@ -36,12 +35,7 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
          decorrelation_form: str = "second_moment", decorrelation_input: str = "after_dropout",
          decorrelation_eps: float = 1e-5) -> LossTerms:
     """The 2-Way loss in one op, same arguments and result as reference.loss."""
-    if decorrelation_form not in ("second_moment", "correlation"):
-        raise ValueError(f"decorrelation form must be 'second_moment' or 'correlation', got {decorrelation_form!r}")
-    if decorrelation_input not in ("after_dropout", "before_dropout"):
-        raise ValueError(f"decorrelation_input must be 'after_dropout' or 'before_dropout', got "
-                         f"{decorrelation_input!r}")
-    hx_dec, hy_dec = (out.hx, out.hy) if decorrelation_input == "after_dropout" else (out.hx_pre, out.hy_pre)
+    hx_dec, hy_dec = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     terms, _, _ = ops.twoway_loss(x, y, out.x_hat, out.y_hat, out.hx, out.hy, hx_dec, hy_dec, list(weights),
                                   list(gammas), [lx, ly, lh, lc, wd, lg], decorrelation_form == "correlation",
                                   decorrelation_eps)

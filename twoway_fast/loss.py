@@ -4,10 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .backend import resolve_backend
-from .reference import LossTerms, TwoWayOutput
-
-DECORRELATION_FORMS = ("second_moment", "correlation")
-DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
+from .reference import LossTerms, TwoWayOutput, check_loss_variant
 
 
 class TwoWayLoss(nn.Module):
@@ -22,10 +19,7 @@ class TwoWayLoss(nn.Module):
                  wd: float = 0.05, lg: float = 0.05, decorrelation: str = "second_moment",
                  decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5):
         super().__init__()
-        if decorrelation not in DECORRELATION_FORMS:
-            raise ValueError(f"decorrelation must be one of {DECORRELATION_FORMS}, got {decorrelation!r}")
-        if decorrelation_input not in DECORRELATION_INPUTS:
-            raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {decorrelation_input!r}")
+        check_loss_variant(decorrelation, decorrelation_input)
         self.model = [model]  # a plain list: the loss must not re-register the model's parameters
         self.coefficients = dict(lx=lx, ly=ly, lh=lh, lc=lc, wd=wd, lg=lg)
         self.decorrelation, self.decorrelation_input = decorrelation, decorrelation_input

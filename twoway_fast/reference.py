@@ -200,6 +200,23 @@ class LossTerms(NamedTuple):
     gamma_penalty: Tensor  # sum 1 / gamma^2
 
 
+DECORRELATION_FORMS = ("second_moment", "correlation")
+DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
+
+
+def check_loss_variant(form: str, where: str) -> None:
+    if form not in DECORRELATION_FORMS:
+        raise ValueError(f"decorrelation must be one of {DECORRELATION_FORMS} (the decorrelation form), got {form!r}")
+    if where not in DECORRELATION_INPUTS:
+        raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {where!r}")
+
+
+def decorrelation_inputs(out: TwoWayOutput, form: str, where: str) -> tuple[Tensor, Tensor]:
+    """The representations the decorrelation term sees (after or before the tied dropout)."""
+    check_loss_variant(form, where)
+    return (out.hx, out.hy) if where == "after_dropout" else (out.hx_pre, out.hy_pre)
+
+
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).sum(1).mean()
 
@@ -211,7 +228,7 @@ def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> 
         centred = h - h.mean(0)
         h = centred / torch.sqrt(centred.pow(2).mean(0) + eps)
     elif form != "second_moment":
-        raise ValueError(f"decorrelation form must be 'second_moment' or 'correlation', got {form!r}")
+        check_loss_variant(form, "after_dropout")
     c = h.T @ h / h.shape[0]
     return torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
 
@@ -222,10 +239,7 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
          decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
     both channels. Defaults are SPEC's faithful ones (lh, lc of the mnist preset)."""
-    if decorrelation_input not in ("after_dropout", "before_dropout"):
-        raise ValueError(f"decorrelation_input must be 'after_dropout' or 'before_dropout', got "
-                         f"{decorrelation_input!r}")
-    hx, hy = (out.hx, out.hy) if decorrelation_input == "after_dropout" else (out.hx_pre, out.hy_pre)
+    hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     recon_x = squared_distance(x, out.x_hat)
     recon_y = squared_distance(y, out.y_hat)
     midway = squared_distance(out.hx, out.hy)

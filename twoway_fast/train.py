@@ -22,9 +22,10 @@ from . import metrics, run
 from .data import Split, batches
 from .evaluation import encode, retrieval_of
 from .presets import Preset
+from .reference import LossTerms
 
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
-TERMS = ("total", "recon_x", "recon_y", "midway", "decorr_x", "decorr_y", "weight_decay", "gamma_penalty")
+TERMS = LossTerms._fields
 CHECK_EVERY = 20  # steps between reads of the loss on the host (each read waits for the device)
 
 
