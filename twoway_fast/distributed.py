@@ -1,0 +1,210 @@
+"""Data-parallel training on torch.distributed (torchrun; gloo on the CPU, NCCL on GPUs).
+
+Every rank holds the whole model and takes a contiguous slice of every global batch; gradients are
+averaged after backward. With synchronised statistics (TwoWayNet.stats_group set) the batch norms and
+the decorrelation covariance see the rows of every rank: their sums are all-reduced with the
+differentiable all_reduce of torch.distributed._functional_collectives (the successor torch names for the
+deprecated torch.distributed.nn.functional.all_reduce), whose backward all-reduces the incoming
+gradient, so N ranks of B rows compute the gradient of one batch of N*B rows (tests/test_distributed.py).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference
+from ._extension import has_kernel
+from .reference import LossTerms, TwoWayOutput
+
+bytes_all_reduced = 0  # every all-reduce of this process, forward and backward (the benchmark reads it)
+
+
+def _count(t: Tensor) -> None:
+    global bytes_all_reduced
+    bytes_all_reduced += t.numel() * t.element_size()
+
+
+def init_from_env(device: str) -> str:
+    """Joins the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...),
+    gloo for the CPU and NCCL for CUDA; returns the device of this rank (cuda:LOCAL_RANK for cuda).
+    Without torchrun's environment it does nothing."""
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return device
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the data-parallel run: rank `rank` of `world` (0 of 1 without one)."""
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        return cls(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else cls()
+
+    def local_rows(self, batch_size: int) -> int:
+        if batch_size % self.world:
+            raise ValueError(f"train.batch_size {batch_size} (the global batch) must divide by the number of "
+                             f"processes, {self.world}")
+        return batch_size // self.world
+
+    def shard(self, index: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch; rows keep their global position, so the
+        dropout masks (drawn per global row from first_row) do not depend on the number of ranks."""
+        return index.view(self.world, -1)[self.rank]
+
+    def first_row(self, local_rows: int) -> int:
+        return self.rank * local_rows
+
+    def average_gradients(self, params) -> None:
+        """All ranks' gradients averaged, in one all-reduce of the flattened gradients."""
+        if self.world == 1:
+            return
+        params = [p for p in params if p.requires_grad]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        _count(flat)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = g.view_as(p)
+
+    def average(self, t: Tensor) -> Tensor:
+        """The mean over ranks of a tensor (metrics, local running statistics)."""
+        if self.world == 1:
+            return t
+        t = t.clone()
+        _count(t)
+        dist.all_reduce(t)
+        return t / self.world
+
+    def first_bad(self, step: Tensor, value: Tensor) -> tuple[int, float]:
+        """The earliest step (-1: none) at which any rank's loss was not finite, and that loss: every rank
+        stops at the same check, none is left waiting in an all-reduce."""
+        if self.world == 1:
+            return int(step), float(value)
+        pair = torch.stack([step.double(), value.double()])
+        gathered = [torch.empty_like(pair) for _ in range(self.world)]
+        dist.all_gather(gathered, pair)
+        bad = [(int(s), v) for s, v in (g.tolist() for g in gathered) if s >= 0]
+        return min(bad, key=lambda sv: sv[0]) if bad else (-1, 0.0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+@torch.no_grad()
+def average_buffers(model, ranks: Ranks) -> None:
+    """Local statistics leave each rank its own BN running estimates; average them (before validation
+    and checkpoints, so every rank holds the same model)."""
+    for buffer in model.buffers():
+        buffer.copy_(ranks.average(buffer))
+
+
+def broadcast_parameters(model) -> None:
+    """Rank 0's parameters and buffers on every rank (the runs are seeded alike; this makes it certain)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t, 0)
+
+
+# ---------------------------------------------------------------- statistics over every rank's rows
+
+def _all_reduce(t: Tensor, group) -> Tensor:
+    """Differentiable sum over the ranks of `group`; counts the bytes both ways."""
+    _count(t)
+    out = funcol.all_reduce(t, "sum", group)
+    if out.requires_grad:
+        out.register_hook(lambda grad: _count(grad))
+    return out
+
+
+def global_rows(rows: int, group) -> int:
+    return rows * dist.get_world_size(group)  # shards are equal (Ranks.local_rows)
+
+
+def column_stats(u: Tensor, shift: Tensor, eps: float, group) -> tuple[Tensor, Tensor]:
+    """Batch mean and std = sqrt(var_biased + eps) of u's columns over every rank's rows, differentiable.
+    One all-reduce of the sums and sums of squares, in float64, of u - shift: shift (the running
+    mean, the same on every rank) keeps them from cancelling when the mean dwarfs the spread."""
+    n, width = global_rows(u.shape[0], group), u.shape[1]
+    d = u - shift
+    sums = _all_reduce(torch.cat([d.sum(0, dtype=torch.float64), (d * d).sum(0, dtype=torch.float64)]), group)
+    m1 = sums[:width] / n
+    var = (sums[width:] / n - m1 * m1).clamp_min(0)
+    return (shift + m1).to(u.dtype), torch.sqrt(var + eps).to(u.dtype)
+
+
+def _synced_block(group, fused: bool):
+    """A hidden block for reference._channel whose BN statistics are those of every rank's rows."""
+    if fused:
+        from . import ops
+
+        apply = ops.hidden_block_with_stats
+    else:
+        apply = reference.hidden_block_with_stats
+
+    def block(net, k, z, bn, state, want_pre):
+        u = F.leaky_relu(z, net.leak) if net.act_first else z
+        mean, std = column_stats(u, bn.running_mean.detach().to(u.dtype), net.bn_eps, group)
+        p = net.dropout[k]
+        out = apply(z, bn.gamma, bn.beta, mean, std, state, p, net.leak, net.act_first)
+        pre = apply(z, bn.gamma, bn.beta, mean, std, state, 0.0, net.leak, net.act_first) if want_pre and p else out
+        return out, pre, mean, std
+
+    return block
+
+
+_warned = set()
+
+
+def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: str, group):
+    """TwoWayNet's training forward with batch statistics over every rank of `group` (same result as
+    reference.forward on the union of the ranks' rows). The fused backend's network op takes its
+    statistics inside, so here the fused backend runs hidden_block_with_stats between torch GEMMs."""
+    fused = backend == "fused" and has_kernel("hidden_block_with_stats", x.device.type)
+    if backend == "fused" and not fused and x.device.type not in _warned:
+        _warned.add(x.device.type)
+        warnings.warn(f"twoway_fast: synchronised statistics on {x.device.type} run the reference hidden block "
+                      "(no hidden_block_with_stats kernel for it in this build)", stacklevel=3)
+    return reference.forward(net, x, y, seed, first_row, block=_synced_block(group, fused))
+
+
+def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple[Tensor, Tensor]:
+    """reference.decorrelation of both representations over every rank's rows: C = all-reduced h^T h
+    over N*B rows, for the correlation form of columns centred and scaled by their global statistics."""
+    if form == "correlation":
+        zero = hx.new_zeros(())
+        hx, hy = [(h - m) / s for h in (hx, hy) for m, s in [column_stats(h, zero, eps, group)]]
+    n = global_rows(hx.shape[0], group)
+    c = _all_reduce(torch.stack([hx.T @ hx, hy.T @ hy]), group) / n
+    return tuple(torch.linalg.matrix_norm(ci) - torch.linalg.vector_norm(torch.diagonal(ci)) for ci in c)
+
+
+def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, lc: float,
+         decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
+         **coefficients) -> LossTerms:
+    """This rank's share of the 2-Way loss under synchronised statistics: the per-row terms over its own
+    rows (their gradients, averaged over ranks, are those of the mean over all rows), the decorrelation
+    of the global covariance, and the parameter terms; each rank's total is the one-batch loss when the
+    per-row terms of the ranks are averaged."""
+    local = backend_loss(out, x, y, weights, gammas, lc=0.0, decorrelation_form=decorrelation_form,
+                         decorrelation_input=decorrelation_input, decorrelation_eps=decorrelation_eps,
+                         **coefficients)
+    hx, hy = reference.decorrelation_inputs(out, decorrelation_form, decorrelation_input)
+    decorr_x, decorr_y = decorrelation(hx, hy, decorrelation_form, decorrelation_eps, group)
+    return local._replace(total=local.total + lc * (decorr_x + decorr_y), decorr_x=decorr_x, decorr_y=decorr_y)
