@@ -155,51 +155,68 @@ def global_rows(rows: int, group) -> int:
     return rows * dist.get_world_size(group)  # shards are equal (Ranks.local_rows)
 
 
-def column_stats(u: Tensor, shift: Tensor, eps: float, group) -> tuple[Tensor, Tensor]:
-    """Batch mean and std = sqrt(var_biased + eps) of u's columns over every rank's rows, differentiable.
-    One all-reduce of the sums and sums of squares, in float64, of u - shift: shift (the running
-    mean, the same on every rank) keeps them from cancelling when the mean dwarfs the spread."""
-    n, width = global_rows(u.shape[0], group), u.shape[1]
-    d = u - shift
-    sums = _all_reduce(torch.cat([d.sum(0, dtype=torch.float64), (d * d).sum(0, dtype=torch.float64)]), group)
-    m1 = sums[:width] / n
-    var = (sums[width:] / n - m1 * m1).clamp_min(0)
-    return (shift + m1).to(u.dtype), torch.sqrt(var + eps).to(u.dtype)
+def column_stats(us: list[Tensor], shifts: list[Tensor], eps: float, group) -> list[tuple[Tensor, Tensor]]:
+    """Batch mean and std = sqrt(var_biased + eps) of the columns of each u over every rank's rows,
+    differentiable, in ONE all-reduce (each one waits for every rank: their number, not their bytes,
+    bounds a step). The sums and sums of squares are in float64 and of u - shift, a shift the same on
+    every rank (the running mean), so they do not cancel when the mean dwarfs the spread."""
+    n = global_rows(us[0].shape[0], group)
+    ds = [u - shift for u, shift in zip(us, shifts)]
+    sums = _all_reduce(torch.cat([s for d in ds for s in (d.sum(0, dtype=torch.float64),
+                                                            (d * d).sum(0, dtype=torch.float64))]), group)
+    stats = []
+    for u, shift, part in zip(us, shifts, sums.split([2 * u.shape[1] for u in us])):
+        m1, m2 = (part / n).chunk(2)
+        var = (m2 - m1 * m1).clamp_min(0)
+        stats.append(((shift + m1).to(u.dtype), torch.sqrt(var + eps).to(u.dtype)))
+    return stats
 
 
-def _synced_block(group, fused: bool):
-    """A hidden block for reference._channel whose BN statistics are those of every rank's rows."""
-    if fused:
-        from . import ops
-
-        apply = ops.hidden_block_with_stats
-    else:
-        apply = reference.hidden_block_with_stats
-
-    def block(net, k, z, bn, state, want_pre):
-        u = F.leaky_relu(z, net.leak) if net.act_first else z
-        mean, std = column_stats(u, bn.running_mean.detach().to(u.dtype), net.bn_eps, group)
-        p = net.dropout[k]
-        out = apply(z, bn.gamma, bn.beta, mean, std, state, p, net.leak, net.act_first)
-        pre = apply(z, bn.gamma, bn.beta, mean, std, state, 0.0, net.leak, net.act_first) if want_pre and p else out
-        return out, pre, mean, std
-
-    return block
+def _hidden_layer(net, channel: str, k: int):
+    """(weight, bias, batch norm, transposed) of hidden position k of a channel, as reference._channel."""
+    if channel == "x":
+        return net.weights[k], net.x_bias[k], net.bn_x[k], False
+    return net.weights[k + 1], net.y_bias[k], net.bn_y[k], True
 
 
 _warned = set()
 
 
 def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: str, group):
-    """TwoWayNet's training forward with batch statistics over every rank of `group` (same result as
-    reference.forward on the union of the ranks' rows). The fused backend's network op takes its
-    statistics inside, so here the fused backend runs hidden_block_with_stats between torch GEMMs."""
+    """TwoWayNet's training forward with batch statistics over every rank of `group`: the result of
+    reference.forward on the union of the ranks' rows. The two channels advance together, X at hidden
+    position d and Y at its mirror n-1-d, so one all-reduce serves both. The fused network op takes its
+    statistics inside, so the fused backend runs hidden_block_with_stats between torch GEMMs here."""
     fused = backend == "fused" and has_kernel("hidden_block_with_stats", x.device.type)
     if backend == "fused" and not fused and x.device.type not in _warned:
         _warned.add(x.device.type)
         warnings.warn(f"twoway_fast: synchronised statistics on {x.device.type} run the reference hidden block "
                       "(no hidden_block_with_stats kernel for it in this build)", stacklevel=3)
-    return reference.forward(net, x, y, seed, first_row, block=_synced_block(group, fused))
+    if fused:
+        from . import ops
+
+        block = ops.hidden_block_with_stats
+    else:
+        block = reference.hidden_block_with_stats
+    n, r = len(net.hidden), net.repr_layer
+    states = reference.rng_states(seed, n, first_row)
+    a, taken, stats = {"x": x, "y": y}, {}, {}
+    for depth in range(n):
+        at = {"x": depth, "y": n - 1 - depth}
+        layers = {c: _hidden_layer(net, c, k) for c, k in at.items()}
+        z = {c: reference.tied_linear(a[c], w, b, transposed=t) for c, (w, b, _, t) in layers.items()}
+        u = {c: F.leaky_relu(z[c], net.leak) if net.act_first else z[c] for c in z}
+        shifts = [layers[c][2].running_mean.detach().to(u[c].dtype) for c in "xy"]
+        for c, (mean, std) in zip("xy", column_stats([u["x"], u["y"]], shifts, net.bn_eps, group)):
+            k, bn, p = at[c], layers[c][2], net.dropout[at[c]]
+            a[c] = block(z[c], bn.gamma, bn.beta, mean, std, states[k], p, net.leak, net.act_first)
+            if k == r:  # the representation, after and before its dropout
+                taken[c] = (a[c], block(z[c], bn.gamma, bn.beta, mean, std, states[k], 0.0, net.leak,
+                                        net.act_first) if p else a[c])
+            stats[(c, k)] = (mean, std)
+    y_hat = reference.tied_linear(a["x"], net.weights[n], net.x_bias[n], transposed=False)
+    x_hat = reference.tied_linear(a["y"], net.weights[0], net.y_bias[n], transposed=True)
+    return TwoWayOutput(x_hat, y_hat, taken["x"][0], taken["y"][0], taken["x"][1], taken["y"][1]), stats
 
 
 def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple[Tensor, Tensor]:
@@ -207,7 +224,8 @@ def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple
     over N*B rows, for the correlation form of columns centred and scaled by their global statistics."""
     if form == "correlation":
         zero = hx.new_zeros(())
-        hx, hy = [(h - m) / s for h in (hx, hy) for m, s in [column_stats(h, zero, eps, group)]]
+        (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
+        hx, hy = (hx - mx) / sx, (hy - my) / sy
     n = global_rows(hx.shape[0], group)
     c = _all_reduce(torch.stack([hx.T @ hx, hy.T @ hy]), group) / n
     return tuple(torch.linalg.matrix_norm(ci) - torch.linalg.vector_norm(torch.diagonal(ci)) for ci in c)

@@ -149,20 +149,12 @@ def rng_states(seed: Tensor, positions: int, first_row: int = 0) -> Tensor:
     return states
 
 
-def batch_block(net, k: int, z: Tensor, bn, state: Tensor, want_pre: bool):
-    """Training-mode hidden block at position k on this batch's statistics: (out, pre_dropout, mean, std)."""
-    pre, mean, std = hidden_block(z, bn.gamma, bn.beta, state, 0.0, net.leak, net.bn_eps, net.act_first)
-    mask = dropout_mask(state, z.shape[0], z.shape[1], net.dropout[k], z.dtype)
-    return (pre if mask is None else pre * mask), pre, mean, std
-
-
-def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int | None = None, block=batch_block):
+def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int | None = None):
     """Runs one channel. X visits hidden positions 0..n-1 with W_1..W_n, Y visits n-1..0 with
     W_{n+1}^T..W_2^T; both end with the remaining matrix (W_{n+1} for X, W_1^T for Y).
 
     Returns (output, {position: (out, pre_dropout)}, {position: (batch mean, batch std)}).
     With stop_at, returns the hidden output at that position instead of running to the end.
-    `block` is the training-mode hidden block (batch_block's signature).
     """
     n = len(net.hidden)
     positions = range(n) if channel == "x" else range(n - 1, -1, -1)
@@ -176,7 +168,9 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int |
             a = pre = hidden_block_eval(z, bn.gamma, bn.beta, bn.running_mean, bn.running_std, net.leak,
                                         net.act_first)
         else:
-            a, pre, mean, std = block(net, k, z, bn, states[k], k == net.repr_layer)
+            pre, mean, std = hidden_block(z, bn.gamma, bn.beta, states[k], 0.0, net.leak, net.bn_eps, net.act_first)
+            mask = dropout_mask(states[k], z.shape[0], z.shape[1], net.dropout[k], z.dtype)
+            a = pre if mask is None else pre * mask
             stats[k] = (mean, std)
         if k == net.repr_layer:
             taken[k] = (a, pre)
@@ -186,16 +180,16 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int |
     return tied_linear(a, out_weight, biases[n], transposed=channel == "y"), taken, stats
 
 
-def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, first_row: int = 0, block=batch_block):
+def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, first_row: int = 0):
     """Both channels of a 2-Way Net. seed=None means eval mode (running statistics, no dropout).
 
     `net` supplies the parameters (a twoway_fast.TwoWayNet); first_row is the global index of the
-    batch's first row (its dropout masks are those rows' masks); `block` the training hidden block.
+    batch's first row (its dropout masks are those rows' masks).
     Returns (TwoWayOutput, batch statistics {("x" or "y", position): (mean, std)}).
     """
     states = None if seed is None else rng_states(seed, len(net.hidden), first_row)
-    y_hat, taken_x, stats_x = _channel(net, x, "x", states, block=block)
-    x_hat, taken_y, stats_y = _channel(net, y, "y", states, block=block)
+    y_hat, taken_x, stats_x = _channel(net, x, "x", states)
+    x_hat, taken_y, stats_y = _channel(net, y, "y", states)
     r = net.repr_layer
     out = TwoWayOutput(x_hat, y_hat, taken_x[r][0], taken_y[r][0], taken_x[r][1], taken_y[r][1])
     stats = {("x", k): v for k, v in stats_x.items()} | {("y", k): v for k, v in stats_y.items()}
