@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from twoway_fast import run
-from twoway_fast.distributed import Ranks
+from twoway_fast.distributed import Ranks, column_stats
 
-from distributed_runs import spawn, train_and_save, trainer, weights
+from distributed_runs import free_port, spawn, train_and_save, trainer, weights
 
 pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -104,3 +104,20 @@ def test_shard_takes_a_contiguous_slice_per_rank():
     index = torch.arange(12)
     assert torch.equal(torch.cat([Ranks(r, 3).shard(index) for r in range(3)]), index)
     assert Ranks(1, 3).first_row(4) == 4
+
+
+@pytest.fixture
+def one_rank_group():
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield torch.distributed.group.WORLD
+    torch.distributed.destroy_process_group()
+
+
+def test_column_stats_keep_float32_spread_under_a_large_mean(one_rank_group):
+    """Sums and sums of squares would cancel in float32 here (mean 1e4, std 1e-2); in float64 they do not."""
+    u = (1e4 + 1e-2 * torch.randn(64, 5, dtype=torch.float64)).float()
+    shift = torch.zeros(5, dtype=torch.float64)  # the running mean before the first step
+    (mean, std), = column_stats([u], [shift], 1e-8, one_rank_group)
+    want = u.double()
+    torch.testing.assert_close(mean.double(), want.mean(0), rtol=1e-7, atol=0)
+    torch.testing.assert_close(std.double(), torch.sqrt(want.var(0, unbiased=False) + 1e-8), rtol=1e-4, atol=0)

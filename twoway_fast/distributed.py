@@ -22,11 +22,14 @@ from . import reference
 from ._extension import has_kernel
 from .reference import LossTerms, TwoWayOutput
 
-bytes_all_reduced = 0  # every all-reduce of this process, forward and backward (the benchmark reads it)
+# Every all-reduce of this process, forward and backward (the benchmark reads them).
+all_reduce_calls = 0
+bytes_all_reduced = 0
 
 
 def _count(t: Tensor) -> None:
-    global bytes_all_reduced
+    global all_reduce_calls, bytes_all_reduced
+    all_reduce_calls += 1
     bytes_all_reduced += t.numel() * t.element_size()
 
 
@@ -158,12 +161,11 @@ def global_rows(rows: int, group) -> int:
 def column_stats(us: list[Tensor], shifts: list[Tensor], eps: float, group) -> list[tuple[Tensor, Tensor]]:
     """Batch mean and std = sqrt(var_biased + eps) of the columns of each u over every rank's rows,
     differentiable, in ONE all-reduce (each one waits for every rank: their number, not their bytes,
-    bounds a step). The sums and sums of squares are in float64 and of u - shift, a shift the same on
+    bounds a step). The sums and sums of squares are of u - shift in float64, with a shift the same on
     every rank (the running mean), so they do not cancel when the mean dwarfs the spread."""
     n = global_rows(us[0].shape[0], group)
-    ds = [u - shift for u, shift in zip(us, shifts)]
-    sums = _all_reduce(torch.cat([s for d in ds for s in (d.sum(0, dtype=torch.float64),
-                                                            (d * d).sum(0, dtype=torch.float64))]), group)
+    ds = [u.double() - shift for u, shift in zip(us, shifts)]
+    sums = _all_reduce(torch.cat([s for d in ds for s in (d.sum(0), (d * d).sum(0))]), group)
     stats = []
     for u, shift, part in zip(us, shifts, sums.split([2 * u.shape[1] for u in us])):
         m1, m2 = (part / n).chunk(2)
@@ -206,7 +208,7 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: st
         layers = {c: _hidden_layer(net, c, k) for c, k in at.items()}
         z = {c: reference.tied_linear(a[c], w, b, transposed=t) for c, (w, b, _, t) in layers.items()}
         u = {c: F.leaky_relu(z[c], net.leak) if net.act_first else z[c] for c in z}
-        shifts = [layers[c][2].running_mean.detach().to(u[c].dtype) for c in "xy"]
+        shifts = [layers[c][2].running_mean.detach().double() for c in "xy"]
         for c, (mean, std) in zip("xy", column_stats([u["x"], u["y"]], shifts, net.bn_eps, group)):
             k, bn, p = at[c], layers[c][2], net.dropout[at[c]]
             a[c] = block(z[c], bn.gamma, bn.beta, mean, std, states[k], p, net.leak, net.act_first)
@@ -223,7 +225,7 @@ def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple
     """reference.decorrelation of both representations over every rank's rows: C = all-reduced h^T h
     over N*B rows, for the correlation form of columns centred and scaled by their global statistics."""
     if form == "correlation":
-        zero = hx.new_zeros(())
+        zero = hx.new_zeros((), dtype=torch.float64)
         (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
         hx, hy = (hx - mx) / sx, (hy - my) / sy
     n = global_rows(hx.shape[0], group)
