@@ -113,8 +113,10 @@ class Ranks:
 def average_buffers(model, ranks: Ranks) -> None:
     """Local statistics leave each rank its own BN running estimates; average them (before validation
     and checkpoints, so every rank holds the same model)."""
-    for buffer in model.buffers():
-        buffer.copy_(ranks.average(buffer))
+    buffers = list(model.buffers())
+    mean = ranks.average(torch.cat([b.reshape(-1) for b in buffers]))  # one all-reduce for all of them
+    for buffer, value in zip(buffers, mean.split([b.numel() for b in buffers])):
+        buffer.copy_(value.view_as(buffer))
 
 
 def broadcast_parameters(model) -> None:

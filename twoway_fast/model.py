@@ -141,9 +141,9 @@ class TwoWayNet(nn.Module):
             raise ValueError(f"training needs at least 2 rows per batch (batch statistics), got {x.shape[0]}")
 
     def forward(self, x: Tensor, y: Tensor, seed: int | Tensor | None = None, first_row: int = 0) -> TwoWayOutput:
-        """Both channels. In training mode the tied-dropout masks come from `seed` (an int64), drawn
-        from torch's generator when None, and the global index of the first row (a rank's slice of a
-        larger batch starts at first_row), and the BN running statistics are updated."""
+        """Both channels. In training mode the tied-dropout masks come from `seed` (an int64; drawn
+        from torch's generator when None) and the rows' global indices first_row, first_row + 1, ...
+        (a rank's slice of a larger batch), and the BN running statistics are updated."""
         self._check_views(x, y)
         if not self.training:
             return reference.forward(self, x, y, None)[0]

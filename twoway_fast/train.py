@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, run
-from .distributed import Ranks, average_buffers, broadcast_parameters
 from .data import Split, batches
+from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
 from .presets import Preset
 from .reference import LossTerms
@@ -148,7 +148,7 @@ class Trainer:
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                    "samples_per_s": round(samples / seconds, 1), "train": train_terms}
             row["best"] = True
-            if self.val_split is not None:
+            if self.val_split is not None:  # on every rank: one model, one result, no rank waits for a verdict
                 row["val"] = self.validate(self.val_split)
                 value = self._selection_value(row["val"])
                 lower = LOWER_IS_BETTER[self.config.select]
