@@ -1,13 +1,14 @@
 """Data-parallel training throughput: samples/s of the Trainer (twoway_fast.train) in 1 and 2 processes
 (gloo on 127.0.0.1, as torchrun sets up), and the bytes (and calls) each process all-reduces per step.
 
-    .venv/bin/python benchmarks/distributed_training.py [--steps 40] [--epochs 4] [--backend fused]
+    .venv/bin/python benchmarks/distributed_training.py [--steps 40] [--epochs 2] [--rounds 3] [--backend fused]
 
 The mnist preset's network (392-[392, 50, 392]-392, float32, global batch 128) on fixed random data of
 steps * 128 rows; each epoch is one measurement (the Trainer's samples/s of its training loop, no
-validation); the best epoch of each configuration is reported, configurations run one after another
-in one invocation, and the ratios are taken within it. The cores are shared: 1 process runs with as
-many threads as the 2 processes have together.
+validation). The configurations take turns, round after round (fresh processes each time), so a
+change in the machine's load hits them alike; the best epoch of each is reported and the ratios are
+taken within one invocation. The cores are shared: 1 process runs with as many threads as the
+2 processes have together.
 """
 from __future__ import annotations
 
@@ -69,18 +70,24 @@ def measure(world: int, threads: int, steps: int, epochs: int, backend: str, syn
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40, help="steps per epoch")
-    p.add_argument("--epochs", type=int, default=4, help="epochs (measurements) per configuration")
+    p.add_argument("--epochs", type=int, default=2, help="epochs (measurements) per configuration and round")
+    p.add_argument("--rounds", type=int, default=3, help="turns of every configuration")
     p.add_argument("--backend", default="fused", choices=["fused", "reference"])
     args = p.parse_args()
     cores = 2
     configs = [("1 process", 1, cores, True), ("2 processes, sync_stats", 2, cores // 2, True),
                ("2 processes, local stats", 2, cores // 2, False), ("1 process, 1 thread", 1, 1, True)]
-    print(f"load average before: {os.getloadavg()[0]:.1f}; backend {args.backend}; {args.steps} steps x "
-          f"{args.epochs} epochs of {BATCH} rows per configuration")
+    print(f"load average before: {os.getloadavg()[0]:.1f}; backend {args.backend}; {args.rounds} rounds of "
+          f"{args.epochs} epochs x {args.steps} steps of {BATCH} rows per configuration")
     results = {}
+    for _ in range(args.rounds):
+        for name, world, threads, sync in configs:
+            r = measure(world, threads, args.steps, args.epochs, args.backend, sync)
+            if name in results:
+                r["samples_per_s"] = results[name]["samples_per_s"] + r["samples_per_s"]
+            results[name] = r
     for name, world, threads, sync in configs:
-        r = measure(world, threads, args.steps, args.epochs, args.backend, sync)
-        results[name] = r
+        r = results[name]
         stats = r["bytes_per_step"] - r["gradient_bytes"]
         print(f"{name:<28} {world} x {threads} threads: best {max(r['samples_per_s']):8.0f} samples/s "
               f"(epochs: {', '.join(f'{s:.0f}' for s in r['samples_per_s'])}); all-reduced per step and process "
