@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from twoway_fast import run
+from twoway_fast import TwoWayNet, distributed, reference, run
 from twoway_fast.distributed import Ranks, column_stats
 
 from distributed_runs import free_port, spawn, train_and_save, trainer, weights
@@ -121,3 +121,32 @@ def test_column_stats_keep_float32_spread_under_a_large_mean(one_rank_group):
     want = u.double()
     torch.testing.assert_close(mean.double(), want.mean(0), rtol=1e-7, atol=0)
     torch.testing.assert_close(std.double(), torch.sqrt(want.var(0, unbiased=False) + 1e-8), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("backend, order", [("fused", "act_then_bn"), ("fused", "bn_then_act"),
+                                            ("reference", "bn_then_act")])
+def test_synced_forward_on_one_rank_is_the_plain_forward(one_rank_group, backend, order):
+    """The channels-in-lockstep walk of distributed.forward against reference.forward (one rank: the same
+    statistics), outputs, batch statistics and gradients, with dropout and an offset first row."""
+    model = TwoWayNet(6, 5, [7, 3, 4], order=order, dropout=[0.5, 0.2, 0.5], backend=backend).double()
+    x, y, seed = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64), torch.tensor(3)
+    got, got_stats = distributed.forward(model, x, y, seed, 4, backend, one_rank_group)
+    want, want_stats = reference.forward(model, x, y, seed, 4)
+    assert got_stats.keys() == want_stats.keys()
+    for name, a, b in zip(got._fields, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    for key in want_stats:
+        for a, b in zip(got_stats[key], want_stats[key]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"stats {key}: {m}")
+    weights = [torch.randn_like(t) for t in want]
+    names, params = zip(*model.named_parameters())
+    grads = [torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, out)), params) for out in (got, want)]
+    for name, a, b in zip(names, *grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"grad of {name}: {m}")
+
+
+def test_synced_model_trains_on_one_row_per_rank(one_rank_group):
+    model = TwoWayNet(6, 5, [7, 3, 4], dropout=0.0)
+    model.stats_group = one_rank_group
+    out = model(torch.randn(1, 6), torch.randn(1, 5), seed=1)
+    assert all(torch.isfinite(t).all() for t in out)

@@ -137,7 +137,7 @@ class TwoWayNet(nn.Module):
         self._check_view("y", y, self.dy)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y must have the same number of rows (pairs), got {x.shape[0]} and {y.shape[0]}")
-        if self.training and x.shape[0] < 2:
+        if self.training and x.shape[0] < 2 and self.stats_group is None:  # synced: the rows of all ranks count
             raise ValueError(f"training needs at least 2 rows per batch (batch statistics), got {x.shape[0]}")
 
     def forward(self, x: Tensor, y: Tensor, seed: int | Tensor | None = None, first_row: int = 0) -> TwoWayOutput:
