@@ -131,8 +131,8 @@ def broadcast_parameters(model) -> None:
 class _AllReduce(torch.autograd.Function):
     """Sum over the ranks of a group; backward sums the incoming gradients the same way. Written out:
     torch.distributed.nn.functional.all_reduce is deprecated, and its successor in
-    torch.distributed._functional_collectives made the synced mnist step slower here (gloo, 1 rank,
-    minimum of 6 x 20 steps: 20.9 ms against 17.1 ms with this class)."""
+    torch.distributed._functional_collectives made the synced mnist step slower here (one A/B on gloo,
+    1 rank, minimum of 6 x 20 steps: 20.9 ms against 17.1 ms with this class)."""
 
     @staticmethod
     def forward(ctx, t: Tensor, group) -> Tensor:
@@ -162,9 +162,9 @@ def global_rows(rows: int, group) -> int:
 
 def column_stats(us: list[Tensor], shifts: list[Tensor], eps: float, group) -> list[tuple[Tensor, Tensor]]:
     """Batch mean and std = sqrt(var_biased + eps) of the columns of each u over every rank's rows,
-    differentiable, in ONE all-reduce (each one waits for every rank: their number, not their bytes,
-    bounds a step). The sums and sums of squares are of u - shift in float64, with a shift the same on
-    every rank (the running mean), so they do not cancel when the mean dwarfs the spread."""
+    differentiable, in one all-reduce (each all-reduce waits for every rank, so the calls are kept few).
+    The sums and sums of squares are of u - shift in float64, with a shift the same on every rank (the
+    running mean), so they do not cancel when the mean dwarfs the spread."""
     n = global_rows(us[0].shape[0], group)
     ds = [u.double() - shift for u, shift in zip(us, shifts)]
     sums = _all_reduce(torch.cat([s for d in ds for s in (d.sum(0), (d * d).sum(0))]), group)
