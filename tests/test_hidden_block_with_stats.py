@@ -50,8 +50,8 @@ def test_with_own_batch_statistics_equals_hidden_block(act_first):
     want = ops.hidden_block(z, gamma, beta, state, 0.5, 0.3, 1e-3, act_first)[0]
     assert_close(got, want, torch.float64, "out")
     grad = torch.randn_like(got)
-    inputs = (z, gamma, beta)
-    for a, b in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+    wrt = (z, gamma, beta)
+    for a, b in zip(torch.autograd.grad(got, wrt, grad), torch.autograd.grad(want, wrt, grad)):
         assert_close(a, b, torch.float64, "grads")
 
 
