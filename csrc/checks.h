@@ -49,4 +49,16 @@ inline void check_hidden_block_backward(const at::Tensor& grad_out, const at::Te
   check_vector(std, "std", z.size(1), z);
 }
 
+inline void check_hidden_block_with_stats(const at::Tensor& z, const at::Tensor& gamma, const at::Tensor& beta,
+                                          const at::Tensor& mean, const at::Tensor& std, const at::Tensor& rng_state,
+                                          double p) {
+  check_matrix(z, "z");  // one row is enough: the statistics come from outside
+  check_vector(gamma, "gamma", z.size(1), z);
+  check_vector(beta, "beta", z.size(1), z);
+  check_vector(mean, "mean", z.size(1), z);
+  check_vector(std, "std", z.size(1), z);
+  check_rng_state(rng_state, z);
+  check_dropout(p);
+}
+
 }  // namespace twoway_fast

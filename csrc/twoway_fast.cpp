@@ -20,6 +20,14 @@ TORCH_LIBRARY(twoway_fast, m) {
   // Its backward: (grad_z, grad_gamma, grad_beta), the mask regenerated from rng_state.
   m.def("hidden_block_backward(Tensor grad_out, Tensor z, Tensor gamma, Tensor beta, Tensor mean, "
         "Tensor std, Tensor rng_state, float p, float leak, bool act_first) -> (Tensor, Tensor, Tensor)");
+  // The hidden block with its BN statistics given (mean, std of the BN input, e.g. over the rows of
+  // every process of a distributed run) instead of taken from z; its backward returns
+  // (grad_z, grad_mean, grad_std, grad_gamma, grad_beta), grad_z through the normalisation only.
+  m.def("hidden_block_with_stats(Tensor z, Tensor gamma, Tensor beta, Tensor mean, Tensor std, Tensor rng_state, "
+        "float p, float leak, bool act_first) -> Tensor");
+  m.def("hidden_block_with_stats_backward(Tensor grad_out, Tensor z, Tensor gamma, Tensor beta, Tensor mean, "
+        "Tensor std, Tensor rng_state, float p, float leak, bool act_first) -> (Tensor grad_z, Tensor grad_mean, "
+        "Tensor grad_std, Tensor grad_gamma, Tensor grad_beta)");
   // Retrieval ranks under dot-product similarity of the rows as given (normalise them first for
   // correlation), both directions from one GEMM per tile_rows rows of a: (ranks_a2b int64 (n),
   // ranks_b2a int64 (m)), 1-based, ties against the query. Rule and precision: csrc/retrieval_ranks.h.

@@ -14,7 +14,7 @@ BACKENDS = ("auto", "fused", "reference")
 
 class Backend(NamedTuple):
     name: str
-    forward: Callable  # (net, x, y, seed) -> (TwoWayOutput, batch statistics), as reference.forward
+    forward: Callable  # (net, x, y, seed, first_row) -> (TwoWayOutput, batch statistics), as reference.forward
     loss: Callable  # same signature and result as reference.loss
 
 

@@ -1,6 +1,7 @@
 """The command line: `twoway-fast` or `python -m twoway_fast`.
 
     twoway-fast train --preset mnist --data DIR|digits --out RUN [--faithful] [--config FILE] [--set loss.lh=2]
+                      [--nproc N] [--no-sync-stats]     (or torchrun --nproc-per-node N -m twoway_fast train ...)
     twoway-fast eval RUN --data DIR [--split test] [--json]
     twoway-fast embed RUN --data DIR [--split test] --out FILE.npz
     twoway-fast cca --data DIR [--preset mnist] [--dims 50] [--split test] [--json]    (the linear CCA baseline)
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from . import plots, presets, run
+from . import distributed, plots, presets, run
 from .evaluation import encode, evaluate, linear_cca_baseline
 from .train import NonFiniteLoss, Trainer, TrainConfig, build
 
@@ -50,22 +53,28 @@ def _epoch_line(row: dict) -> str:
 
 
 def train_run(preset: presets.Preset, source: str, out: str | Path, device: str, resume: bool = False,
-              progress: bool = True) -> dict:
-    """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results."""
+              progress: bool = True) -> dict | None:
+    """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results.
+    Launched by torchrun, every rank trains and rank 0 alone evaluates and writes (the others return None)."""
     out = Path(out)
+    device = distributed.init_from_env(device)
+    rank = distributed.Ranks.current().rank
     config = TrainConfig(**preset.train)
     dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
     if resume:
         run.check_widths(source, dataset.dx, dataset.dy, out, run.read_config(out))
     model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
-    trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress)
+    trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress and rank == 0)
     if resume:
         trainer.resume()
-        print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
-    else:
+        if rank == 0:
+            print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
-    trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True))
+    trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)
+    if rank != 0:
+        return None
     model.load_state_dict(run.load_checkpoint(out / run.BEST, device, model)["model"])
     results = evaluate(model, dataset, "test")
     zx, zy = encode(model, dataset.test)
@@ -82,12 +91,28 @@ def _load_for_run(args):
     return model, dataset
 
 
+def launch(nproc: int, argv: list[str]) -> int:
+    """`train --nproc N`: the same command line in N processes under torchrun (torch.distributed.run).
+    --nproc itself is left out: torchrun's parser would take it for an abbreviation of its own option."""
+    at = next(i for i, a in enumerate(argv) if len(a.split("=")[0]) >= 4 and "--nproc".startswith(a.split("=")[0]))
+    rest = argv[:at] + argv[at + (1 if "=" in argv[at] else 2):]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "twoway_fast", *rest]
+    return subprocess.run(command).returncode
+
+
 def cmd_train(args) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.argv)
     overrides = list(args.set)
     for flag, key in (("epochs", "train.epochs"), ("lr", "train.lr"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("backend", "model.backend")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+    if args.no_sync_stats:
+        overrides.append("train.sync_stats=false")
     if args.resume:
         saved = run.read_config(args.out)
         preset = saved["preset"]
@@ -100,6 +125,8 @@ def cmd_train(args) -> int:
         preset = presets.resolve(args.preset, args.faithful, args.config, overrides)
         source = args.data
     results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress)
+    if results is None:  # a rank other than 0
+        return 0
     print(format_results({"2-Way Net": results}))
     print(f"run folder: {args.out}")
     return 0
@@ -157,6 +184,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=["auto", "fused", "reference"])
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (launches torchrun; train.batch_size stays the global batch)")
+    t.add_argument("--no-sync-stats", action="store_true",
+                   help="with several processes: batch statistics of each process's own rows (cheaper)")
     t.set_defaults(func=cmd_train)
 
     for name, func, text in (("eval", cmd_eval, "metrics of a trained run on a split"),
@@ -195,6 +226,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

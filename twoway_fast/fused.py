@@ -11,15 +11,15 @@ from . import ops
 from .reference import LossTerms, TwoWayOutput, decorrelation_inputs, rng_states
 
 
-def forward(net, x: Tensor, y: Tensor, seed: Tensor):
+def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
     """Training-mode forward of both channels in one op; returns (TwoWayOutput, batch statistics
     {("x" or "y", position): (mean, std)}) like reference.forward."""
     n = len(net.hidden)
     bias = [*net.x_bias, *net.y_bias]
     bns = [*net.bn_x, *net.bn_y]
     x_hat, y_hat, hx, hy, hx_pre, hy_pre, _, mean, std = ops.twoway_net(
-        x, y, list(net.weights), bias, [bn.gamma for bn in bns], [bn.beta for bn in bns], rng_states(seed, n),
-        net.dropout, net.repr_layer, net.leak, net.bn_eps, net.act_first)
+        x, y, list(net.weights), bias, [bn.gamma for bn in bns], [bn.beta for bn in bns],
+        rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak, net.bn_eps, net.act_first)
     stats = {}
     for slot in range(2 * n):
         channel, k = ("x", slot) if slot < n else ("y", slot - n)

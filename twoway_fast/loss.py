@@ -27,9 +27,15 @@ class TwoWayLoss(nn.Module):
 
     def forward(self, out: TwoWayOutput, x: Tensor, y: Tensor) -> LossTerms:
         model = self.model[0]
-        return resolve_backend(model.backend, x.device).loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients,
-                              decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
-                              decorrelation_eps=self.decorrelation_eps)
+        backend_loss = resolve_backend(model.backend, x.device).loss
+        variant = dict(decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
+                       decorrelation_eps=self.decorrelation_eps)
+        if model.training and model.stats_group is not None:  # decorrelation over every rank's rows
+            from . import distributed
+
+            return distributed.loss(backend_loss, out, x, y, list(model.weights), model.gammas(), **self.coefficients,
+                                    **variant, group=model.stats_group)
+        return backend_loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients, **variant)
 
     def extra_repr(self) -> str:
         return (", ".join(f"{k}={v}" for k, v in self.coefficients.items())

@@ -77,6 +77,10 @@ class TwoWayNet(nn.Module):
     Parameters: weights[i] is W_{i+1}, shape (h_{i+1}, h_i) or (M, h_{i+1}/M, h_i/M) when locally
     dense; x_bias[k] / y_bias[k] are each channel's bias at hidden position k, index n the output
     layer's; bn_x[k] / bn_y[k] the batch norms at hidden position k (mirrored positions share k).
+
+    stats_group: None (batch statistics of the rows given), or a torch.distributed process group whose
+    ranks' rows together form the batch: the training batch norms and TwoWayLoss's decorrelation then
+    use statistics over all of them (twoway_fast.distributed; set by the trainer).
     """
 
     def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
@@ -111,6 +115,7 @@ class TwoWayNet(nn.Module):
         self.bn_y = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
         self.backend = backend
         resolve_backend(backend, torch.device("cpu"))  # fail now on an unknown or unavailable backend
+        self.stats_group = None
 
     def gammas(self) -> list[Tensor]:
         return [bn.gamma for bn in [*self.bn_x, *self.bn_y]]
@@ -132,19 +137,26 @@ class TwoWayNet(nn.Module):
         self._check_view("y", y, self.dy)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y must have the same number of rows (pairs), got {x.shape[0]} and {y.shape[0]}")
-        if self.training and x.shape[0] < 2:
+        if self.training and x.shape[0] < 2 and self.stats_group is None:  # synced: the rows of all ranks count
             raise ValueError(f"training needs at least 2 rows per batch (batch statistics), got {x.shape[0]}")
 
-    def forward(self, x: Tensor, y: Tensor, seed: int | Tensor | None = None) -> TwoWayOutput:
-        """Both channels. In training mode the tied-dropout masks come from `seed` (an int64), drawn
-        from torch's generator when None, and the BN running statistics are updated."""
+    def forward(self, x: Tensor, y: Tensor, seed: int | Tensor | None = None, first_row: int = 0) -> TwoWayOutput:
+        """Both channels. In training mode the tied-dropout masks come from `seed` (an int64; drawn
+        from torch's generator when None) and the rows' global indices first_row, first_row + 1, ...
+        (a rank's slice of a larger batch), and the BN running statistics are updated."""
         self._check_views(x, y)
         if not self.training:
             return reference.forward(self, x, y, None)[0]
         if seed is None:  # drawn on the data's device: no host round trip, capturable in a CUDA graph
             seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device=x.device)
         seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
-        out, stats = resolve_backend(self.backend, x.device).forward(self, x, y, seed)
+        backend = resolve_backend(self.backend, x.device)
+        if self.stats_group is None:
+            out, stats = backend.forward(self, x, y, seed, first_row)
+        else:
+            from . import distributed
+
+            out, stats = distributed.forward(self, x, y, seed, first_row, backend.name, self.stats_group)
         self._update_running_stats(stats)
         return out
 

@@ -50,6 +50,43 @@ torch.library.register_autograd("twoway_fast::hidden_block", _hidden_block_backw
                                 setup_context=_hidden_block_setup)
 
 
+def hidden_block_with_stats(z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, std: Tensor, rng_state: Tensor,
+                            p: float, leak: float, act_first: bool) -> Tensor:
+    """The training-mode hidden block with the BN statistics (mean, std of the BN input) given, e.g. taken
+    over the rows of every process (twoway_fast.distributed); differentiable in mean and std too."""
+    return torch.ops.twoway_fast.hidden_block_with_stats.default(z, gamma, beta, mean, std, rng_state, p, leak,
+                                                                 act_first)
+
+
+@torch.library.register_fake("twoway_fast::hidden_block_with_stats")
+def _(z, gamma, beta, mean, std, rng_state, p, leak, act_first):
+    torch._check(z.dim() == 2, lambda: f"z must be 2-D, got {z.dim()}-D")
+    return z.new_empty(z.shape)
+
+
+@torch.library.register_fake("twoway_fast::hidden_block_with_stats_backward")
+def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
+    return (z.new_empty(z.shape), mean.new_empty(mean.shape), std.new_empty(std.shape), gamma.new_empty(gamma.shape),
+            beta.new_empty(beta.shape))
+
+
+def _hidden_block_with_stats_setup(ctx, inputs, output):
+    z, gamma, beta, mean, std, rng_state, p, leak, act_first = inputs
+    ctx.save_for_backward(z, gamma, beta, mean, std, rng_state)
+    ctx.p, ctx.leak, ctx.act_first = p, leak, act_first
+
+
+def _hidden_block_with_stats_backward(ctx, grad_out):
+    z, gamma, beta, mean, std, rng_state = ctx.saved_tensors
+    grad_z, grad_mean, grad_std, grad_gamma, grad_beta = torch.ops.twoway_fast.hidden_block_with_stats_backward.default(
+        grad_out, z, gamma, beta, mean, std, rng_state, ctx.p, ctx.leak, ctx.act_first)
+    return grad_z, grad_gamma, grad_beta, grad_mean, grad_std, None, None, None, None
+
+
+torch.library.register_autograd("twoway_fast::hidden_block_with_stats", _hidden_block_with_stats_backward,
+                                setup_context=_hidden_block_with_stats_setup)
+
+
 # ---------------------------------------------------------------- the network op (both channels)
 
 def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], gamma: list[Tensor],

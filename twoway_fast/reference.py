@@ -86,6 +86,18 @@ def hidden_block(z: Tensor, gamma: Tensor, beta: Tensor, rng_state: Tensor, p: f
     return (out if mask is None else out * mask), mean, std
 
 
+def hidden_block_with_stats(z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, std: Tensor, rng_state: Tensor,
+                            p: float, leak: float, act_first: bool) -> Tensor:
+    """Training-mode hidden block with given BN statistics, same signature as
+    torch.ops.twoway_fast.hidden_block_with_stats."""
+    u = F.leaky_relu(z, leak) if act_first else z
+    out = gamma * (u - mean) / std + beta
+    if not act_first:
+        out = F.leaky_relu(out, leak)
+    mask = dropout_mask(rng_state, z.shape[0], z.shape[1], p, z.dtype)
+    return out if mask is None else out * mask
+
+
 def hidden_block_eval(z: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor, running_std: Tensor,
                       leak: float, act_first: bool) -> Tensor:
     """Eval-mode hidden block: running mean and std, no dropout."""
@@ -127,11 +139,13 @@ class TwoWayOutput(NamedTuple):
     hy_pre: Tensor
 
 
-def rng_states(seed: Tensor, positions: int) -> Tensor:
-    """One (seed, offset, first_row) per hidden position; the two channels share them (tied dropout)."""
+def rng_states(seed: Tensor, positions: int, first_row: int = 0) -> Tensor:
+    """One (seed, offset, first_row) per hidden position; the two channels share them (tied dropout).
+    first_row: the global index of the batch's first row (a rank's slice of a larger batch)."""
     states = torch.zeros(positions, 3, dtype=torch.int64, device=seed.device)
     states[:, 0] = seed
     states[:, 1] = torch.arange(positions, device=seed.device)
+    states[:, 2] = first_row
     return states
 
 
@@ -166,13 +180,14 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int |
     return tied_linear(a, out_weight, biases[n], transposed=channel == "y"), taken, stats
 
 
-def forward(net, x: Tensor, y: Tensor, seed: Tensor | None):
+def forward(net, x: Tensor, y: Tensor, seed: Tensor | None, first_row: int = 0):
     """Both channels of a 2-Way Net. seed=None means eval mode (running statistics, no dropout).
 
-    `net` supplies the parameters (a twoway_fast.TwoWayNet).
+    `net` supplies the parameters (a twoway_fast.TwoWayNet); first_row is the global index of the
+    batch's first row (its dropout masks are those rows' masks).
     Returns (TwoWayOutput, batch statistics {("x" or "y", position): (mean, std)}).
     """
-    states = None if seed is None else rng_states(seed, len(net.hidden))
+    states = None if seed is None else rng_states(seed, len(net.hidden), first_row)
     y_hat, taken_x, stats_x = _channel(net, x, "x", states)
     x_hat, taken_y, stats_y = _channel(net, y, "y", states)
     r = net.repr_layer

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import metrics, run
 from .data import Split, batches
+from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
 from .presets import Preset
 from .reference import LossTerms
@@ -43,6 +44,7 @@ class TrainConfig:
     shuffle: bool = True
     seed: int = 0
     select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
+    sync_stats: bool = True  # several processes: BN and decorrelation statistics over all their rows
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2:
@@ -78,7 +80,10 @@ def build(preset: Preset, dx: int, dy: int, seed: int, device: str | torch.devic
 class Trainer:
     """Trains `model` on the `train` split, validating on `val` after each epoch, and writes the run
     folder `run_dir` (see twoway_fast.run). Without `val` every epoch counts as the best; without
-    `run_dir` nothing is written (the estimator's in-memory use)."""
+    `run_dir` nothing is written (the estimator's in-memory use).
+
+    Under torch.distributed (twoway_fast.distributed) each rank takes its slice of every global batch
+    (config.batch_size rows), gradients are averaged, and rank 0 alone writes the run folder."""
 
     def __init__(self, model, criterion, train: Split, val: Split | None, config: TrainConfig,
                  run_dir: str | Path | None, progress: bool = True):
@@ -95,6 +100,11 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best: float | None = None
         self.log: list[dict] = []
+        self.ranks = Ranks.current()
+        if self.ranks.world > 1:
+            self.ranks.local_rows(config.batch_size)  # refuses a batch that does not split evenly
+            model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
+            broadcast_parameters(model)
 
     # -------------------------------------------------------------- state
 
@@ -131,12 +141,14 @@ class Trainer:
             start = time.perf_counter()
             train_terms, samples = self._train_epoch()
             seconds = time.perf_counter() - start
+            if self.ranks.world > 1 and not self.config.sync_stats:
+                average_buffers(self.model, self.ranks)  # one model on every rank for validation and saving
             self.epoch += 1
             self.scheduler.step()
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                    "samples_per_s": round(samples / seconds, 1), "train": train_terms}
             row["best"] = True
-            if self.val_split is not None:
+            if self.val_split is not None:  # on every rank: one model, one result, no rank waits for a verdict
                 row["val"] = self.validate(self.val_split)
                 value = self._selection_value(row["val"])
                 lower = LOWER_IS_BETTER[self.config.select]
@@ -145,7 +157,7 @@ class Trainer:
                 if row["best"]:
                     self.best = value
             self.log.append(row)
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.ranks.rank == 0:
                 # last.pt goes last: a run killed before it resumes from the previous epoch and
                 # rewrites best.pt and the metrics identically.
                 state = self.state()
@@ -153,6 +165,7 @@ class Trainer:
                     run.save_checkpoint(state, self.run_dir / run.BEST, self.model)
                 run.write_metrics(self.run_dir, self.log)
                 run.save_checkpoint(state, self.run_dir / run.LAST, self.model, keep_previous=True)
+            self.ranks.barrier()  # no rank reads or resumes past an unwritten checkpoint
             if on_epoch is not None:
                 on_epoch(row)
         return self.log
@@ -174,11 +187,13 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress)
         with bar:
             for b, index in enumerate(order):
+                index = self.ranks.shard(index)
                 x, y = split.rows(index)
                 seed = torch.randint(0, 2**62, (), generator=self.dropout_gen)
-                terms = self.criterion(model(x, y, seed=seed), x, y)
+                terms = self.criterion(model(x, y, seed=seed, first_row=self.ranks.first_row(len(index))), x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
+                self.ranks.average_gradients(model.parameters())
                 self.optimizer.step()
                 total = terms.total.detach().double()
                 newly_bad = (first_bad < 0) & ~torch.isfinite(total)
@@ -187,8 +202,9 @@ class Trainer:
                 sums += torch.stack([t.detach().double() for t in terms])
                 bar.update(cfg.batch_size)
                 if (b + 1) % CHECK_EVERY == 0 or b + 1 == steps:
-                    self._stop_if_bad(int(first_bad), float(bad_value), steps)
+                    self._stop_if_bad(*self.ranks.first_bad(first_bad, bad_value), steps)
                     bar.set_postfix(loss=f"{float(sums[0]) / (b + 1):.4g}")
+        sums = self.ranks.average(sums)  # each rank's per-row terms are over its own rows
         return {name: float(v) / steps for name, v in zip(TERMS, sums.tolist())}, steps * cfg.batch_size
 
     def _stop_if_bad(self, batch: int, value: float, steps: int) -> None:

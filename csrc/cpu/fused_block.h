@@ -111,10 +111,12 @@ inline T leaky_if(bool on, T v, T leak) { return on ? v * leaky_slope(v, leak) :
 // z: contiguous (rows, cols) GEMM output. In act_first order the layer's bias is added to z in place
 // (backward reads z with it); otherwise batch norm comes first and cancels it, and bias is unused.
 // Writes out (after dropout), pre (before it; may be nullptr) and the batch mean and
-// std = sqrt(var_biased + eps) of the BN input.
+// std = sqrt(var_biased + eps) of the BN input. With stats_given, mean_out and std_out hold statistics
+// taken elsewhere (over the rows of several processes): they are read, not written, the moment pass
+// is skipped, and z and bias are left alone (eps unused).
 template <typename T>
 void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockArgs<T>& b, double eps, T* out,
-                   T* pre, T* mean_out, T* std_out) {
+                   T* pre, T* mean_out, T* std_out, bool stats_given = false) {
   const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
   with_flags(b.act_first, b.keep != nullptr, pre != nullptr, [&](auto act_first_c, auto has_keep_c, auto has_pre_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
@@ -125,28 +127,36 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
         const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
         // when the mean dwarfs the spread.
-        alignas(64) T shift[kBlockChunk], mean[kBlockChunk], scale[kBlockChunk], beta[kBlockChunk];
-        alignas(64) double s1[kBlockChunk] = {}, s2[kBlockChunk] = {};
-        alignas(64) T add[kBlockChunk];
-        for (int64_t j = 0; j < w; ++j) add[j] = kActFirst ? bias[c0 + j] : T(0);
-        for (int64_t j = 0; j < w; ++j) shift[j] = leaky_if(kActFirst, z[c0 + j] + add[j], leak);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* __restrict zr = z + r * cols + c0;
-#pragma omp simd
+        alignas(64) T mean[kBlockChunk], scale[kBlockChunk], beta[kBlockChunk];
+        if (stats_given) {
           for (int64_t j = 0; j < w; ++j) {
-            if (kActFirst) zr[j] += add[j];
-            const double d = leaky_if(kActFirst, zr[j], leak) - shift[j];
-            s1[j] += d;
-            s2[j] += d * d;
+            mean[j] = mean_out[c0 + j];
+            scale[j] = b.gamma[c0 + j] / std_out[c0 + j];
+            beta[j] = b.beta[c0 + j];
           }
-        }
-        for (int64_t j = 0; j < w; ++j) {
-          const double m1 = s1[j] / rows, s = std::sqrt(std::max(s2[j] / rows - m1 * m1, 0.0) + eps);
-          mean[j] = static_cast<T>(shift[j] + m1);
-          mean_out[c0 + j] = mean[j];
-          std_out[c0 + j] = static_cast<T>(s);
-          scale[j] = static_cast<T>(b.gamma[c0 + j] / s);
-          beta[j] = b.beta[c0 + j];
+        } else {
+          alignas(64) T shift[kBlockChunk], add[kBlockChunk];
+          alignas(64) double s1[kBlockChunk] = {}, s2[kBlockChunk] = {};
+          for (int64_t j = 0; j < w; ++j) add[j] = kActFirst ? bias[c0 + j] : T(0);
+          for (int64_t j = 0; j < w; ++j) shift[j] = leaky_if(kActFirst, z[c0 + j] + add[j], leak);
+          for (int64_t r = 0; r < rows; ++r) {
+            T* __restrict zr = z + r * cols + c0;
+#pragma omp simd
+            for (int64_t j = 0; j < w; ++j) {
+              if (kActFirst) zr[j] += add[j];
+              const double d = leaky_if(kActFirst, zr[j], leak) - shift[j];
+              s1[j] += d;
+              s2[j] += d * d;
+            }
+          }
+          for (int64_t j = 0; j < w; ++j) {
+            const double m1 = s1[j] / rows, s = std::sqrt(std::max(s2[j] / rows - m1 * m1, 0.0) + eps);
+            mean[j] = static_cast<T>(shift[j] + m1);
+            mean_out[c0 + j] = mean[j];
+            std_out[c0 + j] = static_cast<T>(s);
+            scale[j] = static_cast<T>(b.gamma[c0 + j] / s);
+            beta[j] = b.beta[c0 + j];
+          }
         }
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t o = r * cols + c0;
@@ -178,10 +188,13 @@ struct BlockGrads {
 
 // Backward of block_forward on the same z, mean and std. Writes grad_z (contiguous (rows, cols)),
 // the block's output rebuilt into a_out (for the weight gradient), dgamma, dbeta and, in act_first
-// order (where the bias before z matters), dbias = the column sums of grad_z.
+// order (where the bias before z matters), dbias = the column sums of grad_z. Given dmean and dstd,
+// mean and std are treated as inputs (block_forward's stats_given): grad_z holds only the direct
+// path through the normalisation, and the statistics' gradients go to dmean and dstd.
 template <typename T>
 void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b,
-                    const T* mean_in, const T* std_in, T* grad_z, T* a_out, T* dgamma, T* dbeta, T* dbias) {
+                    const T* mean_in, const T* std_in, T* grad_z, T* a_out, T* dgamma, T* dbeta, T* dbias,
+                    T* dmean = nullptr, T* dstd = nullptr) {
   const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
   with_flags(b.act_first, b.keep != nullptr, g.g_extra != nullptr, [&](auto act_first_c, auto has_keep_c,
                                                                         auto has_extra_c) {
@@ -226,8 +239,14 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
           dbeta[c0 + j] = static_cast<T>(sum_g[j]);
           dgamma[c0 + j] = static_cast<T>(sum_gx[j]);
           k0[j] = gamma[j] * rstd[j];
-          k1[j] = static_cast<T>(k0[j] * sum_g[j] / rows);
-          k2[j] = static_cast<T>(k0[j] * sum_gx[j] / rows);
+          if (dmean != nullptr) {  // d out / d mean = -k0, d out / d std = -k0 xhat
+            dmean[c0 + j] = static_cast<T>(-k0[j] * sum_g[j]);
+            dstd[c0 + j] = static_cast<T>(-k0[j] * sum_gx[j]);
+            k1[j] = k2[j] = T(0);
+          } else {
+            k1[j] = static_cast<T>(k0[j] * sum_g[j] / rows);
+            k2[j] = static_cast<T>(k0[j] * sum_gx[j] / rows);
+          }
         }
         // Pass 2: through the normalisation (and the LeakyReLU before it).
         alignas(64) double sum_gz[kBlockChunk] = {};
