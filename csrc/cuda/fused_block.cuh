@@ -2,11 +2,13 @@
 // standalone hidden block (hidden_block.cu): the CUDA twin of csrc/cpu/fused_block.h, same math in
 // the same order. One kernel per hidden block forward (finish the batch statistics of a GEMM output,
 // apply BN, gamma/beta, LeakyReLU and the tied dropout) and one backward (a column reduction, then the
-// input gradient, rebuilding the block's output for the weight-gradient GEMM). A thread block owns 32
-// columns (a warp reads 32 consecutive elements of a row: coalesced) and 8 row stripes; column sums go
-// through shared memory in double. Elementwise math runs in acc_t<T> (float for float, half and
-// bfloat16; double for double). The mask is regenerated from rng_state, read only on the device, so
-// nothing synchronises with the host and a step can be captured in a CUDA graph.
+// input gradient, rebuilding the block's output for the weight-gradient GEMM).
+// Layout: a thread owns 4 consecutive columns, the 4 that one Philox4x32-10 draw covers (philox.h), so
+// each draw is made once per row; a thread block is kGroups such threads across (64 columns) by
+// kRowStripes down, and column sums go through shared memory in double. Elementwise math runs in
+// acc_t<T> (float for float, half and bfloat16; double for double). The mask is regenerated from
+// rng_state, read only on the device, so nothing synchronises with the host and a step can be
+// captured in a CUDA graph.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -25,11 +27,12 @@ struct Acc<double> {
 template <typename T>
 using acc_t = typename Acc<T>::type;
 
-constexpr int kBlockCols = 32;
-constexpr int kRowStripes = 8;
+constexpr int kGroups = 16;      // threads across a block, 4 columns each
+constexpr int kRowStripes = 16;  // threads down a block, each visiting every kRowStripes-th row
+constexpr int kBlockCols = 4 * kGroups;
 
 inline dim3 block_grid(int64_t cols) { return dim3(static_cast<unsigned>((cols + kBlockCols - 1) / kBlockCols)); }
-inline dim3 block_threads() { return dim3(kBlockCols, kRowStripes); }
+inline dim3 block_threads() { return dim3(kGroups, kRowStripes); }
 
 template <typename A>
 __device__ __forceinline__ A slope(A v, A leak) {
@@ -41,29 +44,44 @@ __device__ __forceinline__ A leaky(A v, A leak) {
   return v * slope(v, leak);
 }
 
-// Element (row, col)'s dropout multiplier: the kept scale or 0, and 1 when nothing is dropped.
-template <typename A>
-__device__ __forceinline__ A dropout_factor(const DropoutMask& mask, A scale, int64_t row, int64_t col) {
-  if (!mask.active) return A(1);
-  bool keep[4];
-  mask.four(row, col >> 2, keep);
-  return keep[col & 3] ? scale : A(0);
+// The thread's 4 columns: first is a multiple of 4 (so first / 4 is the Philox counter's column
+// word), count how many of them exist (<= 0 for a thread past the last column).
+struct Columns {
+  int64_t first;
+  int64_t count;
+};
+
+__device__ __forceinline__ Columns thread_columns(int64_t cols) {
+  const int64_t first = 4 * (static_cast<int64_t>(blockIdx.x) * kGroups + threadIdx.x);
+  return {first, cols - first};
 }
 
-// Sum over the block's row stripes of each thread's value, for its column; every thread gets it.
-// Every thread of the block must call it (it synchronises).
-__device__ __forceinline__ double column_sum(double value, double (*shared)[kBlockCols]) {
-  shared[threadIdx.y][threadIdx.x] = value;
+// The dropout multipliers of the thread's 4 columns in one row, from one Philox draw: the kept scale
+// or 0, and 1 when nothing is dropped.
+template <typename A>
+__device__ __forceinline__ void dropout_factors(const DropoutMask& mask, A scale, int64_t row, int64_t first,
+                                                A m[4]) {
+  bool keep[4];
+  mask.four(row, first >> 2, keep);  // all kept when the mask is inactive
+  for (int j = 0; j < 4; ++j) m[j] = !mask.active ? A(1) : keep[j] ? scale : A(0);
+}
+
+// Sums over the block's row stripes of each thread's 4 values, one per column; every thread gets its
+// columns' totals in place. Every thread of the block must call it (it synchronises).
+__device__ __forceinline__ void column_sums(double v[4], double (*shared)[kBlockCols]) {
+  for (int j = 0; j < 4; ++j) shared[threadIdx.y][4 * threadIdx.x + j] = v[j];
   __syncthreads();
-  double total = 0;
-  for (int k = 0; k < kRowStripes; ++k) total += shared[k][threadIdx.x];
+  for (int j = 0; j < 4; ++j) {
+    double total = 0;
+    for (int k = 0; k < kRowStripes; ++k) total += shared[k][4 * threadIdx.x + j];
+    v[j] = total;
+  }
   __syncthreads();
-  return total;
 }
 
 // fused_block.h's block_forward: bias (nullptr unless act_first) is added to z in place; writes out,
 // pre (nullptr: not wanted) and the batch mean and std = sqrt(var_biased + eps) of the BN input.
-// Each thread only touches its own column's elements, so the in-place add needs no barrier.
+// Each thread only touches its own columns' elements, so the in-place add needs no barrier.
 template <typename T>
 __global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bias, const T* __restrict__ gamma,
                                      const T* __restrict__ beta, const int64_t* __restrict__ rng,
@@ -72,42 +90,57 @@ __global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bi
                                      double leak_in, bool act_first) {
   using A = acc_t<T>;
   __shared__ double shared[kRowStripes][kBlockCols];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBlockCols + threadIdx.x;
-  const bool valid = c < cols;
+  const Columns cs = thread_columns(cols);
   const A leak = static_cast<A>(leak_in);
-  auto input = [&](int64_t r) {
-    const A v = static_cast<A>(z[r * cols + c]);
+  auto input = [&](int64_t o) {
+    const A v = static_cast<A>(z[o]);
     return act_first ? leaky(v, leak) : v;
   };
-  double sum = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      if (bias != nullptr) z[r * cols + c] = static_cast<T>(static_cast<A>(z[r * cols + c]) + static_cast<A>(bias[c]));
-      sum += input(r);
+  double sum[4] = {0, 0, 0, 0};
+  for (int64_t r = threadIdx.y; r < rows; r += kRowStripes)
+    for (int j = 0; j < 4; ++j) {
+      if (j >= cs.count) break;
+      const int64_t o = r * cols + cs.first + j;
+      if (bias != nullptr) z[o] = static_cast<T>(static_cast<A>(z[o]) + static_cast<A>(bias[cs.first + j]));
+      sum[j] += input(o);
     }
-  const double mean = column_sum(sum, shared) / rows;
-  double squares = 0;  // two passes: exact even when the mean dwarfs the spread
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const double d = input(r) - mean;
-      squares += d * d;
+  column_sums(sum, shared);
+  double mean[4], squares[4] = {0, 0, 0, 0};  // two passes: exact even when the mean dwarfs the spread
+  for (int j = 0; j < 4; ++j) mean[j] = sum[j] / rows;
+  for (int64_t r = threadIdx.y; r < rows; r += kRowStripes)
+    for (int j = 0; j < 4; ++j) {
+      if (j >= cs.count) break;
+      const double d = input(r * cols + cs.first + j) - mean[j];
+      squares[j] += d * d;
     }
-  const double s = sqrt(column_sum(squares, shared) / rows + eps);
-  if (!valid) return;
-  const A mean_a = static_cast<A>(mean), scale = static_cast<A>(static_cast<double>(gamma[c]) / s);
-  const A shift = static_cast<A>(beta[c]);
-  if (threadIdx.y == 0) {
-    mean_out[c] = static_cast<T>(mean);
-    std_out[c] = static_cast<T>(s);
+  column_sums(squares, shared);
+  if (cs.count <= 0) return;
+  A mean_a[4], scale[4], shift[4];
+  for (int j = 0; j < 4; ++j) {
+    if (j >= cs.count) break;
+    const int64_t c = cs.first + j;
+    const double s = sqrt(squares[j] / rows + eps);
+    mean_a[j] = static_cast<A>(mean[j]);
+    scale[j] = static_cast<A>(static_cast<double>(gamma[c]) / s);
+    shift[j] = static_cast<A>(beta[c]);
+    if (threadIdx.y == 0) {
+      mean_out[c] = static_cast<T>(mean[j]);
+      std_out[c] = static_cast<T>(s);
+    }
   }
   const DropoutMask mask = DropoutMask::make(rng[0], rng[1], rng[2], p);
   const A drop_scale = static_cast<A>(static_cast<T>(mask.scale));  // rounded to the activations' dtype
   for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-    const int64_t o = r * cols + c;
-    A v = (input(r) - mean_a) * scale + shift;
-    if (!act_first) v = leaky(v, leak);
-    if (pre != nullptr) pre[o] = static_cast<T>(v);
-    out[o] = static_cast<T>(v * dropout_factor(mask, drop_scale, r, c));
+    A m[4];
+    dropout_factors(mask, drop_scale, r, cs.first, m);
+    for (int j = 0; j < 4; ++j) {
+      if (j >= cs.count) break;
+      const int64_t o = r * cols + cs.first + j;
+      A v = (input(o) - mean_a[j]) * scale[j] + shift[j];
+      if (!act_first) v = leaky(v, leak);
+      if (pre != nullptr) pre[o] = static_cast<T>(v);
+      out[o] = static_cast<T>(v * m[j]);
+    }
   }
 }
 
@@ -125,55 +158,67 @@ __global__ void block_backward_kernel(const T* __restrict__ g_out, const T* __re
                                       int64_t rows, int64_t cols, double p, double leak_in, bool act_first) {
   using A = acc_t<T>;
   __shared__ double shared[kRowStripes][kBlockCols];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBlockCols + threadIdx.x;
-  const bool valid = c < cols;
+  const Columns cs = thread_columns(cols);
   const A leak = static_cast<A>(leak_in);
-  A mean = 0, rstd = 0, g = 0, b = 0;
-  if (valid) {
-    mean = static_cast<A>(mean_in[c]), rstd = A(1) / static_cast<A>(std_in[c]);
-    g = static_cast<A>(gamma[c]), b = static_cast<A>(beta[c]);
+  A mean[4] = {0, 0, 0, 0}, rstd[4] = {0, 0, 0, 0}, g[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+  for (int j = 0; j < 4; ++j) {
+    if (j >= cs.count) break;
+    const int64_t c = cs.first + j;
+    mean[j] = static_cast<A>(mean_in[c]), rstd[j] = A(1) / static_cast<A>(std_in[c]);
+    g[j] = static_cast<A>(gamma[c]), b[j] = static_cast<A>(beta[c]);
   }
-  auto xhat = [&](int64_t o) {
+  auto xhat = [&](int64_t o, int j) {
     const A v = static_cast<A>(z[o]);
-    return ((act_first ? leaky(v, leak) : v) - mean) * rstd;
+    return ((act_first ? leaky(v, leak) : v) - mean[j]) * rstd[j];
   };
   const DropoutMask mask = DropoutMask::make(rng[0], rng[1], rng[2], p);
   const A drop_scale = static_cast<A>(static_cast<T>(mask.scale));
-  double sum_g = 0, sum_gx = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const int64_t o = r * cols + c;
-      const A xh = xhat(o);
-      const A y = g * xh + b;
-      const A m = dropout_factor(mask, drop_scale, r, c);
+  double sum_g[4] = {0, 0, 0, 0}, sum_gx[4] = {0, 0, 0, 0};
+  for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
+    A m[4];
+    dropout_factors(mask, drop_scale, r, cs.first, m);
+    for (int j = 0; j < 4; ++j) {
+      if (j >= cs.count) break;
+      const int64_t o = r * cols + cs.first + j;
+      const A xh = xhat(o, j);
+      const A y = g[j] * xh + b[j];
       A gy = static_cast<A>(g_out[o]);
       if (g_extra != nullptr) gy += static_cast<A>(g_extra[o]);
-      gy *= m;
+      gy *= m[j];
       if (g_extra != nullptr) gy += static_cast<A>(g_pre[o]);
       if (!act_first) gy *= slope(y, leak);
-      if (a_out != nullptr) a_out[o] = static_cast<T>((act_first ? y : leaky(y, leak)) * m);
+      if (a_out != nullptr) a_out[o] = static_cast<T>((act_first ? y : leaky(y, leak)) * m[j]);
       grad_z[o] = static_cast<T>(gy);
-      sum_g += gy;
-      sum_gx += static_cast<double>(gy) * xh;
+      sum_g[j] += gy;
+      sum_gx[j] += static_cast<double>(gy) * xh;
     }
-  sum_g = column_sum(sum_g, shared);
-  sum_gx = column_sum(sum_gx, shared);
-  const A k0 = g * rstd;  // grad_z = k0 gy - k1 - k2 xhat
-  const A k1 = static_cast<A>(k0 * sum_g / rows), k2 = static_cast<A>(k0 * sum_gx / rows);
-  double sum_gz = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const int64_t o = r * cols + c;
-      A gz = k0 * static_cast<A>(grad_z[o]) - k1 - k2 * xhat(o);
+  }
+  column_sums(sum_g, shared);
+  column_sums(sum_gx, shared);
+  A k0[4], k1[4], k2[4];  // grad_z = k0 gy - k1 - k2 xhat
+  for (int j = 0; j < 4; ++j) {
+    k0[j] = g[j] * rstd[j];
+    k1[j] = static_cast<A>(k0[j] * sum_g[j] / rows), k2[j] = static_cast<A>(k0[j] * sum_gx[j] / rows);
+  }
+  double sum_gz[4] = {0, 0, 0, 0};
+  for (int64_t r = threadIdx.y; r < rows; r += kRowStripes)
+    for (int j = 0; j < 4; ++j) {
+      if (j >= cs.count) break;
+      const int64_t o = r * cols + cs.first + j;
+      A gz = k0[j] * static_cast<A>(grad_z[o]) - k1[j] - k2[j] * xhat(o, j);
       if (act_first) gz *= slope(static_cast<A>(z[o]), leak);
       grad_z[o] = static_cast<T>(gz);
-      sum_gz += gz;
+      sum_gz[j] += gz;
     }
-  if (act_first) sum_gz = column_sum(sum_gz, shared);  // act_first is uniform over the block
-  if (!valid || threadIdx.y != 0) return;
-  dbeta[c] = static_cast<T>(sum_g);
-  dgamma[c] = static_cast<T>(sum_gx);
-  if (act_first && dbias != nullptr) dbias[c] = static_cast<T>(sum_gz);
+  if (act_first) column_sums(sum_gz, shared);  // act_first is uniform over the block
+  if (threadIdx.y != 0) return;
+  for (int j = 0; j < 4; ++j) {
+    if (j >= cs.count) break;
+    const int64_t c = cs.first + j;
+    dbeta[c] = static_cast<T>(sum_g[j]);
+    dgamma[c] = static_cast<T>(sum_gx[j]);
+    if (act_first && dbias != nullptr) dbias[c] = static_cast<T>(sum_gz[j]);
+  }
 }
 
 }  // namespace twoway_fast
