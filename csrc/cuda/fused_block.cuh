@@ -11,21 +11,14 @@
 // captured in a CUDA graph.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include "philox.h"
 
 namespace twoway_fast {
 
 template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename Acc<T>::type;
+using acc_t = at::opmath_type<T>;  // float for half and bfloat16, else T
 
 constexpr int kGroups = 16;      // threads across a block, 4 columns each
 constexpr int kRowStripes = 16;  // threads down a block, each visiting every kRowStripes-th row
@@ -80,14 +73,15 @@ __device__ __forceinline__ void column_sums(double v[4], double (*shared)[kBlock
 }
 
 // fused_block.h's block_forward: bias (nullptr unless act_first) is added to z in place; writes out,
-// pre (nullptr: not wanted) and the batch mean and std = sqrt(var_biased + eps) of the BN input.
-// Each thread only touches its own columns' elements, so the in-place add needs no barrier.
+// pre (nullptr: not wanted) and the batch mean and std = sqrt(var_biased + eps) of the BN input, in
+// acc_t<T> (float for half and bfloat16, so backward normalises exactly as forward did). Each thread
+// only touches its own columns' elements, so the in-place add needs no barrier.
 template <typename T>
 __global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bias, const T* __restrict__ gamma,
                                      const T* __restrict__ beta, const int64_t* __restrict__ rng,
-                                     T* __restrict__ out, T* __restrict__ pre, T* __restrict__ mean_out,
-                                     T* __restrict__ std_out, int64_t rows, int64_t cols, double p, double eps,
-                                     double leak_in, bool act_first) {
+                                     T* __restrict__ out, T* __restrict__ pre, acc_t<T>* __restrict__ mean_out,
+                                     acc_t<T>* __restrict__ std_out, int64_t rows, int64_t cols, double p,
+                                     double eps, double leak_in, bool act_first) {
   using A = acc_t<T>;
   __shared__ double shared[kRowStripes][kBlockCols];
   const Columns cs = thread_columns(cols);
@@ -124,8 +118,8 @@ __global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bi
     scale[j] = static_cast<A>(static_cast<double>(gamma[c]) / s);
     shift[j] = static_cast<A>(beta[c]);
     if (threadIdx.y == 0) {
-      mean_out[c] = static_cast<T>(mean[j]);
-      std_out[c] = static_cast<T>(s);
+      mean_out[c] = mean_a[j];
+      std_out[c] = static_cast<A>(s);
     }
   }
   const DropoutMask mask = DropoutMask::make(rng[0], rng[1], rng[2], p);
@@ -152,7 +146,7 @@ template <typename T>
 __global__ void block_backward_kernel(const T* __restrict__ g_out, const T* __restrict__ g_extra,
                                       const T* __restrict__ g_pre, const T* __restrict__ z,
                                       const T* __restrict__ gamma, const T* __restrict__ beta,
-                                      const T* __restrict__ mean_in, const T* __restrict__ std_in,
+                                      const acc_t<T>* __restrict__ mean_in, const acc_t<T>* __restrict__ std_in,
                                       const int64_t* __restrict__ rng, T* __restrict__ grad_z, T* __restrict__ a_out,
                                       T* __restrict__ dgamma, T* __restrict__ dbeta, T* __restrict__ dbias,
                                       int64_t rows, int64_t cols, double p, double leak_in, bool act_first) {
@@ -164,7 +158,7 @@ __global__ void block_backward_kernel(const T* __restrict__ g_out, const T* __re
   for (int j = 0; j < 4; ++j) {
     if (j >= cs.count) break;
     const int64_t c = cs.first + j;
-    mean[j] = static_cast<A>(mean_in[c]), rstd[j] = A(1) / static_cast<A>(std_in[c]);
+    mean[j] = mean_in[c], rstd[j] = A(1) / std_in[c];
     g[j] = static_cast<A>(gamma[c]), b[j] = static_cast<A>(beta[c]);
   }
   auto xhat = [&](int64_t o, int j) {

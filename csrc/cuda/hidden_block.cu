@@ -22,18 +22,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cuda(const at::Tenso
   const auto z = z_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   const auto rng = rng_state.contiguous();
   auto out = at::empty_like(z);
-  auto mean = at::empty({z.size(1)}, z.options());
-  auto std = at::empty({z.size(1)}, z.options());
-  if (z.size(1) == 0) return {out, mean, std};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hidden_block_cuda", [&] {
-    block_forward_kernel<scalar_t><<<block_grid(z.size(1)), block_threads(), 0,
-                                     c10::cuda::getCurrentCUDAStream()>>>(
-        z.data_ptr<scalar_t>(), nullptr, gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
-        rng.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), nullptr, mean.data_ptr<scalar_t>(),
-        std.data_ptr<scalar_t>(), z.size(0), z.size(1), p, eps, leak, act_first);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {out, mean, std};
+  // The kernel's statistics are in acc_t (float for half and bfloat16); the op returns z's dtype.
+  const auto stats_opts = z.options().dtype(stats_dtype(z.scalar_type()));
+  auto mean = at::empty({z.size(1)}, stats_opts);
+  auto std = at::empty({z.size(1)}, stats_opts);
+  if (z.size(1) > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hidden_block_cuda", [&] {
+      block_forward_kernel<scalar_t><<<block_grid(z.size(1)), block_threads(), 0,
+                                       c10::cuda::getCurrentCUDAStream()>>>(
+          z.data_ptr<scalar_t>(), nullptr, gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+          rng.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), nullptr, mean.data_ptr<acc_t<scalar_t>>(),
+          std.data_ptr<acc_t<scalar_t>>(), z.size(0), z.size(1), p, eps, leak, act_first);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {out, mean.to(z.scalar_type()), std.to(z.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cuda(
@@ -44,7 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cuda(
   const c10::cuda::CUDAGuard guard(z_in.device());
   const auto grad_out = grad_out_in.contiguous().to(z_in.scalar_type()), z = z_in.contiguous();
   const auto gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
-  const auto mean = mean_in.contiguous(), std = std_in.contiguous(), rng = rng_state.contiguous();
+  const auto mean = mean_in.to(stats_dtype(z.scalar_type())).contiguous();
+  const auto std = std_in.to(stats_dtype(z.scalar_type())).contiguous(), rng = rng_state.contiguous();
   auto grad_z = at::empty_like(z);
   auto grad_gamma = at::empty_like(gamma);
   auto grad_beta = at::empty_like(beta);
@@ -53,7 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cuda(
     block_backward_kernel<scalar_t><<<block_grid(z.size(1)), block_threads(), 0,
                                       c10::cuda::getCurrentCUDAStream()>>>(
         grad_out.data_ptr<scalar_t>(), nullptr, nullptr, z.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
-        beta.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(), rng.data_ptr<int64_t>(),
+        beta.data_ptr<scalar_t>(), mean.data_ptr<acc_t<scalar_t>>(), std.data_ptr<acc_t<scalar_t>>(),
+        rng.data_ptr<int64_t>(),
         grad_z.data_ptr<scalar_t>(), nullptr, grad_gamma.data_ptr<scalar_t>(), grad_beta.data_ptr<scalar_t>(),
         nullptr, z.size(0), z.size(1), p, leak, act_first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -25,12 +25,6 @@ T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-void check_cuda_dtype(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "the CUDA twoway_net takes float32 or float64 (bfloat16 and float16 are not implemented yet), got ",
-              x.scalar_type());
-}
-
 using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
                                  std::vector<Tensor>, std::vector<Tensor>>;
 
@@ -39,14 +33,16 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
                               at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
   const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   check_net_bias(net, bias_in, x_in);
-  check_cuda_dtype(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
+  // The GEMMs run in the activations' dtype: under torch.autocast the wrappers (fused.py) cast the
+  // arguments, and autocast must not recast the op's own ATen calls.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
   const auto x = x_in.contiguous(), y = y_in.contiguous(), rng = rng_states.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
-  const auto opts = x.options();
+  const auto opts = x.options(), stats_opts = opts.dtype(stats_dtype(x.scalar_type()));
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
   Tensor h[2], h_pre[2], out[2];
   for (int c = 0; c < 2; ++c) {  // c = 0: X channel, 1: Y channel
@@ -56,17 +52,17 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
       // As on the CPU: the bias only counts before a LeakyReLU (batch norm first cancels it).
       z[slot] = tied_mm(a, weights[c == 0 ? k : k + 1], c == 1);
       const Tensor b = act_first ? bias[c * (n + 1) + k] : Tensor();
-      mean[slot] = at::empty({cols}, opts);
-      std[slot] = at::empty({cols}, opts);
+      mean[slot] = at::empty({cols}, stats_opts);
+      std[slot] = at::empty({cols}, stats_opts);
       Tensor next = at::empty({B, cols}, opts);
       Tensor pre = k == repr ? at::empty({B, cols}, opts) : Tensor();
       if (cols > 0) {
-        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_forward_cuda", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "twoway_net_block_cuda", [&] {
           block_forward_kernel<scalar_t><<<block_grid(cols), block_threads(), 0, stream>>>(
               z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), gamma[slot].data_ptr<scalar_t>(),
               beta[slot].data_ptr<scalar_t>(), rng.data_ptr<int64_t>() + 3 * k, next.data_ptr<scalar_t>(),
-              ptr_or_null<scalar_t>(pre), mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(), B, cols,
-              p[k], eps, leak, act_first);
+              ptr_or_null<scalar_t>(pre), mean[slot].data_ptr<acc_t<scalar_t>>(),
+              std[slot].data_ptr<acc_t<scalar_t>>(), B, cols, p[k], eps, leak, act_first);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       }
@@ -91,8 +87,8 @@ BackwardResult twoway_net_backward_cuda(
     TensorList std_in, bool input_grads) {
   const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   check_net_saved(net, z_in, mean_in, std_in, x_in);
-  check_cuda_dtype(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
@@ -131,11 +127,12 @@ BackwardResult twoway_net_backward_cuda(
       dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       const Tensor g_extra = k == repr ? extra[c] : Tensor(), g_pre = k == repr ? extra_pre[c] : Tensor();
       if (cols > 0) {
-        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_backward_cuda", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "twoway_net_block_grad_cuda", [&] {
           block_backward_kernel<scalar_t><<<block_grid(cols), block_threads(), 0, stream>>>(
               g.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(g_extra), ptr_or_null<scalar_t>(g_pre),
               z[slot].data_ptr<scalar_t>(), gamma[slot].data_ptr<scalar_t>(), beta[slot].data_ptr<scalar_t>(),
-              mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(), rng.data_ptr<int64_t>() + 3 * k,
+              mean[slot].data_ptr<acc_t<scalar_t>>(), std[slot].data_ptr<acc_t<scalar_t>>(),
+              rng.data_ptr<int64_t>() + 3 * k,
               gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(), grad_gamma[slot].data_ptr<scalar_t>(),
               grad_beta[slot].data_ptr<scalar_t>(), act_first ? dbias.data_ptr<scalar_t>() : nullptr, B, cols,
               p[k], leak, act_first);

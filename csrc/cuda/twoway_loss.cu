@@ -19,12 +19,6 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-void check_cuda_dtype(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "the CUDA twoway_loss takes float32 or float64 (bfloat16 and float16 are not implemented yet), got ",
-              x.scalar_type());
-}
-
 // sum of t's squares in double, a 0-dim tensor on t's device.
 Tensor sum_squares(const Tensor& t) { return t.to(at::kDouble).square().sum(); }
 
@@ -39,14 +33,16 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x, const Tenso
                                                     TensorList gammas, at::ArrayRef<double> coefficients,
                                                     bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  check_cuda_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
+  // The covariance GEMM runs in float for half and bfloat16 inputs: autocast must not recast it.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto acc = stats_dtype(x.scalar_type());
   std::array<Tensor, kTerms> t;
   t[1] = squared_distance(x, x_hat);
   t[2] = squared_distance(y, y_hat);
   t[3] = squared_distance(hx, hy);
-  const auto cx = second_moment(decorrelation_input(hx_dec.contiguous(), correlation, eps));
-  const auto cy = second_moment(decorrelation_input(hy_dec.contiguous(), correlation, eps));
+  const auto cx = second_moment(decorrelation_input(hx_dec.to(acc).contiguous(), correlation, eps));
+  const auto cy = second_moment(decorrelation_input(hy_dec.to(acc).contiguous(), correlation, eps));
   const auto [fx, dx] = norms(cx);
   const auto [fy, dy] = norms(cy);
   t[4] = fx - dx;
@@ -87,7 +83,6 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
                                              const Tensor& cy, at::ArrayRef<double> coefficients, bool correlation,
                                              double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  check_cuda_dtype(x);
   TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
               "), got ", grad_terms.sizes());
   TORCH_CHECK(grad_terms.device() == x.device(), "grad_terms is on ", grad_terms.device(), " but x is on ",
@@ -96,6 +91,8 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
   TORCH_CHECK(cx.sizes() == at::IntArrayRef({k, k}) && cy.sizes() == cx.sizes(), "cx and cy must be (", k, ", ",
               k, "), got ", cx.sizes(), " and ", cy.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
+  const auto acc = stats_dtype(x.scalar_type());
   // Each term's weight in the gradient: through the total and directly (0-dim, on the device).
   const auto g = grad_terms.to(at::kDouble);
   std::array<Tensor, kTerms> w;
@@ -105,12 +102,13 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
   auto grad_y_hat = (y_hat - y) * (w[2] * (2.0 / B));
   auto grad_hx = (hx - hy) * (w[3] * (2.0 / B));
   auto grad_hy = -grad_hx;
-  auto grad_hx_dec = decorrelation_grad(hx_dec.contiguous(), cx, w[4], correlation, eps);
-  auto grad_hy_dec = decorrelation_grad(hy_dec.contiguous(), cy, w[5], correlation, eps);
+  auto grad_hx_dec = decorrelation_grad(hx_dec.to(acc).contiguous(), cx.to(acc), w[4], correlation, eps);
+  auto grad_hy_dec = decorrelation_grad(hy_dec.to(acc).contiguous(), cy.to(acc), w[5], correlation, eps);
   std::vector<Tensor> grad_weights, grad_gammas;
   for (const auto& wt : weights) grad_weights.push_back(wt * (w[6] * 2.0));
   for (const auto& gm : gammas) grad_gammas.push_back(gm * (w[6] * 2.0) - gm.pow(-3) * (w[7] * 2.0));
-  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
+  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec.to(hx.scalar_type()),
+          grad_hy_dec.to(hx.scalar_type()), grad_weights, grad_gammas};
 }
 
 }  // namespace
