@@ -179,6 +179,23 @@ def test_loss_matches_cpu_op_and_reference(batch, dx, dy, k, form, where, dtype)
                 close(a, b, dtype, f"{'terms' if i == 0 else f'gradient {i}'} vs the {what}")
 
 
+def test_loss_sums_are_deterministic():
+    """The reduction kernel adds fixed partials in a fixed order (no atomics): the same inputs give the
+    same bits."""
+    out, x, y, weights, gammas = to_cuda(loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True))
+    args = (x, y, *[t.detach() for t in out], weights, gammas, list(COEFFICIENTS.values()), True, 1e-5)
+    first, second = ops.twoway_loss(*args)[0], ops.twoway_loss(*args)[0]
+    assert torch.equal(first, second)
+
+
+def test_loss_refuses_more_tensors_than_its_sum_table_holds():
+    out, x, y, weights, gammas = to_cuda(loss_inputs(4, 3, 5, 6, torch.float32))
+    many_gammas = [g.detach() for g in gammas] * 30  # 2 sums each: beyond the table's 64 entries
+    with pytest.raises(RuntimeError, match="the CUDA twoway_loss takes at most 64 sums"):
+        ops.twoway_loss(x, y, *[t.detach() for t in out], [w.detach() for w in weights], many_gammas,
+                        list(COEFFICIENTS.values()), False, 1e-5)
+
+
 @pytest.mark.parametrize("act_first", [True, False])
 def test_network_opcheck(act_first):
     args = (*to_cuda(op_args(torch.float32, {0: 2}, requires_grad=True)), act_first)
