@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import metrics, run
 from .data import Split, batches
 from .evaluation import encode, retrieval_of
+from .graph_step import CapturedStep
 from .presets import Preset
 from .reference import LossTerms
 
@@ -43,6 +44,7 @@ class TrainConfig:
     shuffle: bool = True
     seed: int = 0
     select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
+    cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.graph_step); CUDA only
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2:
@@ -95,6 +97,11 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best: float | None = None
         self.log: list[dict] = []
+        self.step = self._eager_step
+        if config.cuda_graph:
+            if train.device.type != "cuda":
+                raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")
+            self.step = CapturedStep(self._eager_step, self.optimizer)
 
     # -------------------------------------------------------------- state
 
@@ -176,10 +183,7 @@ class Trainer:
             for b, index in enumerate(order):
                 x, y = split.rows(index)
                 seed = torch.randint(0, 2**62, (), generator=self.dropout_gen)
-                terms = self.criterion(model(x, y, seed=seed), x, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
-                self.optimizer.step()
+                terms = self.step(x, y, seed)
                 total = terms.total.detach().double()
                 newly_bad = (first_bad < 0) & ~torch.isfinite(total)
                 first_bad = torch.where(newly_bad, b, first_bad)
@@ -190,6 +194,14 @@ class Trainer:
                     self._stop_if_bad(int(first_bad), float(bad_value), steps)
                     bar.set_postfix(loss=f"{float(sums[0]) / (b + 1):.4g}")
         return {name: float(v) / steps for name, v in zip(TERMS, sums.tolist())}, steps * cfg.batch_size
+
+    def _eager_step(self, x, y, seed) -> LossTerms:
+        """One optimiser update on the batch; returns its loss terms."""
+        terms = self.criterion(self.model(x, y, seed=seed), x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        return terms
 
     def _stop_if_bad(self, batch: int, value: float, steps: int) -> None:
         if batch < 0:
