@@ -23,7 +23,7 @@ for module in pytest hypothesis; do
 done
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-FORCE_CUDA=1 timeout 180 python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+FORCE_CUDA=1 timeout 150 python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
 log "build rc=$? at $(elapsed)"
 python -c "import twoway_fast._C, torch; from twoway_fast._extension import has_kernel; \
 print('CUDA kernels:', [op for op in ('hidden_block', 'twoway_net', 'twoway_loss', 'retrieval_ranks') \
@@ -31,16 +31,16 @@ if has_kernel(op, 'cuda')])" 2>&1 | tee -a "$OUT/summary.txt"
 
 # Every CUDA test: the CUDA-only files whole, and the CUDA tests of the files that mix devices.
 # The torch.compile tests (test_graph_step.py) last: they are the slowest.
-timeout 180 python -m pytest -q -rs -p no:cacheprovider tests/test_cuda_ops.py \
+timeout 150 python -m pytest -q -rs -p no:cacheprovider tests/test_cuda_ops.py \
   tests/test_hidden_block.py::test_cuda_matches_reference tests/test_hidden_block.py::test_cuda_opcheck \
   tests/test_graph_step.py > "$OUT/tests.log" 2>&1
 log "tests rc=$? at $(elapsed): $(tail -1 "$OUT/tests.log")"
-timeout 40 python -m pytest -q -rs -p no:cacheprovider tests/test_retrieval_ranks.py -k cuda \
+timeout 30 python -m pytest -q -rs -p no:cacheprovider tests/test_retrieval_ranks.py -k cuda \
   >> "$OUT/tests.log" 2>&1
 log "retrieval-rank tests rc=$? at $(elapsed): $(tail -1 "$OUT/tests.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 >> "$OUT/summary.txt"
 
-timeout 120 python benchmarks/cuda_step.py "$OUT" > "$OUT/bench.log" 2>&1
+timeout 140 python benchmarks/cuda_step.py "$OUT" > "$OUT/bench.log" 2>&1
 log "benchmarks rc=$? at $(elapsed)"
 cat "$OUT/bench.log" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
