@@ -68,7 +68,8 @@ __device__ __forceinline__ double element(const Segment& s, int64_t i) {
 // partials[block][sum]: this block's part of every sum.
 template <typename T, typename A>
 __global__ void loss_sums_kernel(const Segments segments, double* __restrict__ partials) {
-  double acc[kSums];
+  double acc[kSums];  // every loop over it is unrolled, so it stays in registers
+#pragma unroll
   for (int j = 0; j < kSums; ++j) acc[j] = 0;
   for (int64_t tile = blockIdx.x; tile < segments.tiles; tile += gridDim.x) {
     int k = 0;  // the segment this tile belongs to (empty segments share their successor's first_tile)
@@ -77,10 +78,12 @@ __global__ void loss_sums_kernel(const Segments segments, double* __restrict__ p
     const int64_t begin = (tile - s.first_tile) * kTile, end = begin + kTile < s.n ? begin + kTile : s.n;
     double part = 0;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) part += element<T, A>(s, i);
-    for (int j = 0; j < kSums; ++j)  // unrolled compare, so acc stays in registers
+#pragma unroll
+    for (int j = 0; j < kSums; ++j)
       if (j == s.sum) acc[j] += part;
   }
   __shared__ double warp_sums[kThreads / 32];
+#pragma unroll
   for (int j = 0; j < kSums; ++j) {
     double v = acc[j];
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
