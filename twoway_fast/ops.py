@@ -64,8 +64,8 @@ def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], 
 
 
 def stats_dtype(activations: torch.dtype) -> torch.dtype:
-    """The dtype of the batch statistics and decorrelation matrices the ops return: float32 for half and
-    bfloat16 activations (the kernels accumulate in float32), else the activations' own."""
+    """The dtype of the batch statistics, loss terms and decorrelation matrices the ops return: float32
+    for half and bfloat16 activations (the kernels accumulate in float32), else the activations' own."""
     return torch.float32 if activations in (torch.float16, torch.bfloat16) else activations
 
 
@@ -131,8 +131,8 @@ def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, 
                 hy_dec: Tensor, weights: list[Tensor], gammas: list[Tensor], coefficients: list[float],
                 correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The 2-Way loss: terms (8,) = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay,
-    gamma_penalty) and the decorrelation matrices Cx, Cy (in stats_dtype). coefficients = (lx, ly, lh, lc,
-    wd, lg)."""
+    gamma_penalty) and the decorrelation matrices Cx, Cy, all in stats_dtype (float32 for half inputs: a
+    sum of squares soon passes float16's range). coefficients = (lx, ly, lh, lc, wd, lg)."""
     return torch.ops.twoway_fast.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas,
                                                      coefficients, correlation, eps)
 
@@ -140,7 +140,7 @@ def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, 
 @torch.library.register_fake("twoway_fast::twoway_loss")
 def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps):
     k, dtype = hx.shape[1], stats_dtype(hx.dtype)
-    return x.new_empty(8), hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
+    return x.new_empty(8, dtype=dtype), hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss_backward")
