@@ -4,6 +4,13 @@
 
 namespace twoway_fast {
 
+// The dtype of the batch statistics (mean, std) the network op returns and its backward takes (and
+// the CUDA kernels' accumulation type): float for half and bfloat16 activations, so backward
+// normalises exactly as forward did; else the activations' own.
+inline at::ScalarType stats_dtype(at::ScalarType activations) {
+  return activations == at::kHalf || activations == at::kBFloat16 ? at::kFloat : activations;
+}
+
 inline void check_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, name, " must be a 2-D (batch, width) tensor, got shape ", t.sizes());
   TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -102,8 +103,15 @@ inline void check_net_saved(const NetShape& net, at::TensorList z, at::TensorLis
     check_list_item(z[k], x, "z", k);
     TORCH_CHECK(z[k].dim() == 2 && z[k].size(0) == net.batch && z[k].size(1) == cols, "z[", k,
                 "] must have shape (", net.batch, ", ", cols, "), got ", z[k].sizes());
-    check_vector_item(mean[k], cols, x, "mean", k);
-    check_vector_item(std[k], cols, x, "std", k);
+    for (const auto& [stats, name] : {std::pair{mean[k], "mean"}, std::pair{std[k], "std"}}) {
+      TORCH_CHECK(stats.scalar_type() == stats_dtype(x.scalar_type()), name, "[", k, "] must have dtype ",
+                  stats_dtype(x.scalar_type()), " (the forward's statistics for ", x.scalar_type(), " x), got ",
+                  stats.scalar_type());
+      TORCH_CHECK(stats.device() == x.device(), name, "[", k, "] is on ", stats.device(), " but x is on ",
+                  x.device());
+      TORCH_CHECK(stats.dim() == 1 && stats.size(0) == cols, name, "[", k, "] must have shape (", cols, "), got ",
+                  stats.sizes());
+    }
   }
 }
 

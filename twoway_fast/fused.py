@@ -1,14 +1,31 @@
 """The fused backend: TwoWayNet's training forward and TwoWayLoss on the network and loss ops of
 twoway_fast._C (twoway_fast/ops.py), with the same signatures and results as reference.forward and
-reference.loss. Importing it requires the compiled extension."""
+reference.loss. Importing it requires the compiled extension.
+
+Autocast (the ops have no autocast kernels, so the casts are here): under torch.autocast on CUDA the
+network op runs in the autocast dtype (its GEMMs are where half precision pays; the kernels
+accumulate in float32) and the loss op in float32, as autocast treats losses and norms. The CPU
+kernels take float32 and float64 only, so under CPU autocast both run in their inputs' dtype."""
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from . import ops
 from .reference import LossTerms, TwoWayOutput, decorrelation_inputs, rng_states
+
+
+def _cuda_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype torch.autocast asks for on this CUDA device; None outside autocast or off CUDA."""
+    if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return None
+    return torch.get_autocast_dtype("cuda")
+
+
+def _cast(tensors: Sequence[Tensor], dtype: torch.dtype | None) -> list[Tensor]:
+    return [t if dtype is None else t.to(dtype) for t in tensors]
 
 
 def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
@@ -17,9 +34,11 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
     n = len(net.hidden)
     bias = [*net.x_bias, *net.y_bias]
     bns = [*net.bn_x, *net.bn_y]
+    low = _cuda_autocast_dtype(x.device)
     x_hat, y_hat, hx, hy, hx_pre, hy_pre, _, mean, std = ops.twoway_net(
-        x, y, list(net.weights), bias, [bn.gamma for bn in bns], [bn.beta for bn in bns],
-        rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak, net.bn_eps, net.act_first)
+        *_cast([x, y], low), _cast(net.weights, low), _cast(bias, low), _cast([bn.gamma for bn in bns], low),
+        _cast([bn.beta for bn in bns], low), rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak,
+        net.bn_eps, net.act_first)
     stats = {}
     for slot in range(2 * n):
         channel, k = ("x", slot) if slot < n else ("y", slot - n)
@@ -36,7 +55,8 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
          decorrelation_eps: float = 1e-5) -> LossTerms:
     """The 2-Way loss in one op, same arguments and result as reference.loss."""
     hx_dec, hy_dec = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
-    terms, _, _ = ops.twoway_loss(x, y, out.x_hat, out.y_hat, out.hx, out.hy, hx_dec, hy_dec, list(weights),
-                                  list(gammas), [lx, ly, lh, lc, wd, lg], decorrelation_form == "correlation",
-                                  decorrelation_eps)
+    full = torch.float32 if _cuda_autocast_dtype(x.device) is not None else None
+    terms, _, _ = ops.twoway_loss(*_cast([x, y, out.x_hat, out.y_hat, out.hx, out.hy, hx_dec, hy_dec], full),
+                                  _cast(weights, full), _cast(gammas, full), [lx, ly, lh, lc, wd, lg],
+                                  decorrelation_form == "correlation", decorrelation_eps)
     return LossTerms(*terms.unbind(0))

@@ -94,9 +94,16 @@ def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], 
                act_first: bool):
     """Both channels of a 2-Way Net in training mode (list layouts in csrc/cpu/tied_network.cpp).
     Returns (x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std); mean and std are per (channel,
-    position), X's first, and mean excludes the bias that batch norm cancels in bn_then_act order."""
+    position), X's first, and mean excludes the bias that batch norm cancels in bn_then_act order;
+    they are float32 for half and bfloat16 activations (stats_dtype)."""
     return torch.ops.twoway_fast.twoway_net.default(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer,
                                                     leak, eps, act_first)
+
+
+def stats_dtype(activations: torch.dtype) -> torch.dtype:
+    """The dtype of the batch statistics, loss terms and decorrelation matrices the ops return: float32
+    for half and bfloat16 activations (the kernels accumulate in float32), else the activations' own."""
+    return torch.float32 if activations in (torch.float16, torch.bfloat16) else activations
 
 
 def _weight_out(w: Tensor) -> int:
@@ -111,8 +118,8 @@ def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, ac
     rows, h = x.shape[0], widths[repr_layer]
     reps = [x.new_empty(rows, h) for _ in range(4)]
     z = [x.new_empty(rows, widths[k % n]) for k in range(2 * n)]
-    mean = [x.new_empty(widths[k % n]) for k in range(2 * n)]
-    std = [x.new_empty(widths[k % n]) for k in range(2 * n)]
+    mean = [x.new_empty(widths[k % n], dtype=stats_dtype(x.dtype)) for k in range(2 * n)]
+    std = [x.new_empty(widths[k % n], dtype=stats_dtype(x.dtype)) for k in range(2 * n)]
     return (y.new_empty(rows, x.shape[1]), x.new_empty(rows, y.shape[1]), *reps, z, mean, std)
 
 
@@ -161,15 +168,16 @@ def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, 
                 hy_dec: Tensor, weights: list[Tensor], gammas: list[Tensor], coefficients: list[float],
                 correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The 2-Way loss: terms (8,) = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay,
-    gamma_penalty) and the decorrelation matrices Cx, Cy. coefficients = (lx, ly, lh, lc, wd, lg)."""
+    gamma_penalty) and the decorrelation matrices Cx, Cy, all in stats_dtype (float32 for half inputs: a
+    sum of squares soon passes float16's range). coefficients = (lx, ly, lh, lc, wd, lg)."""
     return torch.ops.twoway_fast.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas,
                                                      coefficients, correlation, eps)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss")
 def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps):
-    k = hx.shape[1]
-    return x.new_empty(8), hx.new_empty(k, k), hx.new_empty(k, k)
+    k, dtype = hx.shape[1], stats_dtype(hx.dtype)
+    return x.new_empty(8, dtype=dtype), hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss_backward")

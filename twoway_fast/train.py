@@ -22,6 +22,7 @@ from . import metrics, run
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
+from .graph_step import CapturedStep
 from .presets import Preset
 from .reference import LossTerms
 
@@ -45,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
     sync_stats: bool = True  # several processes: BN and decorrelation statistics over all their rows
+    cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.graph_step); CUDA only
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2:
@@ -101,10 +103,19 @@ class Trainer:
         self.best: float | None = None
         self.log: list[dict] = []
         self.ranks = Ranks.current()
+        # Rows keep their global index in the dropout masks: this rank's slice starts at first_row.
+        self.first_row = self.ranks.first_row(self.ranks.local_rows(config.batch_size))
         if self.ranks.world > 1:
-            self.ranks.local_rows(config.batch_size)  # refuses a batch that does not split evenly
             model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
             broadcast_parameters(model)
+        self.step = self._eager_step
+        if config.cuda_graph:
+            if train.device.type != "cuda":
+                raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")
+            if self.ranks.world > 1:
+                raise ValueError("train.cuda_graph runs in one process only: the all-reduces of a "
+                                 "multi-process step are not captured")
+            self.step = CapturedStep(self._eager_step, self.optimizer)
 
     # -------------------------------------------------------------- state
 
@@ -190,11 +201,7 @@ class Trainer:
                 index = self.ranks.shard(index)
                 x, y = split.rows(index)
                 seed = torch.randint(0, 2**62, (), generator=self.dropout_gen)
-                terms = self.criterion(model(x, y, seed=seed, first_row=self.ranks.first_row(len(index))), x, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
-                self.ranks.average_gradients(model.parameters())
-                self.optimizer.step()
+                terms = self.step(x, y, seed)
                 total = terms.total.detach().double()
                 newly_bad = (first_bad < 0) & ~torch.isfinite(total)
                 first_bad = torch.where(newly_bad, b, first_bad)
@@ -206,6 +213,15 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(sums[0]) / (b + 1):.4g}")
         sums = self.ranks.average(sums)  # each rank's per-row terms are over its own rows
         return {name: float(v) / steps for name, v in zip(TERMS, sums.tolist())}, steps * cfg.batch_size
+
+    def _eager_step(self, x, y, seed) -> LossTerms:
+        """One optimiser update on the batch; returns its loss terms."""
+        terms = self.criterion(self.model(x, y, seed=seed, first_row=self.first_row), x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.ranks.average_gradients(self.model.parameters())
+        self.optimizer.step()
+        return terms
 
     def _stop_if_bad(self, batch: int, value: float, steps: int) -> None:
         if batch < 0:

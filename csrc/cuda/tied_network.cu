@@ -1,10 +1,8 @@
 // CUDA kernel of the network-level op, same signatures and results as csrc/cpu/tied_network.cpp
 // (which has the notation, list layouts and the 2B-row weight-gradient GEMM). GEMMs go through ATen
-// (cuBLAS, current stream); each hidden block is one kernel forward and one backward, shaped like
-// hidden_block.cu: a thread block owns 32 columns and 8 row stripes, column sums in double through
-// shared memory. Elementwise math follows the CPU passes (csrc/cpu/fused_block.h) in the same order
-// and dtype. rng_states is read only inside the kernels: nothing synchronises with the host, so a
-// training step can be captured in a CUDA graph.
+// (cuBLAS, current stream); each hidden block is one kernel forward and one backward
+// (csrc/cuda/fused_block.cuh). rng_states is read only inside the kernels: nothing synchronises with
+// the host, so a training step can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,7 +11,7 @@
 
 #include <vector>
 
-#include "philox.h"
+#include "cuda/fused_block.cuh"
 #include "tied_network_checks.h"
 
 namespace twoway_fast {
@@ -22,157 +20,9 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-constexpr int kCols = 32;
-constexpr int kRowStripes = 8;
-
-template <typename T>
-__device__ __forceinline__ T slope(T v, T leak) {
-  return v > T(0) ? T(1) : leak;
-}
-
-template <typename T>
-__device__ __forceinline__ T leaky(T v, T leak) {
-  return v * slope(v, leak);
-}
-
-// Element (row, col)'s dropout multiplier: the kept scale or 0, and 1 when nothing is dropped.
-template <typename T>
-__device__ __forceinline__ T dropout_factor(const DropoutMask& mask, T scale, int64_t row, int64_t col) {
-  if (!mask.active) return T(1);
-  bool keep[4];
-  mask.four(row, col >> 2, keep);
-  return keep[col & 3] ? scale : T(0);
-}
-
-// Sum over the block's row stripes of each thread's value, for its column; every thread gets it.
-// Every thread of the block must call it (it synchronises).
-__device__ __forceinline__ double column_sum(double value, double (*shared)[kCols]) {
-  shared[threadIdx.y][threadIdx.x] = value;
-  __syncthreads();
-  double total = 0;
-  for (int k = 0; k < kRowStripes; ++k) total += shared[k][threadIdx.x];
-  __syncthreads();
-  return total;
-}
-
-// fused_block.h's block_forward: bias (nullptr unless act_first) is added to z in place; writes out,
-// pre (nullptr: not wanted) and the batch mean and std = sqrt(var_biased + eps) of the BN input.
-// Each thread only touches its own column's elements, so the in-place add needs no barrier.
-template <typename T>
-__global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bias, const T* __restrict__ gamma,
-                                     const T* __restrict__ beta, const int64_t* __restrict__ rng,
-                                     T* __restrict__ out, T* __restrict__ pre, T* __restrict__ mean_out,
-                                     T* __restrict__ std_out, int64_t rows, int64_t cols, double p, double eps,
-                                     double leak_in, bool act_first) {
-  __shared__ double shared[kRowStripes][kCols];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
-  const bool valid = c < cols;
-  const T leak = static_cast<T>(leak_in);
-  auto input = [&](int64_t r) {
-    const T v = z[r * cols + c];
-    return act_first ? leaky(v, leak) : v;
-  };
-  double sum = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      if (bias != nullptr) z[r * cols + c] += bias[c];
-      sum += input(r);
-    }
-  const double mean = column_sum(sum, shared) / rows;
-  double squares = 0;  // two passes: exact even when the mean dwarfs the spread
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const double d = input(r) - mean;
-      squares += d * d;
-    }
-  const double s = sqrt(column_sum(squares, shared) / rows + eps);
-  if (!valid) return;
-  const T mean_t = static_cast<T>(mean), scale = static_cast<T>(gamma[c] / s), shift = beta[c];
-  if (threadIdx.y == 0) {
-    mean_out[c] = mean_t;
-    std_out[c] = static_cast<T>(s);
-  }
-  const DropoutMask mask = DropoutMask::make(rng[0], rng[1], rng[2], p);
-  const T drop_scale = static_cast<T>(mask.scale);
-  for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-    const int64_t o = r * cols + c;
-    T v = (input(r) - mean_t) * scale + shift;
-    if (!act_first) v = leaky(v, leak);
-    if (pre != nullptr) pre[o] = v;
-    out[o] = v * dropout_factor(mask, drop_scale, r, c);
-  }
-}
-
-// fused_block.h's block_backward: g_extra and g_pre (the representation's direct gradients, after and
-// before dropout) are both set or both nullptr; dbias is written only in act_first order. grad_z
-// first holds the gradient at the BN output (each thread rereads only its own elements).
-template <typename T>
-__global__ void block_backward_kernel(const T* __restrict__ g_out, const T* __restrict__ g_extra,
-                                      const T* __restrict__ g_pre, const T* __restrict__ z,
-                                      const T* __restrict__ gamma, const T* __restrict__ beta,
-                                      const T* __restrict__ mean_in, const T* __restrict__ std_in,
-                                      const int64_t* __restrict__ rng, T* __restrict__ grad_z, T* __restrict__ a_out,
-                                      T* __restrict__ dgamma, T* __restrict__ dbeta, T* __restrict__ dbias,
-                                      int64_t rows, int64_t cols, double p, double leak_in, bool act_first) {
-  __shared__ double shared[kRowStripes][kCols];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
-  const bool valid = c < cols;
-  const T leak = static_cast<T>(leak_in);
-  T mean = 0, rstd = 0, g = 0, b = 0;
-  if (valid) mean = mean_in[c], rstd = T(1) / std_in[c], g = gamma[c], b = beta[c];
-  auto xhat = [&](int64_t o) {
-    const T v = z[o];
-    return ((act_first ? leaky(v, leak) : v) - mean) * rstd;
-  };
-  const DropoutMask mask = DropoutMask::make(rng[0], rng[1], rng[2], p);
-  const T drop_scale = static_cast<T>(mask.scale);
-  double sum_g = 0, sum_gx = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const int64_t o = r * cols + c;
-      const T xh = xhat(o);
-      const T y = g * xh + b;
-      const T m = dropout_factor(mask, drop_scale, r, c);
-      T gy = (g_extra != nullptr ? g_out[o] + g_extra[o] : g_out[o]) * m;
-      if (g_extra != nullptr) gy += g_pre[o];
-      if (!act_first) gy *= slope(y, leak);
-      a_out[o] = (act_first ? y : leaky(y, leak)) * m;
-      grad_z[o] = gy;
-      sum_g += gy;
-      sum_gx += static_cast<double>(gy) * xh;
-    }
-  sum_g = column_sum(sum_g, shared);
-  sum_gx = column_sum(sum_gx, shared);
-  const T k0 = g * rstd;  // grad_z = k0 gy - k1 - k2 xhat
-  const T k1 = static_cast<T>(k0 * sum_g / rows), k2 = static_cast<T>(k0 * sum_gx / rows);
-  double sum_gz = 0;
-  if (valid)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowStripes) {
-      const int64_t o = r * cols + c;
-      T gz = k0 * grad_z[o] - k1 - k2 * xhat(o);
-      if (act_first) gz *= slope(z[o], leak);
-      grad_z[o] = gz;
-      sum_gz += gz;
-    }
-  if (act_first) sum_gz = column_sum(sum_gz, shared);  // act_first is uniform over the block
-  if (!valid || threadIdx.y != 0) return;
-  dbeta[c] = static_cast<T>(sum_g);
-  dgamma[c] = static_cast<T>(sum_gx);
-  if (act_first) dbias[c] = static_cast<T>(sum_gz);
-}
-
-dim3 grid_for(int64_t cols) { return dim3(static_cast<unsigned>((cols + kCols - 1) / kCols)); }
-const dim3 kThreads(kCols, kRowStripes);
-
 template <typename T>
 T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-void check_cuda_dtype(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "the CUDA twoway_net takes float32 or float64 (bfloat16 and float16 are not implemented yet), got ",
-              x.scalar_type());
 }
 
 using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
@@ -183,14 +33,16 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
                               at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
   const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   check_net_bias(net, bias_in, x_in);
-  check_cuda_dtype(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
+  // The GEMMs run in the activations' dtype: under torch.autocast the wrappers (fused.py) cast the
+  // arguments, and autocast must not recast the op's own ATen calls.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
   const auto x = x_in.contiguous(), y = y_in.contiguous(), rng = rng_states.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
-  const auto opts = x.options();
+  const auto opts = x.options(), stats_opts = opts.dtype(stats_dtype(x.scalar_type()));
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
   Tensor h[2], h_pre[2], out[2];
   for (int c = 0; c < 2; ++c) {  // c = 0: X channel, 1: Y channel
@@ -200,17 +52,17 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
       // As on the CPU: the bias only counts before a LeakyReLU (batch norm first cancels it).
       z[slot] = tied_mm(a, weights[c == 0 ? k : k + 1], c == 1);
       const Tensor b = act_first ? bias[c * (n + 1) + k] : Tensor();
-      mean[slot] = at::empty({cols}, opts);
-      std[slot] = at::empty({cols}, opts);
+      mean[slot] = at::empty({cols}, stats_opts);
+      std[slot] = at::empty({cols}, stats_opts);
       Tensor next = at::empty({B, cols}, opts);
       Tensor pre = k == repr ? at::empty({B, cols}, opts) : Tensor();
       if (cols > 0) {
-        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_forward_cuda", [&] {
-          block_forward_kernel<scalar_t><<<grid_for(cols), kThreads, 0, stream>>>(
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "twoway_net_block_cuda", [&] {
+          block_forward_kernel<scalar_t><<<block_grid(cols), block_threads(), 0, stream>>>(
               z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), gamma[slot].data_ptr<scalar_t>(),
               beta[slot].data_ptr<scalar_t>(), rng.data_ptr<int64_t>() + 3 * k, next.data_ptr<scalar_t>(),
-              ptr_or_null<scalar_t>(pre), mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(), B, cols,
-              p[k], eps, leak, act_first);
+              ptr_or_null<scalar_t>(pre), mean[slot].data_ptr<acc_t<scalar_t>>(),
+              std[slot].data_ptr<acc_t<scalar_t>>(), B, cols, p[k], eps, leak, act_first);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       }
@@ -235,8 +87,8 @@ BackwardResult twoway_net_backward_cuda(
     TensorList std_in, bool input_grads) {
   const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   check_net_saved(net, z_in, mean_in, std_in, x_in);
-  check_cuda_dtype(x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
@@ -275,11 +127,12 @@ BackwardResult twoway_net_backward_cuda(
       dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       const Tensor g_extra = k == repr ? extra[c] : Tensor(), g_pre = k == repr ? extra_pre[c] : Tensor();
       if (cols > 0) {
-        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_backward_cuda", [&] {
-          block_backward_kernel<scalar_t><<<grid_for(cols), kThreads, 0, stream>>>(
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "twoway_net_block_grad_cuda", [&] {
+          block_backward_kernel<scalar_t><<<block_grid(cols), block_threads(), 0, stream>>>(
               g.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(g_extra), ptr_or_null<scalar_t>(g_pre),
               z[slot].data_ptr<scalar_t>(), gamma[slot].data_ptr<scalar_t>(), beta[slot].data_ptr<scalar_t>(),
-              mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(), rng.data_ptr<int64_t>() + 3 * k,
+              mean[slot].data_ptr<acc_t<scalar_t>>(), std[slot].data_ptr<acc_t<scalar_t>>(),
+              rng.data_ptr<int64_t>() + 3 * k,
               gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(), grad_gamma[slot].data_ptr<scalar_t>(),
               grad_beta[slot].data_ptr<scalar_t>(), act_first ? dbias.data_ptr<scalar_t>() : nullptr, B, cols,
               p[k], leak, act_first);

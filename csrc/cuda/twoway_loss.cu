@@ -1,16 +1,21 @@
 // CUDA kernel of the 2-Way loss (SPEC section 2), same signatures and results as
-// csrc/cpu/twoway_loss.cpp. A first version composed of ATen ops, not yet one custom reduction
-// kernel: each term is its own reduction, every sum in double as on the CPU, and the terms and the
-// gradient's per-term weights stay on the device as 0-dim tensors, so nothing synchronises with the
-// host (a training step can be captured in a CUDA graph).
+// csrc/cpu/twoway_loss.cpp. Forward: the decorrelation matrices C = H^T H / B (one GEMM each, in float
+// for half and bfloat16 inputs, after the correlation form's column standardisation), then ONE
+// reduction kernel over every sum the terms need and a one-block kernel that combines them
+// (csrc/cuda/loss_sums.cuh). Backward reuses the two kernels for the norms of C. Nothing is read on
+// the host, so a training step can be captured in a CUDA graph.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
-#include <utility>
 #include <vector>
 
+#include "cuda/loss_sums.cuh"
 #include "twoway_loss_common.h"
 
 namespace twoway_fast {
@@ -19,54 +24,62 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-void check_cuda_dtype(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "the CUDA twoway_loss takes float32 or float64 (bfloat16 and float16 are not implemented yet), got ",
-              x.scalar_type());
+// sums (kSums,) in double and, when terms is set (in the accumulation type), the terms, on the
+// current stream.
+void reduce(const SegmentTable& table, const Tensor& sums, const Tensor& terms, double rows,
+            const TermCoefficients& coefficients, at::ScalarType dtype) {
+  const int blocks = table.blocks();
+  auto partials = at::empty({blocks, kSums}, sums.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twoway_loss_sums_cuda", [&] {
+    loss_sums_kernel<scalar_t, at::opmath_type<scalar_t>><<<blocks, kThreads, 0, stream>>>(
+        table.segments(), partials.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using A = at::opmath_type<scalar_t>;
+    loss_finish_kernel<A><<<1, 32, 0, stream>>>(partials.data_ptr<double>(), blocks, rows, coefficients,
+                                                  sums.data_ptr<double>(), terms.defined() ? terms.data_ptr<A>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
-// sum of t's squares in double, a 0-dim tensor on t's device.
-Tensor sum_squares(const Tensor& t) { return t.to(at::kDouble).square().sum(); }
+std::vector<Tensor> contiguous_all(TensorList list) {
+  std::vector<Tensor> out;
+  for (const auto& t : list) out.push_back(t.contiguous());
+  return out;
+}
 
-Tensor squared_distance(const Tensor& a, const Tensor& b) { return sum_squares(a.to(at::kDouble) - b) / a.size(0); }
+// C = H^T H / B in the accumulation type (float for half and bfloat16).
+Tensor decorrelation_matrix(const Tensor& h, bool correlation, double eps) {
+  return second_moment(decorrelation_input(h.to(stats_dtype(h.scalar_type())).contiguous(), correlation, eps));
+}
 
-// (||C||_F, ||diag C||_2) in double.
-std::pair<Tensor, Tensor> norms(const Tensor& c) { return {sum_squares(c).sqrt(), sum_squares(c.diagonal()).sqrt()}; }
-
-std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x, const Tensor& y, const Tensor& x_hat,
-                                                    const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
+std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Tensor& y_in, const Tensor& x_hat_in,
+                                                    const Tensor& y_hat_in, const Tensor& hx_in, const Tensor& hy_in,
                                                     const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
                                                     TensorList gammas, at::ArrayRef<double> coefficients,
                                                     bool correlation, double eps) {
-  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  check_cuda_dtype(x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  std::array<Tensor, kTerms> t;
-  t[1] = squared_distance(x, x_hat);
-  t[2] = squared_distance(y, y_hat);
-  t[3] = squared_distance(hx, hy);
-  const auto cx = second_moment(decorrelation_input(hx_dec.contiguous(), correlation, eps));
-  const auto cy = second_moment(decorrelation_input(hy_dec.contiguous(), correlation, eps));
-  const auto [fx, dx] = norms(cx);
-  const auto [fy, dy] = norms(cy);
-  t[4] = fx - dx;
-  t[5] = fy - dy;
-  const auto zero = at::zeros({}, x.options().dtype(at::kDouble));
-  t[6] = zero, t[7] = zero;
-  for (const auto& w : weights) t[6] = t[6] + sum_squares(w);
-  for (const auto& g : gammas) {
-    t[6] = t[6] + sum_squares(g);
-    t[7] = t[7] + g.to(at::kDouble).square().reciprocal().sum();
-  }
-  t[0] = zero;
-  for (int i = 1; i < kTerms; ++i) t[0] = t[0] + t[i] * coefficients[kCoefficientOf[i]];
-  return {at::stack(t).to(x.scalar_type()), cx, cy};
+  check_loss_inputs(x_in, y_in, x_hat_in, y_hat_in, hx_in, hy_in, hx_dec, hy_dec, weights, gammas, coefficients);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  // The covariance GEMM runs in float for half and bfloat16 inputs: autocast must not recast it.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto x = x_in.contiguous(), y = y_in.contiguous(), x_hat = x_hat_in.contiguous();
+  const auto y_hat = y_hat_in.contiguous(), hx = hx_in.contiguous(), hy = hy_in.contiguous();
+  const auto cx = decorrelation_matrix(hx_dec, correlation, eps);
+  const auto cy = decorrelation_matrix(hy_dec, correlation, eps);
+  const auto w = contiguous_all(weights), g = contiguous_all(gammas);
+  const SegmentTable table = loss_forward_table(x, y, x_hat, y_hat, hx, hy, cx, cy, w, g);
+  auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
+  // The terms in float for half and bfloat16 inputs: a sum of squares soon passes float16's 65504.
+  auto terms = at::empty({kTerms}, x.options().dtype(stats_dtype(x.scalar_type())));
+  reduce(table, sums, terms, static_cast<double>(x.size(0)), term_coefficients(coefficients), x.scalar_type());
+  return {terms, cx, cy};
 }
 
-// csrc/cpu/twoway_loss.cpp's decorrelation_grad with the term's weight w a 0-dim device tensor; a
-// part whose norm is 0 contributes 0, chosen on the device.
-Tensor decorrelation_grad(const Tensor& h, const Tensor& c, const Tensor& w, bool correlation, double eps) {
-  const auto [fro, diag] = norms(c);
+// csrc/cpu/twoway_loss.cpp's decorrelation_grad, with the term's weight w and C's norms as 0-dim
+// device tensors; a part whose norm is 0 contributes 0, chosen on the device. h and c in the
+// accumulation type.
+Tensor decorrelation_grad(const Tensor& h, const Tensor& c, const Tensor& fro, const Tensor& diag, const Tensor& w,
+                          bool correlation, double eps) {
   const auto scale = w * (2.0 / h.size(0));
   const auto zero = at::zeros_like(fro);
   const auto H = decorrelation_input(h, correlation, eps);
@@ -83,19 +96,29 @@ using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Te
 LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Tensor& x, const Tensor& y,
                                              const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
                                              const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
-                                             TensorList weights, TensorList gammas, const Tensor& cx,
-                                             const Tensor& cy, at::ArrayRef<double> coefficients, bool correlation,
-                                             double eps) {
+                                             TensorList weights, TensorList gammas, const Tensor& cx_in,
+                                             const Tensor& cy_in, at::ArrayRef<double> coefficients,
+                                             bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  check_cuda_dtype(x);
   TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
               "), got ", grad_terms.sizes());
   TORCH_CHECK(grad_terms.device() == x.device(), "grad_terms is on ", grad_terms.device(), " but x is on ",
               x.device());
   const int64_t k = hx.size(1);
-  TORCH_CHECK(cx.sizes() == at::IntArrayRef({k, k}) && cy.sizes() == cx.sizes(), "cx and cy must be (", k, ", ",
-              k, "), got ", cx.sizes(), " and ", cy.sizes());
+  TORCH_CHECK(cx_in.sizes() == at::IntArrayRef({k, k}) && cy_in.sizes() == cx_in.sizes(), "cx and cy must be (", k,
+              ", ", k, "), got ", cx_in.sizes(), " and ", cy_in.sizes());
+  TORCH_CHECK(cx_in.device() == x.device() && cy_in.device() == x.device(), "cx and cy must be on ", x.device(),
+              ", got ", cx_in.device(), " and ", cy_in.device());
   const c10::cuda::CUDAGuard guard(x.device());
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
+  const auto acc = stats_dtype(x.scalar_type());
+  const auto cx = cx_in.to(acc).contiguous(), cy = cy_in.to(acc).contiguous();
+  SegmentTable table;  // the norms of C
+  table.add_norms(cx, kFroX, kDiagX);
+  table.add_norms(cy, kFroY, kDiagY);
+  auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
+  reduce(table, sums, Tensor(), static_cast<double>(x.size(0)), term_coefficients(coefficients), x.scalar_type());
+  const auto norms = sums.sqrt();
   // Each term's weight in the gradient: through the total and directly (0-dim, on the device).
   const auto g = grad_terms.to(at::kDouble);
   std::array<Tensor, kTerms> w;
@@ -105,12 +128,15 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
   auto grad_y_hat = (y_hat - y) * (w[2] * (2.0 / B));
   auto grad_hx = (hx - hy) * (w[3] * (2.0 / B));
   auto grad_hy = -grad_hx;
-  auto grad_hx_dec = decorrelation_grad(hx_dec.contiguous(), cx, w[4], correlation, eps);
-  auto grad_hy_dec = decorrelation_grad(hy_dec.contiguous(), cy, w[5], correlation, eps);
+  auto grad_hx_dec = decorrelation_grad(hx_dec.to(acc).contiguous(), cx, norms[kFroX], norms[kDiagX], w[4],
+                                        correlation, eps);
+  auto grad_hy_dec = decorrelation_grad(hy_dec.to(acc).contiguous(), cy, norms[kFroY], norms[kDiagY], w[5],
+                                        correlation, eps);
   std::vector<Tensor> grad_weights, grad_gammas;
   for (const auto& wt : weights) grad_weights.push_back(wt * (w[6] * 2.0));
   for (const auto& gm : gammas) grad_gammas.push_back(gm * (w[6] * 2.0) - gm.pow(-3) * (w[7] * 2.0));
-  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
+  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec.to(hx.scalar_type()),
+          grad_hy_dec.to(hx.scalar_type()), grad_weights, grad_gammas};
 }
 
 }  // namespace

@@ -1,0 +1,52 @@
+// The CUDA loss's reduction kernels (csrc/cuda/loss_sums.cuh) under the host emulation, over the
+// forward's segment table, for tests/test_cuda_emulation.py.
+#include <torch/extension.h>
+
+#include "cuda_emulation.h"  // first: it defines what the kernels' CUDA keywords mean here
+
+#include <ATen/OpMathType.h>
+
+#include "cuda/loss_sums.cuh"
+
+namespace {
+
+using at::Tensor;
+
+std::vector<Tensor> contiguous_all(const std::vector<Tensor>& list) {
+  std::vector<Tensor> out;
+  for (const auto& t : list) out.push_back(t.contiguous());
+  return out;
+}
+
+// (sums (kSums,) in double, terms (kTerms,) in the accumulation type, the table's thread blocks),
+// launched on `blocks` thread blocks (0: the table's own; any count is correct, fewer walk more tiles).
+std::tuple<Tensor, Tensor, int64_t> loss_sums(const Tensor& x, const Tensor& y, const Tensor& x_hat,
+                                              const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
+                                              const Tensor& cx, const Tensor& cy, const std::vector<Tensor>& weights,
+                                              const std::vector<Tensor>& gammas, std::vector<double> coefficients,
+                                              int64_t blocks) {
+  using namespace twoway_fast;
+  const auto w = contiguous_all(weights), g = contiguous_all(gammas);
+  const auto table = loss_forward_table(x.contiguous(), y.contiguous(), x_hat.contiguous(), y_hat.contiguous(),
+                                        hx.contiguous(), hy.contiguous(), cx.contiguous(), cy.contiguous(), w, g);
+  if (blocks == 0) blocks = table.blocks();
+  auto partials = at::empty({blocks, kSums}, x.options().dtype(at::kDouble));
+  auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
+  auto terms = at::empty({kTerms}, x.options().dtype(stats_dtype(x.scalar_type())));
+  const auto c = term_coefficients(coefficients);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "loss_sums", [&] {
+    emulate_launch(dim3(static_cast<unsigned>(blocks)), dim3(kThreads), [&] {
+      loss_sums_kernel<scalar_t, at::opmath_type<scalar_t>>(table.segments(), partials.data_ptr<double>());
+    });
+    emulate_launch(dim3(1), dim3(32), [&] {
+      using A = at::opmath_type<scalar_t>;
+      loss_finish_kernel<A>(partials.data_ptr<double>(), static_cast<int>(blocks), static_cast<double>(x.size(0)),
+                            c, sums.data_ptr<double>(), terms.data_ptr<A>());
+    });
+  });
+  return {sums, terms, table.blocks()};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("loss_sums", &loss_sums); }

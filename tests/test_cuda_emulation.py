@@ -1,0 +1,151 @@
+"""The CUDA kernels' device code run on the CPU under a host emulation of the CUDA execution model
+(tests/cuda_emulation/: one std::thread per CUDA thread, a std::barrier for __syncthreads, warp
+shuffles through the block's barrier). The block kernels (csrc/cuda/fused_block.cuh: the network op's
+and the hidden block's passes) against the CPU passes (csrc/cpu/fused_block.h) on the same arguments:
+every flag combination, shapes with partial 4-column groups and partial thread blocks, float64 and
+float32 tight, bfloat16/float16 against float32 within a stated tolerance. The loss's reduction
+kernels (csrc/cuda/loss_sums.cuh) against the CPU loss op and sums in torch: empty and multi-tile
+segments, more tiles than thread blocks, half precision.
+What this checks on a machine without a GPU: the kernels' index math, the one Philox draw per 4
+columns, the column sums across row stripes, the tile-to-segment walk and the reductions, and the
+barrier structure. What it cannot: anything of the GPU itself (memory model, warp scheduling, launch
+limits); the CUDA tests (tests/test_cuda_ops.py) do that on a GPU."""
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from twoway_fast import ops, reference
+
+from test_loss_op import COEFFICIENTS, loss_inputs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE_SHAPES = [(2, 1), (3, 7), (17, 64), (33, 130)]  # 1 column; a partial 4-group; one block; 3 blocks
+FLAGS = [(act_first, bias, pre, p, extra)
+         for act_first, bias, pre, p, extra in itertools.product([True, False], [True, False], [True, False],
+                                                                 [0.0, 0.5], [True, False])
+         if act_first or not bias]  # the network op passes a bias only in act_first order
+HALF_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3}  # relative to the largest entry (at least 1)
+
+
+def build(source: str):
+    """tests/cuda_emulation/<source> as an extension module, built under build/cuda-emulation."""
+    name = Path(source).stem
+    folder = ROOT / "build" / "cuda-emulation" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(f"twoway_emulated_{name}", [str(ROOT / "tests/cuda_emulation" / source)],
+                              extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "tests/cuda_emulation")],
+                              extra_cflags=["-std=c++20", "-O1", "-pthread"], extra_ldflags=["-pthread"],
+                              build_directory=str(folder))
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return build("block_kernels.cpp")
+
+
+@pytest.fixture(scope="module")
+def loss_kernels():
+    return build("loss_kernels.cpp")
+
+
+def block_inputs(rows, cols, dtype, bias, extra):
+    torch.manual_seed(rows * 1000 + cols)
+    empty = torch.empty(0, dtype=dtype)
+    z = torch.randn(rows, cols, dtype=dtype) * 2 + 0.5
+    params = [torch.randn(cols, dtype=dtype) if bias else empty, torch.rand(cols, dtype=dtype) + 0.5,
+              torch.randn(cols, dtype=dtype) * 0.1]
+    grads = [torch.randn(rows, cols, dtype=dtype)] + ([torch.randn(rows, cols, dtype=dtype) for _ in range(2)]
+                                                     if extra else [empty, empty])
+    return z, params, grads
+
+
+def run_both(kernels, z, params, grads, p, act_first, pre, cpu_dtype):
+    """(emulated CUDA results, CPU results): forward (z, out, pre, mean, std), backward (grad_z, a_out,
+    dgamma, dbeta, dbias); the CPU runs in cpu_dtype on the same values."""
+    rng = torch.tensor([123456789012345, 7, 5])
+    bias, gamma, beta = params
+    got = kernels.cuda_forward(z, bias, gamma, beta, rng, p, 1e-3, 0.3, act_first, pre)
+    as_cpu = lambda t: t.to(cpu_dtype)  # noqa: E731
+    want = kernels.cpu_forward(as_cpu(z), as_cpu(bias), as_cpu(gamma), as_cpu(beta), rng, p, 1e-3, 0.3, act_first,
+                               pre)
+    got_b = kernels.cuda_backward(*grads, got[0], gamma, beta, got[3], got[4], rng, p, 0.3, act_first)
+    want_b = kernels.cpu_backward(*map(as_cpu, grads), want[0], as_cpu(gamma), as_cpu(beta), want[3], want[4], rng, p,
+                                  0.3, act_first)
+    names = ["z", "out", "pre", "mean", "std", "grad_z", "a_out", "dgamma", "dbeta", "dbias"]
+    return zip(names, [*got, *got_b], [*want, *want_b])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rows, cols", CASE_SHAPES)
+def test_emulated_cuda_block_kernels_match_cpu_passes(kernels, rows, cols, dtype):
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for act_first, bias, pre, p, extra in FLAGS:
+        z, params, grads = block_inputs(rows, cols, dtype, bias, extra)
+        for name, a, b in run_both(kernels, z, params, grads, p, act_first, pre, dtype):
+            scale = max(b.abs().max().item(), 1.0) if b.numel() else 1.0  # gradients: relative to their size
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: (
+                f"{name} (act_first={act_first}, bias={bias}, pre={pre}, p={p}, extra={extra}): {m}"))
+
+
+@pytest.mark.parametrize("dtype", HALF_TOLERANCE)
+@pytest.mark.parametrize("act_first", [True, False])
+def test_emulated_half_precision_kernels_match_float32_cpu_passes(kernels, act_first, dtype):
+    z, params, grads = block_inputs(129, 50, dtype, act_first, True)
+    tol = HALF_TOLERANCE[dtype]
+    for name, a, b in run_both(kernels, z, params, grads, 0.5, act_first, True, torch.float32):
+        assert name not in ("mean", "std") or a.dtype == torch.float32, f"{name} statistics in float32"
+        scale = max(b.abs().max().item(), 1.0)
+        torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol * scale, msg=lambda m: f"{dtype} {name}: {m}")
+
+
+def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, weights, gammas):
+    """The kernel's sums (loss_sums.cuh's Sum order) in float64 torch."""
+    d = lambda t: t.double()  # noqa: E731
+    square = lambda t: d(t).pow(2).sum()  # noqa: E731
+    return torch.stack([square(d(x) - d(x_hat)), square(d(y) - d(y_hat)), square(d(hx) - d(hy)), square(cx),
+                        square(cx.diagonal()), square(cy), square(cy.diagonal()),
+                        sum(square(t) for t in [*weights, *gammas]), sum(d(g).pow(-2).sum() for g in gammas)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch, dx, dy, k, correlation", [(2, 7, 1, 4, False), (129, 392, 1000, 50, True)])
+def test_emulated_loss_kernels_match_cpu_op(loss_kernels, batch, dx, dy, k, correlation, dtype):
+    out, x, y, weights, gammas = loss_inputs(batch, dx, dy, k, dtype, blocks=k % 2 == 0)
+    out, weights, gammas = [t.detach() for t in out], [w.detach() for w in weights], [g.detach() for g in gammas]
+    coefficients = list(COEFFICIENTS.values())
+    terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, correlation, 1e-5)  # the CPU op
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, coefficients, 0)
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, terms, rtol=tol, atol=tol)
+
+
+def test_emulated_loss_kernels_with_more_tiles_than_blocks(loss_kernels):
+    """Three thread blocks over a table of many tiles (8192 elements each): each block walks several
+    tiles and segments, as the kernel's 256 blocks do once a table passes 256 tiles."""
+    out, x, y, weights, gammas = loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True)
+    out, gammas = [t.detach() for t in out], [g.detach() for g in gammas]
+    weights = [w.detach() for w in weights] + [torch.empty(0, 7), torch.randn(300, 200)]  # an empty segment too
+    cx, cy = (h.T @ h / h.shape[0] for h in out[2:4])
+    sums, _, table_blocks = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas,
+                                                   list(COEFFICIENTS.values()), 3)
+    assert table_blocks > 3 * 4, "the table has several tiles per block"
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", HALF_TOLERANCE)
+def test_emulated_half_precision_loss_kernels_match_float32_reference(loss_kernels, dtype):
+    out, x, y, weights, gammas = loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True)
+    half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
+    out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
+    cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])  # the op's C: float32
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()), 0)
+    assert got.dtype == torch.float32  # terms in float32: this weight decay passes float16's range
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
+    f = lambda ts: [t.float() for t in ts]  # noqa: E731
+    want = reference.loss(reference.TwoWayOutput(*f(out)), x.float(), y.float(), f(weights), f(gammas),
+                          **COEFFICIENTS, decorrelation_form="second_moment", decorrelation_eps=1e-5)
+    torch.testing.assert_close(got, torch.stack(list(want)), rtol=1e-5, atol=0)  # both from the same values
