@@ -46,7 +46,8 @@ def write_build_info():
 
 def extension():
     # setuptools wants source paths relative to setup.py
-    sources = ["csrc/twoway_fast.cpp", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cpu/*.cpp"))]
+    sources = sorted(str(p.relative_to(ROOT)) for pattern in ("csrc/*.cpp", "csrc/cpu/*.cpp")
+                     for p in ROOT.glob(pattern))
     debug = os.environ.get("TWOWAY_DEBUG") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     if os.uname().machine == "x86_64":
