@@ -28,6 +28,34 @@ inline int64_t grain_for(int64_t per_task) {
   return std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(per_task, 1));
 }
 
+// The passes' loops are compiled twice: for the build's baseline (x86-64-v2: SSE4.2, 4 floats a vector)
+// and for AVX-512 (16), the latter run when the CPU has it. run_fastest(f) calls f compiled for the
+// best of the two: run_avx512 carries the target and, being flatten, inlines f's loops into itself.
+// Both builds give the same bits: no loop reduces across its vector lanes, and setup.py turns off FMA
+// contraction (-ffp-contract=off), which only the AVX-512 build could use.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TWOWAY_AVX512_CLONES 1
+template <typename F>
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"), flatten))
+void run_avx512(const F& f) {
+  f();
+}
+
+inline bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+#endif
+
+template <typename F>
+inline void run_fastest(const F& f) {
+#ifdef TWOWAY_AVX512_CLONES
+  if (cpu_has_avx512()) return run_avx512(f);
+#endif
+  f();
+}
+
 // Calls f(std::integral_constant<bool, a>, std::integral_constant<bool, b>, std::integral_constant<bool, c>):
 // the passes below are compiled per combination of their flags, so their inner loops have no branches
 // and vectorise.
@@ -57,7 +85,7 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
   auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
   uint8_t* out = flags.data_ptr<uint8_t>();
   const int64_t groups = (cols + 3) / 4;
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) { run_fastest([&] {
     alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* row = out + r * cols;
@@ -85,7 +113,7 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
         }
       }
     }
-  });
+  }); });
   return flags;
 }
 
@@ -120,7 +148,7 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kPre = decltype(has_pre_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
@@ -162,7 +190,7 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
           }
         }
       }
-    });
+    }); });
   });
 }
 
@@ -188,7 +216,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kExtra = decltype(has_extra_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
         alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
@@ -248,7 +276,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
         if (kActFirst)
           for (int64_t j = 0; j < w; ++j) dbias[c0 + j] = static_cast<T>(sum_gz[j]);
       }
-    });
+    }); });
   });
 }
 
