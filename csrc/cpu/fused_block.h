@@ -10,13 +10,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "philox.h"
 
 namespace twoway_fast {
 
-constexpr int64_t kBlockChunk = 64;  // columns per task
+constexpr int64_t kBlockChunk = 256;  // columns per task: wide enough that a row's loop amortises its setup
 
 // Elements below which a pass runs on the calling thread: a parallel region costs more than it saves
 // on a small layer, and much more when other processes hold the cores (a descheduled worker stalls
@@ -81,20 +82,23 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
   if (!mask.active) return at::Tensor();
   constexpr int kLanes = 16;
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-  const uint32_t threshold = static_cast<uint32_t>(mask.threshold);  // < 2^32 when active
   auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
-  uint8_t* out = flags.data_ptr<uint8_t>();
-  const int64_t groups = (cols + 3) / 4;
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) { run_fastest([&] {
+  uint8_t* const out = flags.data_ptr<uint8_t>();
+  // Copies, not captures by reference: the byte stores below may alias anything, so the compiler
+  // would reload every captured value after each of them.
+  const DropoutMask m = mask;
+  const uint32_t threshold = static_cast<uint32_t>(m.threshold);  // < 2^32 when active
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) { run_fastest([=] {
     alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    alignas(64) uint8_t keep[4 * kLanes];
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* row = out + r * cols;
-      const uint32_t row_counter = static_cast<uint32_t>(mask.first_row + r);
-      for (int64_t g0 = 0; g0 < groups; g0 += kLanes) {
+      const uint32_t row_counter = static_cast<uint32_t>(m.first_row + r);
+      for (int64_t col = 0; col < cols; col += 4 * kLanes) {
         for (int l = 0; l < kLanes; ++l) {
-          c0[l] = static_cast<uint32_t>(g0 + l), c1[l] = row_counter, c2[l] = mask.off_lo, c3[l] = mask.off_hi;
+          c0[l] = static_cast<uint32_t>(col / 4 + l), c1[l] = row_counter, c2[l] = m.off_lo, c3[l] = m.off_hi;
         }
-        uint32_t k0 = mask.k0, k1 = mask.k1;
+        uint32_t k0 = m.k0, k1 = m.k1;
         for (int round = 0; round < 10; ++round) {
 #pragma omp simd
           for (int l = 0; l < kLanes; ++l) {
@@ -105,12 +109,12 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
           }
           k0 += W0, k1 += W1;
         }
-        const int64_t n = std::min<int64_t>(kLanes, groups - g0);
-        for (int64_t l = 0; l < n; ++l) {
-          const int64_t c = 4 * (g0 + l);
-          const uint32_t words[4] = {c0[l], c1[l], c2[l], c3[l]};
-          for (int64_t j = 0; j < 4 && c + j < cols; ++j) row[c + j] = words[j] < threshold;
+#pragma omp simd
+        for (int l = 0; l < kLanes; ++l) {
+          keep[4 * l] = c0[l] < threshold, keep[4 * l + 1] = c1[l] < threshold;
+          keep[4 * l + 2] = c2[l] < threshold, keep[4 * l + 3] = c3[l] < threshold;
         }
+        std::memcpy(row + col, keep, std::min<int64_t>(4 * kLanes, cols - col));
       }
     }
   }); });
