@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -53,8 +54,10 @@ void run_avx512(const F& f) {
   f();
 }
 
+// TWOWAY_FAST_BASELINE_ONLY=1 keeps to the baseline build (tests/test_cpu_builds.py compares the two).
 inline bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  static const bool has = std::getenv("TWOWAY_FAST_BASELINE_ONLY") == nullptr &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return has;
 }
