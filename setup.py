@@ -56,7 +56,8 @@ def extension():
     # kernels' float selects (LeakyReLU) into vector blends, leaving their loops scalar.
     # -ffp-contract=off: the passes' AVX-512 build (csrc/cpu/fused_block.h) may not fuse a * b + c into
     # an FMA that the baseline build rounds twice, so both give the same bits.
-    cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]  # the C++ standard is torch's choice (c++17 or c++20 by version)
+    # The C++ standard is torch's choice (c++17 or c++20 by version).
+    cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     ldflags = ["-fopenmp"]
     if os.environ.get("TWOWAY_SANITIZE") == "1":
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
