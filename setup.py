@@ -46,14 +46,18 @@ def write_build_info():
 
 def extension():
     # setuptools wants source paths relative to setup.py
-    sources = ["csrc/twoway_fast.cpp", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csrc/cpu/*.cpp"))]
+    sources = sorted(str(p.relative_to(ROOT)) for pattern in ("csrc/*.cpp", "csrc/cpu/*.cpp")
+                     for p in ROOT.glob(pattern))
     debug = os.environ.get("TWOWAY_DEBUG") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     if os.uname().machine == "x86_64":
         cxx.append("-march=x86-64-v2")  # SSE4.2: every x86_64 server of the last decade
     # -fno-trapping-math: nothing here uses floating-point traps, and without it GCC will not turn the
     # kernels' float selects (LeakyReLU) into vector blends, leaving their loops scalar.
-    cxx += ["-fopenmp", "-fno-trapping-math"]  # the C++ standard is torch's choice (c++17 or c++20 by version)
+    # -ffp-contract=off: the passes' AVX-512 build (csrc/cpu/fused_block.h) may not fuse a * b + c into
+    # an FMA that the baseline build rounds twice, so both give the same bits.
+    # The C++ standard is torch's choice (c++17 or c++20 by version).
+    cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     ldflags = ["-fopenmp"]
     if os.environ.get("TWOWAY_SANITIZE") == "1":
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]

@@ -1,4 +1,5 @@
-"""Typed wrappers over torch.ops.twoway_fast.*, with their fake (shape-only) kernels and autograd.
+"""Typed wrappers over torch.ops.twoway_fast.*, with their fake (shape-only) kernels and autograd (the
+network and loss ops' autograd is in C++: csrc/autograd.cpp).
 
 Importing this module requires the compiled extension (twoway_fast._C)."""
 from __future__ import annotations
@@ -136,32 +137,6 @@ def _(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, 
             [g.new_empty(g.shape) for g in gamma], [b.new_empty(b.shape) for b in beta])
 
 
-def _twoway_net_setup(ctx, inputs, output):
-    x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first = inputs
-    z, mean, std = output[6:]
-    ctx.counts = (len(weights), len(gamma), len(z))
-    ctx.save_for_backward(x, y, rng_states, *weights, *gamma, *beta, *z, *mean, *std)
-    ctx.p, ctx.repr_layer, ctx.leak, ctx.act_first = list(p), repr_layer, leak, act_first
-    ctx.mark_non_differentiable(*z, *mean, *std)
-    ctx.set_materialize_grads(False)  # unused outputs (z, stats, often hx_pre) cost no zero tensors
-
-
-def _twoway_net_backward(ctx, grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, *_stats):
-    x, y, rng_states, *rest = ctx.saved_tensors
-    n_w, n_g, n_z = ctx.counts
-    weights, gamma, beta = rest[:n_w], rest[n_w:n_w + n_g], rest[n_w + n_g:n_w + 2 * n_g]
-    z, mean, std = (rest[n_w + 2 * n_g + i * n_z:n_w + 2 * n_g + (i + 1) * n_z] for i in range(3))
-    input_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-    grad_x, grad_y, grad_w, grad_b, grad_g, grad_be = torch.ops.twoway_fast.twoway_net_backward.default(
-        grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights, gamma, beta, rng_states,
-        ctx.p, ctx.repr_layer, ctx.leak, ctx.act_first, z, mean, std, input_grads)
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_y if ctx.needs_input_grad[1] else None,
-            grad_w, grad_b, grad_g, grad_be, None, None, None, None, None, None)
-
-
-torch.library.register_autograd("twoway_fast::twoway_net", _twoway_net_backward, setup_context=_twoway_net_setup)
-
-
 # ---------------------------------------------------------------- the 2-Way loss
 
 def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, hy: Tensor, hx_dec: Tensor,
@@ -186,29 +161,6 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
     return (x_hat.new_empty(x_hat.shape), y_hat.new_empty(y_hat.shape), hx.new_empty(hx.shape),
             hy.new_empty(hy.shape), hx_dec.new_empty(hx_dec.shape), hy_dec.new_empty(hy_dec.shape),
             [w.new_empty(w.shape) for w in weights], [g.new_empty(g.shape) for g in gammas])
-
-
-def _twoway_loss_setup(ctx, inputs, output):
-    x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps = inputs
-    _, cx, cy = output
-    ctx.n_weights = len(weights)
-    ctx.save_for_backward(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, cx, cy, *weights, *gammas)
-    ctx.coefficients, ctx.correlation, ctx.eps = list(coefficients), correlation, eps
-    ctx.mark_non_differentiable(cx, cy)
-
-
-def _twoway_loss_backward(ctx, grad_terms, _grad_cx, _grad_cy):
-    x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, cx, cy, *rest = ctx.saved_tensors
-    weights, gammas = rest[:ctx.n_weights], rest[ctx.n_weights:]
-    g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g = torch.ops.twoway_fast.twoway_loss_backward.default(
-        grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, ctx.coefficients,
-        ctx.correlation, ctx.eps)
-    need = ctx.needs_input_grad
-    return (-g_xh if need[0] else None, -g_yh if need[1] else None, g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g,
-            None, None, None)
-
-
-torch.library.register_autograd("twoway_fast::twoway_loss", _twoway_loss_backward, setup_context=_twoway_loss_setup)
 
 
 # ---------------------------------------------------------------- retrieval ranks

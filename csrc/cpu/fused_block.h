@@ -10,22 +10,65 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "philox.h"
 
 namespace twoway_fast {
 
-constexpr int64_t kBlockChunk = 64;  // columns per task
+constexpr int64_t kBlockChunk = 256;  // most columns per task: wide enough that a row's loop amortises its setup
 
 // Elements below which a pass runs on the calling thread: a parallel region costs more than it saves
 // on a small layer, and much more when other processes hold the cores (a descheduled worker stalls
-// the region's barrier).
-constexpr int64_t kParallelMinElements = 1 << 17;
+// the region's barrier). 2^14: the mnist preset's 128 x 392 layers split across two cores.
+constexpr int64_t kParallelMinElements = 1 << 14;
 
 // at::parallel_for's grain for `tasks` tasks of `per_task` elements each.
 inline int64_t grain_for(int64_t per_task) {
   return std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(per_task, 1));
+}
+
+// Column-chunk width of a (rows, cols) pass: at most kBlockChunk, a multiple of 16 (a cache line of
+// floats), and when the pass runs in parallel, narrow enough that the threads get equal shares.
+inline int64_t chunk_width(int64_t rows, int64_t cols) {
+  int64_t tasks = (cols + kBlockChunk - 1) / kBlockChunk;
+  if (rows * cols >= kParallelMinElements) {
+    const int64_t threads = at::get_num_threads();
+    tasks = (tasks + threads - 1) / threads * threads;
+  }
+  return std::min(kBlockChunk, ((cols + tasks - 1) / tasks + 15) / 16 * 16);
+}
+
+// The passes' loops are compiled twice: for the build's baseline (x86-64-v2: SSE4.2, 4 floats a vector)
+// and for AVX-512 (16), the latter run when the CPU has it. run_fastest(f) calls f compiled for the
+// best of the two: run_avx512 carries the target and, being flatten, inlines f's loops into itself.
+// Both builds give the same bits: no loop reduces across its vector lanes, and setup.py turns off FMA
+// contraction (-ffp-contract=off), which only the AVX-512 build could use.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TWOWAY_AVX512_CLONES 1
+template <typename F>
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"), flatten))
+void run_avx512(const F& f) {
+  f();
+}
+
+// TWOWAY_FAST_BASELINE_ONLY=1 keeps to the baseline build (tests/test_cpu_builds.py compares the two).
+inline bool cpu_has_avx512() {
+  static const bool has = std::getenv("TWOWAY_FAST_BASELINE_ONLY") == nullptr &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+#endif
+
+template <typename F>
+inline void run_fastest(const F& f) {
+#ifdef TWOWAY_AVX512_CLONES
+  if (cpu_has_avx512()) return run_avx512(f);
+#endif
+  f();
 }
 
 // Calls f(std::integral_constant<bool, a>, std::integral_constant<bool, b>, std::integral_constant<bool, c>):
@@ -53,20 +96,23 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
   if (!mask.active) return at::Tensor();
   constexpr int kLanes = 16;
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-  const uint32_t threshold = static_cast<uint32_t>(mask.threshold);  // < 2^32 when active
   auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
-  uint8_t* out = flags.data_ptr<uint8_t>();
-  const int64_t groups = (cols + 3) / 4;
-  at::parallel_for(0, rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+  uint8_t* const out = flags.data_ptr<uint8_t>();
+  // Copies, not captures by reference: the byte stores below may alias anything, so the compiler
+  // would reload every captured value after each of them.
+  const DropoutMask m = mask;
+  const uint32_t threshold = static_cast<uint32_t>(m.threshold);  // < 2^32 when active
+  at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) { run_fastest([=] {
     alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    alignas(64) uint8_t keep[4 * kLanes];
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* row = out + r * cols;
-      const uint32_t row_counter = static_cast<uint32_t>(mask.first_row + r);
-      for (int64_t g0 = 0; g0 < groups; g0 += kLanes) {
+      const uint32_t row_counter = static_cast<uint32_t>(m.first_row + r);
+      for (int64_t col = 0; col < cols; col += 4 * kLanes) {
         for (int l = 0; l < kLanes; ++l) {
-          c0[l] = static_cast<uint32_t>(g0 + l), c1[l] = row_counter, c2[l] = mask.off_lo, c3[l] = mask.off_hi;
+          c0[l] = static_cast<uint32_t>(col / 4 + l), c1[l] = row_counter, c2[l] = m.off_lo, c3[l] = m.off_hi;
         }
-        uint32_t k0 = mask.k0, k1 = mask.k1;
+        uint32_t k0 = m.k0, k1 = m.k1;
         for (int round = 0; round < 10; ++round) {
 #pragma omp simd
           for (int l = 0; l < kLanes; ++l) {
@@ -77,15 +123,15 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
           }
           k0 += W0, k1 += W1;
         }
-        const int64_t n = std::min<int64_t>(kLanes, groups - g0);
-        for (int64_t l = 0; l < n; ++l) {
-          const int64_t c = 4 * (g0 + l);
-          const uint32_t words[4] = {c0[l], c1[l], c2[l], c3[l]};
-          for (int64_t j = 0; j < 4 && c + j < cols; ++j) row[c + j] = words[j] < threshold;
+#pragma omp simd
+        for (int l = 0; l < kLanes; ++l) {
+          keep[4 * l] = c0[l] < threshold, keep[4 * l + 1] = c1[l] < threshold;
+          keep[4 * l + 2] = c2[l] < threshold, keep[4 * l + 3] = c3[l] < threshold;
         }
+        std::memcpy(row + col, keep, std::min<int64_t>(4 * kLanes, cols - col));
       }
     }
-  });
+  }); });
   return flags;
 }
 
@@ -117,14 +163,14 @@ inline T leaky_if(bool on, T v, T leak) { return on ? v * leaky_slope(v, leak) :
 template <typename T>
 void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockArgs<T>& b, double eps, T* out,
                    T* pre, T* mean_out, T* std_out, bool stats_given = false) {
-  const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
+  const int64_t width = chunk_width(rows, cols), chunks = (cols + width - 1) / width;
   with_flags(b.act_first, b.keep != nullptr, pre != nullptr, [&](auto act_first_c, auto has_keep_c, auto has_pre_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kPre = decltype(has_pre_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
+        const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
         // when the mean dwarfs the spread.
         alignas(64) T mean[kBlockChunk], scale[kBlockChunk], beta[kBlockChunk];
@@ -172,7 +218,7 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
           }
         }
       }
-    });
+    }); });
   });
 }
 
@@ -195,15 +241,15 @@ template <typename T>
 void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t cols, const BlockArgs<T>& b,
                     const T* mean_in, const T* std_in, T* grad_z, T* a_out, T* dgamma, T* dbeta, T* dbias,
                     T* dmean = nullptr, T* dstd = nullptr) {
-  const int64_t chunks = (cols + kBlockChunk - 1) / kBlockChunk;
+  const int64_t width = chunk_width(rows, cols), chunks = (cols + width - 1) / width;
   with_flags(b.act_first, b.keep != nullptr, g.g_extra != nullptr, [&](auto act_first_c, auto has_keep_c,
                                                                         auto has_extra_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kExtra = decltype(has_extra_c)::value;
     const T leak = b.leak, drop_scale = b.scale;
-    at::parallel_for(0, chunks, grain_for(kBlockChunk * rows), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t * kBlockChunk, w = std::min(cols, c0 + kBlockChunk) - c0;
+        const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
         for (int64_t j = 0; j < w; ++j) {
           mean[j] = mean_in[c0 + j], rstd[j] = T(1) / std_in[c0 + j];
@@ -267,7 +313,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
         if (kActFirst)
           for (int64_t j = 0; j < w; ++j) dbias[c0 + j] = static_cast<T>(sum_gz[j]);
       }
-    });
+    }); });
   });
 }
 
