@@ -2,7 +2,7 @@
 backward op and the network's backward op called in turn under no_grad, their gradients written to
 p.grad, then the optimiser's update. It maps the gradients as csrc/autograd.cpp does (so it gives what
 the autograd step gives), without the graph, the per-call argument packing of the module and the
-engine's gradient accumulation, which cost about 2 ms of a 6-8 ms mnist step (benchmarks/RESULTS.md).
+engine's gradient accumulation: 1.13-1.28x faster on the mnist step (benchmarks/RESULTS.md, run F).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
 on the CPU, where it is checked against the autograd step (tests/test_fused_step.py)."""
@@ -29,7 +29,8 @@ def direct_step_applies(model: nn.Module, criterion: nn.Module, device: torch.de
 class DirectStep:
     """step(x, y, seed) -> LossTerms after one optimiser update, like Trainer._eager_step with the fused
     backend. reduce_gradients(params) runs between the backward and the update (the gradient average
-    of several processes). The parameter lists are taken once: load_state_dict and .to() keep them."""
+    of several processes). The parameter lists are taken once (load_state_dict keeps the parameters;
+    build a new step after moving the model to another device or dtype)."""
 
     def __init__(self, model: TwoWayNet, criterion: TwoWayLoss, optimizer: torch.optim.Optimizer,
                  first_row: int = 0, reduce_gradients: Callable[[Iterable[nn.Parameter]], None] | None = None):
@@ -47,7 +48,7 @@ class DirectStep:
         bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
-        self.running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+        self.bns = bns
         # The running mean includes the bias that the op's mean leaves out in bn_then_act order.
         self.slot_bias = None if model.act_first else [self.bias[s if s < n else s + 1] for s in range(2 * n)]
         self.grad_terms: Tensor | None = None
@@ -58,6 +59,7 @@ class DirectStep:
         if not net.training:
             raise ValueError("DirectStep is a training step: call model.train() first")
         net._check_views(x, y)
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
         seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
         states = rng_states(seed, len(net.hidden), self.first_row)
         ops = torch.ops.twoway_fast
@@ -73,6 +75,7 @@ class DirectStep:
         g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g = ops.twoway_loss_backward.default(
             self.grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, self.weights, self.gamma, cx, cy,
             self.coefficients, self.correlation, self.eps)
+        del cx, cy  # k x k each: freed before the network's backward, as autograd frees the loss's saved tensors
         if self.before_dropout:
             grad_hx_pre, grad_hy_pre = g_hxd, g_hyd
         else:  # hx is both the midway and the decorrelation input: its two gradients add up
@@ -93,5 +96,6 @@ class DirectStep:
     def _update_running_stats(self, mean: list[Tensor], std: list[Tensor]) -> None:
         if self.slot_bias is not None:
             mean = torch._foreach_add(mean, self.slot_bias)
-        batch = [b.to(r.dtype) for r, b in zip(self.running, [*mean, *std])]
-        torch._foreach_lerp_(self.running, batch, self.model.bn_momentum)  # as TwoWayNet._update_running_stats
+        running = [bn.running_mean for bn in self.bns] + [bn.running_std for bn in self.bns]
+        batch = [b.to(r.dtype) for r, b in zip(running, [*mean, *std])]
+        torch._foreach_lerp_(running, batch, self.model.bn_momentum)  # as TwoWayNet._update_running_stats
