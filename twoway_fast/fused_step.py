@@ -2,7 +2,7 @@
 backward op and the network's backward op called in turn under no_grad, their gradients written to
 p.grad, then the optimiser's update. It maps the gradients as csrc/autograd.cpp does (so it gives what
 the autograd step gives), without the graph, the per-call argument packing of the module and the
-engine's gradient accumulation: 1.13-1.28x faster on the mnist step (benchmarks/RESULTS.md, run F).
+engine's gradient accumulation: about 1 ms, 1.1-1.2x, of the mnist step (benchmarks/RESULTS.md).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
 on the CPU, where it is checked against the autograd step (tests/test_fused_step.py)."""
