@@ -32,6 +32,9 @@ def main(rounds: dict[str, int]) -> None:
               f"{best['compiled_reference'] / best['fused']:.2f}x, fused / gemm_floor "
               f"{best['fused'] / best['gemm_floor']:.2f}x, compiled_fused / gemm_floor "
               f"{best['compiled_fused'] / best['gemm_floor']:.2f}x")
+        print(f"  fused / direct_fused {best['fused'] / best['direct_fused']:.2f}x, compiled_reference / "
+              f"direct_fused {best['compiled_reference'] / best['direct_fused']:.2f}x, direct_fused / gemm_floor "
+              f"{best['direct_fused'] / best['gemm_floor']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ def main(path: str) -> None:
         print(f"  fused / gemm_floor         {fused / t['gemm_floor']:.2f}x")
         print(f"  compiled_fused / gemm_floor {t['compiled_fused'] / t['gemm_floor']:.2f}x, "
               f"compiled_reference / compiled_fused {t['compiled_reference'] / t['compiled_fused']:.2f}x")
+        direct = t["direct_fused"]
+        print(f"  fused / direct_fused {fused / direct:.2f}x, compiled_reference / direct_fused "
+              f"{t['compiled_reference'] / direct:.2f}x, direct_fused / gemm_floor {direct / t['gemm_floor']:.2f}x")
 
 
 if __name__ == "__main__":

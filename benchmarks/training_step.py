@@ -4,10 +4,11 @@ backward and a Nesterov SGD update, on fixed float32 data of batch 128.
 providers: "fused" (TwoWayNet(backend="fused")), "reference" (backend="reference", eager),
 "compiled_reference" (the reference's forward and loss under torch.compile(fullgraph=True); backward
 through the compiled graph, the same optimizer), "compiled_fused" (the same with the fused backend:
-the ops without the Python around them) and "gemm_floor" (the fused step's matrix products
-alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient and n + 1 weight-gradient GEMMs
-with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per channel at the representation
-width; the floor a step cannot beat)."""
+the ops without the Python around them), "direct_fused" (twoway_fast.fused_step.DirectStep: the fused
+ops and their backward ops called without the autograd engine, the same optimizer) and "gemm_floor"
+(the fused step's matrix products alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient
+and n + 1 weight-gradient GEMMs with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per
+channel at the representation width; the floor a step cannot beat)."""
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,7 @@ SHAPES = {
     "mnist": (392, [392, 50, 392], 392),  # the mnist preset
     "wide": (1024, [2000, 3000, 4000], 1024),  # flickr8k's structure at widths two cores can train
 }
-PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "gemm_floor")
+PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "direct_fused", "gemm_floor")
 
 
 def make_step(provider: str, shape: str):
@@ -34,6 +35,11 @@ def make_step(provider: str, shape: str):
     criterion = preset.build_loss(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
     seed = torch.tensor(1)
+    if provider == "direct_fused":
+        from twoway_fast.fused_step import DirectStep
+
+        direct = DirectStep(model, criterion, opt)
+        return lambda: direct(x, y, seed)
 
     def loss(x, y, seed):
         return criterion(model(x, y, seed=seed), x, y).total

@@ -22,6 +22,7 @@ from . import metrics, run
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
+from .fused_step import DirectStep, direct_step_applies
 from .graph_step import CapturedStep
 from .presets import Preset
 from .reference import LossTerms
@@ -109,6 +110,8 @@ class Trainer:
             model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
             broadcast_parameters(model)
         self.step = self._eager_step
+        if not config.cuda_graph and direct_step_applies(model, criterion, train.device):  # the same, faster
+            self.step = DirectStep(model, criterion, self.optimizer, self.first_row, self.ranks.average_gradients)
         if config.cuda_graph:
             if train.device.type != "cuda":
                 raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")

@@ -1,0 +1,101 @@
+"""A fused-backend training step with no autograd engine: the network op, the loss op, the loss's
+backward op and the network's backward op called in turn under no_grad, their gradients written to
+p.grad, then the optimiser's update. It maps the gradients as csrc/autograd.cpp does (so it gives what
+the autograd step gives), without the graph, the per-call argument packing of the module and the
+engine's gradient accumulation: about 1 ms, 1.1-1.2x, of the mnist step (benchmarks/RESULTS.md).
+
+It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
+on the CPU, where it is checked against the autograd step (tests/test_fused_step.py)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .backend import resolve_backend
+from .loss import TwoWayLoss
+from .model import TwoWayNet
+from .reference import LossTerms, check_loss_variant, rng_states
+
+
+def direct_step_applies(model: nn.Module, criterion: nn.Module, device: torch.device) -> bool:
+    """Whether DirectStep can stand for the autograd step of this model, loss and data device."""
+    return (isinstance(model, TwoWayNet) and isinstance(criterion, TwoWayLoss) and criterion.model[0] is model
+            and model.stats_group is None and device.type == "cpu"
+            and resolve_backend(model.backend, device).name == "fused")
+
+
+class DirectStep:
+    """step(x, y, seed) -> LossTerms after one optimiser update, like Trainer._eager_step with the fused
+    backend. reduce_gradients(params) runs between the backward and the update (the gradient average
+    of several processes). The parameter lists are taken once (load_state_dict keeps the parameters;
+    build a new step after moving the model to another device or dtype)."""
+
+    def __init__(self, model: TwoWayNet, criterion: TwoWayLoss, optimizer: torch.optim.Optimizer,
+                 first_row: int = 0, reduce_gradients: Callable[[Iterable[nn.Parameter]], None] | None = None):
+        check_loss_variant(criterion.decorrelation, criterion.decorrelation_input)
+        self.model, self.optimizer, self.first_row = model, optimizer, first_row
+        self.reduce_gradients = reduce_gradients
+        c = criterion.coefficients
+        self.coefficients = [c["lx"], c["ly"], c["lh"], c["lc"], c["wd"], c["lg"]]
+        self.correlation = criterion.decorrelation == "correlation"
+        self.before_dropout = criterion.decorrelation_input == "before_dropout"
+        self.eps = criterion.decorrelation_eps
+        n = len(model.hidden)
+        self.weights = list(model.weights)
+        self.bias = [*model.x_bias, *model.y_bias]
+        bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
+        self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
+        self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
+        self.bns = bns
+        # The running mean includes the bias that the op's mean leaves out in bn_then_act order.
+        self.slot_bias = None if model.act_first else [self.bias[s if s < n else s + 1] for s in range(2 * n)]
+        self.grad_terms: Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, y: Tensor, seed: int | Tensor) -> LossTerms:
+        net = self.model
+        if not net.training:
+            raise ValueError("DirectStep is a training step: call model.train() first")
+        net._check_views(x, y)
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
+        seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
+        states = rng_states(seed, len(net.hidden), self.first_row)
+        ops = torch.ops.twoway_fast
+        x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std = ops.twoway_net.default(
+            x, y, self.weights, self.bias, self.gamma, self.beta, states, net.dropout, net.repr_layer, net.leak,
+            net.bn_eps, net.act_first)
+        hx_dec, hy_dec = (hx_pre, hy_pre) if self.before_dropout else (hx, hy)
+        terms, cx, cy = ops.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, self.weights, self.gamma,
+                                                self.coefficients, self.correlation, self.eps)
+        if self.grad_terms is None or self.grad_terms.dtype != terms.dtype or self.grad_terms.device != terms.device:
+            self.grad_terms = torch.zeros_like(terms)
+            self.grad_terms[0] = 1  # d total / d terms: the other terms are reported, not optimised
+        g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g = ops.twoway_loss_backward.default(
+            self.grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, self.weights, self.gamma, cx, cy,
+            self.coefficients, self.correlation, self.eps)
+        del cx, cy  # k x k each: freed before the network's backward, as autograd frees the loss's saved tensors
+        if self.before_dropout:
+            grad_hx_pre, grad_hy_pre = g_hxd, g_hyd
+        else:  # hx is both the midway and the decorrelation input: its two gradients add up
+            g_hx, g_hy, grad_hx_pre, grad_hy_pre = g_hx + g_hxd, g_hy + g_hyd, None, None
+        _, _, grad_w, grad_b, grad_gamma, grad_beta = ops.twoway_net_backward.default(
+            g_xh, g_yh, g_hx, g_hy, grad_hx_pre, grad_hy_pre, x, y, self.weights, self.gamma, self.beta, states,
+            net.dropout, net.repr_layer, net.leak, net.act_first, z, mean, std, False)
+        torch._foreach_add_(grad_w, g_w)  # the loss's weight decay and gamma penalty gradients
+        torch._foreach_add_(grad_gamma, g_g)
+        for p, g in zip(self.params, [*grad_w, *grad_b, *grad_gamma, *grad_beta]):
+            p.grad = g
+        self._update_running_stats(mean, std)
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.params)
+        self.optimizer.step()
+        return LossTerms(*terms.unbind(0))
+
+    def _update_running_stats(self, mean: list[Tensor], std: list[Tensor]) -> None:
+        if self.slot_bias is not None:
+            mean = torch._foreach_add(mean, self.slot_bias)
+        running = [bn.running_mean for bn in self.bns] + [bn.running_std for bn in self.bns]
+        batch = [b.to(r.dtype) for r, b in zip(running, [*mean, *std])]
+        torch._foreach_lerp_(running, batch, self.model.bn_momentum)  # as TwoWayNet._update_running_stats
