@@ -39,6 +39,14 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
         *_cast([x, y], low), _cast(net.weights, low), _cast(bias, low), _cast([bn.gamma for bn in bns], low),
         _cast([bn.beta for bn in bns], low), rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak,
         net.bn_eps, net.act_first)
+    return TwoWayOutput(x_hat, y_hat, hx, hy, hx_pre, hy_pre), batch_stats(net, mean, std)
+
+
+def batch_stats(net, mean: Sequence[Tensor], std: Sequence[Tensor]) -> dict:
+    """The network op's per-slot statistics (X's positions, then Y's) as reference.forward gives them:
+    {("x" or "y", position): (mean, std)}, the mean with the bias that the op skips in bn_then_act order."""
+    n = len(net.hidden)
+    bias = [*net.x_bias, *net.y_bias]
     stats = {}
     for slot in range(2 * n):
         channel, k = ("x", slot) if slot < n else ("y", slot - n)
@@ -46,7 +54,7 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
         if not net.act_first:  # the op skips the bias that batch norm cancels; the running mean includes it
             m = m + bias[slot if slot < n else slot + 1].detach()
         stats[(channel, k)] = (m, std[slot])
-    return TwoWayOutput(x_hat, y_hat, hx, hy, hx_pre, hy_pre), stats
+    return stats
 
 
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .backend import resolve_backend
+from .fused import batch_stats
 from .loss import TwoWayLoss
 from .model import TwoWayNet
 from .reference import LossTerms, check_loss_variant, rng_states
@@ -42,15 +43,11 @@ class DirectStep:
         self.correlation = criterion.decorrelation == "correlation"
         self.before_dropout = criterion.decorrelation_input == "before_dropout"
         self.eps = criterion.decorrelation_eps
-        n = len(model.hidden)
         self.weights = list(model.weights)
         self.bias = [*model.x_bias, *model.y_bias]
         bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
-        self.bns = bns
-        # The running mean includes the bias that the op's mean leaves out in bn_then_act order.
-        self.slot_bias = None if model.act_first else [self.bias[s if s < n else s + 1] for s in range(2 * n)]
         self.grad_terms: Tensor | None = None
 
     @torch.no_grad()
@@ -87,15 +84,8 @@ class DirectStep:
         torch._foreach_add_(grad_gamma, g_g)
         for p, g in zip(self.params, [*grad_w, *grad_b, *grad_gamma, *grad_beta]):
             p.grad = g
-        self._update_running_stats(mean, std)
+        net._update_running_stats(batch_stats(net, mean, std))
         if self.reduce_gradients is not None:
             self.reduce_gradients(self.params)
         self.optimizer.step()
         return LossTerms(*terms.unbind(0))
-
-    def _update_running_stats(self, mean: list[Tensor], std: list[Tensor]) -> None:
-        if self.slot_bias is not None:
-            mean = torch._foreach_add(mean, self.slot_bias)
-        running = [bn.running_mean for bn in self.bns] + [bn.running_std for bn in self.bns]
-        batch = [b.to(r.dtype) for r, b in zip(running, [*mean, *std])]
-        torch._foreach_lerp_(running, batch, self.model.bn_momentum)  # as TwoWayNet._update_running_stats

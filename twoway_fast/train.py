@@ -109,9 +109,6 @@ class Trainer:
         if self.ranks.world > 1:
             model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
             broadcast_parameters(model)
-        self.step = self._eager_step
-        if not config.cuda_graph and direct_step_applies(model, criterion, train.device):  # the same, faster
-            self.step = DirectStep(model, criterion, self.optimizer, self.first_row, self.ranks.average_gradients)
         if config.cuda_graph:
             if train.device.type != "cuda":
                 raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")
@@ -119,6 +116,10 @@ class Trainer:
                 raise ValueError("train.cuda_graph runs in one process only: the all-reduces of a "
                                  "multi-process step are not captured")
             self.step = CapturedStep(self._eager_step, self.optimizer)
+        elif direct_step_applies(model, criterion, train.device):  # the autograd step's result, faster
+            self.step = DirectStep(model, criterion, self.optimizer, self.first_row, self.ranks.average_gradients)
+        else:
+            self.step = self._eager_step
 
     # -------------------------------------------------------------- state
 
