@@ -22,6 +22,16 @@ ORDERS = ["act_then_bn", "bn_then_act"]
 DTYPES = [torch.float32, torch.float64]
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """The op runs its two channels side by side on two threads and one after the other otherwise:
+    both paths, whatever this machine's default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def run(model, x, y, seed, cotangents):
     """Forward, then backward of a random linear functional of all six outputs (so each output's
     gradient path is checked), returning outputs, input grads, parameter grads and BN buffers."""
@@ -35,7 +45,7 @@ def run(model, x, y, seed, cotangents):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("batch, dx, hidden, dy, blocks, dropout", CASES)
-def test_matches_reference(batch, dx, hidden, dy, blocks, dropout, order, dtype):
+def test_matches_reference(batch, dx, hidden, dy, blocks, dropout, order, dtype, threads):
     torch.manual_seed(1)
     ref, fused = twin_models(dx, dy, hidden, dtype, order=order, locally_dense=blocks, dropout=dropout)
     x, y = torch.randn(batch, dx, dtype=dtype), torch.randn(batch, dy, dtype=dtype)
@@ -132,3 +142,13 @@ def test_rejects_bad_input():
         ops.twoway_net(x[:1], y[:1], weights, bias, gamma, beta, states, p, r, leak, eps, True)
     with pytest.raises(RuntimeError, match="weights\\[0\\] must have dtype Float like x"):
         ops.twoway_net(x, y, [weights[0].double(), *weights[1:]], bias, gamma, beta, states, p, r, leak, eps, True)
+
+
+def test_backward_rejects_bad_output_gradient(threads):
+    x, y, weights, bias, gamma, beta, states, p, r, leak, eps = op_args(torch.float32)
+    out = ops.twoway_net(x, y, weights, bias, gamma, beta, states, p, r, leak, eps, True)
+    g_x_hat, g_y_hat = torch.randn_like(out[0]), torch.randn_like(out[1])
+    rest = (x, y, weights, gamma, beta, states, p, r, leak, True, *out[6:], True)
+    for grad_x_hat, grad_y_hat, name in [(g_x_hat[:, :3], g_y_hat, "grad_x_hat"), (g_x_hat, g_y_hat[1:], "grad_y_hat")]:
+        with pytest.raises(RuntimeError, match=f"{name} must have shape"):
+            torch.ops.twoway_fast.twoway_net_backward.default(grad_x_hat, grad_y_hat, None, None, None, None, *rest)

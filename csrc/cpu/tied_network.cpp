@@ -11,8 +11,11 @@
 //   Q_k = [X's input to weights[k]   ; grad of Y's z using weights[k]^T]   (2B, s[k])
 // and every backward pass writes its rows straight into these buffers.
 #include <ATen/ATen.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "cpu/fused_block.h"
@@ -65,6 +68,26 @@ const Tensor& maybe_undefined() {
   return undefined;
 }
 
+// Runs f(0) (the X channel) and f(1) (Y) side by side, one thread each, when the op has two threads:
+// the channels are independent until the weight gradients, and one thread per channel (its GEMMs and
+// passes single-threaded inside the region) beats splitting every small GEMM and pass over both
+// threads. Otherwise one after the other, each GEMM and large pass using every thread (more than two
+// threads are not measured here: the GEMMs' own parallelism is kept).
+template <typename F>
+void for_each_channel(const F& f) {
+  if (at::get_num_threads() != 2) {
+    f(0), f(1);
+    return;
+  }
+  // A worker starts with default thread-local state: without the caller's (autograd keys excluded
+  // inside this op), the ATen calls below would dispatch through autograd again.
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, 2, 1, [&](int64_t c0, int64_t c1) {
+    const at::ThreadLocalStateGuard guard(caller);
+    for (int64_t c = c0; c < c1; ++c) f(static_cast<int>(c));
+  });
+}
+
 // m (rows, cols) += v per row; on the calling thread unless large (like the block passes).
 template <typename T>
 void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
@@ -93,7 +116,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
   const auto keep = all_keep_flags(net, x);
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
   Tensor h[2], h_pre[2], out[2];
-  for (int c = 0; c < 2; ++c) {  // c = 0: X channel, 1: Y channel
+  for_each_channel([&](int c) {  // c = 0: X channel, 1: Y channel
     Tensor a = c == 0 ? x : y;
     for (int64_t step = 0; step < n; ++step) {
       const int64_t k = c == 0 ? step : n - 1 - step, slot = c * n + k;
@@ -122,7 +145,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
       add_row_vector<scalar_t>(out[c].data_ptr<scalar_t>(), bias[c * (n + 1) + n].data_ptr<scalar_t>(), B,
                                out[c].size(1));
     });
-  }
+  });
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
 
@@ -156,17 +179,19 @@ BackwardResult twoway_net_backward_cpu(
     P[k] = at::empty({2 * B, s[k + 1]}, opts);
     Q[k] = at::empty({2 * B, s[k]}, opts);
   }
-  copy_or_zero(top(P[n], B), grad_y_hat, "grad_y_hat");
-  bottom(P[n], B).copy_(y);
-  top(Q[0], B).copy_(x);
-  copy_or_zero(bottom(Q[0], B), grad_x_hat, "grad_x_hat");
-
   std::vector<Tensor> grad_gamma(2 * n), grad_beta(2 * n), grad_bias(2 * (n + 1));
   Tensor grad_in[2];
-  for (int c = 0; c < 2; ++c) {
-    // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1).
-    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true)
-                      : tied_mm(bottom(Q[0], B), weights[0], false);
+  for_each_channel([&](int c) {
+    // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1). Each fills its own
+    // halves of P and Q, starting with its output's gradient and its input.
+    if (c == 0) {
+      copy_or_zero(top(P[n], B), grad_y_hat, "grad_y_hat");
+      top(Q[0], B).copy_(x);
+    } else {
+      copy_or_zero(bottom(Q[0], B), grad_x_hat, "grad_x_hat");
+      bottom(P[n], B).copy_(y);
+    }
+    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true) : tied_mm(bottom(Q[0], B), weights[0], false);
     for (int64_t step = 0; step < n; ++step) {
       const int64_t k = c == 0 ? n - 1 - step : step, slot = c * n + k;
       const int64_t cols = s[k + 1];
@@ -191,11 +216,21 @@ BackwardResult twoway_net_backward_cpu(
       if (!last || input_grads) g = c == 0 ? tied_mm(gz, weights[k], true) : tied_mm(gz, weights[k + 1], false);
     }
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
+    grad_bias[c == 0 ? n : 2 * n + 1] = (c == 0 ? top(P[n], B) : bottom(Q[0], B)).sum(0);
+  });
+  // The weight gradients, shared out between the two threads by their products' sizes (largest first).
+  std::vector<Tensor> grad_weights(n + 1);
+  std::vector<int64_t> order(n + 1), share[2];
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] * s[a + 1] > s[b] * s[b + 1]; });
+  int64_t load[2] = {0, 0};
+  for (int64_t k : order) {
+    const int t = load[1] < load[0];
+    share[t].push_back(k), load[t] += s[k] * s[k + 1];
   }
-  grad_bias[n] = top(P[n], B).sum(0);
-  grad_bias[2 * n + 1] = bottom(Q[0], B).sum(0);
-  std::vector<Tensor> grad_weights;
-  for (int64_t k = 0; k <= n; ++k) grad_weights.push_back(tied_weight_grad(P[k], Q[k], weights[k]));
+  for_each_channel([&](int t) {
+    for (int64_t k : share[t]) grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
+  });
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
 }
 
