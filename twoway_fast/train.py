@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics, run
+from . import heap, metrics, run
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
@@ -97,6 +97,7 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
         self.optimizer = make_optimizer(model.parameters(), config)
+        heap.keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.lr_milestones, config.lr_gamma)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed)
         self.dropout_gen = torch.Generator().manual_seed(config.seed + 1)

@@ -109,6 +109,7 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
       uint8_t* row = out + r * cols;
       const uint32_t row_counter = static_cast<uint32_t>(m.first_row + r);
       for (int64_t col = 0; col < cols; col += 4 * kLanes) {
+#pragma omp simd  // vector stores: the rounds' vector loads would stall on scalar ones
         for (int l = 0; l < kLanes; ++l) {
           c0[l] = static_cast<uint32_t>(col / 4 + l), c1[l] = row_counter, c2[l] = m.off_lo, c3[l] = m.off_hi;
         }
@@ -167,8 +168,9 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
   with_flags(b.act_first, b.keep != nullptr, pre != nullptr, [&](auto act_first_c, auto has_keep_c, auto has_pre_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kPre = decltype(has_pre_c)::value;
-    const T leak = b.leak, drop_scale = b.scale;
     at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
+      // Locals, not captures: through a reference the loops would reload them after every store.
+      const T leak = b.leak, drop_scale = b.scale;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
@@ -210,7 +212,7 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
           const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
           T* __restrict outr = out + o;
           T* __restrict prer = kPre ? pre + o : nullptr;
-#pragma omp simd
+#pragma omp simd simdlen(16)  // the keep bytes would make it 64: a row tail of up to 63 then ran scalar
           for (int64_t j = 0; j < w; ++j) {
             const T v = leaky_if(!kActFirst, (leaky_if(kActFirst, zr[j], leak) - mean[j]) * scale[j] + beta[j], leak);
             if (kPre) prer[j] = v;
@@ -246,8 +248,8 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
                                                                         auto has_extra_c) {
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kExtra = decltype(has_extra_c)::value;
-    const T leak = b.leak, drop_scale = b.scale;
     at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
+      const T leak = b.leak, drop_scale = b.scale;  // locals, as in block_forward
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
@@ -266,7 +268,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
           const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
           T* __restrict ar = a_out + o;
           T* __restrict gzr = grad_z + o;
-#pragma omp simd
+#pragma omp simd simdlen(16)  // as in block_forward
           for (int64_t j = 0; j < w; ++j) {
             const T xh = (leaky_if(kActFirst, zr[j], leak) - mean[j]) * rstd[j];
             const T y = gamma[j] * xh + beta[j];
