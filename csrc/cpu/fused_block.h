@@ -18,7 +18,9 @@
 
 namespace twoway_fast {
 
-constexpr int64_t kBlockChunk = 256;  // most columns per task: wide enough that a row's loop amortises its setup
+// Most columns per task: wide enough that a row's loop amortises its setup and that the rows of a
+// mnist-sized layer (392) are read as one stream, small enough that the per-column sums stay in L1.
+constexpr int64_t kBlockChunk = 512;
 
 // Elements below which a pass runs on the calling thread: a parallel region costs more than it saves
 // on a small layer, and much more when other processes hold the cores (a descheduled worker stalls
@@ -31,10 +33,11 @@ inline int64_t grain_for(int64_t per_task) {
 }
 
 // Column-chunk width of a (rows, cols) pass: at most kBlockChunk, a multiple of 16 (a cache line of
-// floats), and when the pass runs in parallel, narrow enough that the threads get equal shares.
+// floats), and when the pass runs in parallel, narrow enough that the threads get equal shares (not
+// inside a parallel region, such as the network op's channels side by side: there it runs inline).
 inline int64_t chunk_width(int64_t rows, int64_t cols) {
   int64_t tasks = (cols + kBlockChunk - 1) / kBlockChunk;
-  if (rows * cols >= kParallelMinElements) {
+  if (rows * cols >= kParallelMinElements && !at::in_parallel_region()) {
     const int64_t threads = at::get_num_threads();
     tasks = (tasks + threads - 1) / threads * threads;
   }
@@ -87,26 +90,28 @@ inline void with_flags(bool a, bool b, bool c, F&& f) {
   }
 }
 
-// The keep flags (1 = kept) of one hidden position's tied-dropout mask, (rows, cols) bytes: the
-// DropoutMask of philox.h (the same Philox4x32-10 rounds), evaluated for 16 counters at a time so the
-// rounds vectorise. Drawn once per direction and shared by the two channels, whose masks are
-// identical by construction; a transient of the op, never kept between forward and backward.
-// Undefined when nothing is dropped.
-inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols, const at::Device& device) {
-  if (!mask.active) return at::Tensor();
+// The multipliers of one hidden position's tied-dropout mask, (rows, cols) in the activations'
+// dtype: 1 / sqrt(q) where kept, 0 where dropped. The DropoutMask of philox.h (the same
+// Philox4x32-10 rounds), evaluated for 16 counters at a time so the rounds vectorise. Drawn once per
+// direction and shared by the two channels, whose masks are identical by construction; a transient
+// of the op, never kept between forward and backward. In the passes' dtype rather than bytes: a byte
+// in a loop of floats makes GCC vectorise it 64 columns at a time (row tails up to 63 then run
+// scalar) or, held to 16, on 128-bit registers. Undefined when nothing is dropped.
+template <typename T>
+void fill_keep_multipliers(const DropoutMask& mask, int64_t rows, int64_t cols, T* out) {
   constexpr int kLanes = 16;
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-  auto flags = at::empty({rows, cols}, at::TensorOptions().dtype(at::kByte).device(device));
-  uint8_t* const out = flags.data_ptr<uint8_t>();
-  // Copies, not captures by reference: the byte stores below may alias anything, so the compiler
-  // would reload every captured value after each of them.
+  // Copies, not captures by reference: the stores below may alias anything, so the compiler would
+  // reload every captured value after each of them.
   const DropoutMask m = mask;
   const uint32_t threshold = static_cast<uint32_t>(m.threshold);  // < 2^32 when active
+  const T scale = static_cast<T>(m.scale);
   at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) { run_fastest([=] {
     alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-    alignas(64) uint8_t keep[4 * kLanes];
+    alignas(64) uint8_t flags[4 * kLanes];
+    alignas(64) T keep[4 * kLanes];
     for (int64_t r = r0; r < r1; ++r) {
-      uint8_t* row = out + r * cols;
+      T* row = out + r * cols;
       const uint32_t row_counter = static_cast<uint32_t>(m.first_row + r);
       for (int64_t col = 0; col < cols; col += 4 * kLanes) {
 #pragma omp simd  // vector stores: the rounds' vector loads would stall on scalar ones
@@ -124,16 +129,27 @@ inline at::Tensor keep_flags(const DropoutMask& mask, int64_t rows, int64_t cols
           }
           k0 += W0, k1 += W1;
         }
-#pragma omp simd
+#pragma omp simd  // flags as bytes first: a select storing T at stride 4 does not vectorise
         for (int l = 0; l < kLanes; ++l) {
-          keep[4 * l] = c0[l] < threshold, keep[4 * l + 1] = c1[l] < threshold;
-          keep[4 * l + 2] = c2[l] < threshold, keep[4 * l + 3] = c3[l] < threshold;
+          flags[4 * l] = c0[l] < threshold, flags[4 * l + 1] = c1[l] < threshold;
+          flags[4 * l + 2] = c2[l] < threshold, flags[4 * l + 3] = c3[l] < threshold;
         }
-        std::memcpy(row + col, keep, std::min<int64_t>(4 * kLanes, cols - col));
+#pragma omp simd
+        for (int e = 0; e < 4 * kLanes; ++e) keep[e] = static_cast<T>(flags[e]) * scale;
+        std::memcpy(row + col, keep, std::min<int64_t>(4 * kLanes, cols - col) * sizeof(T));
       }
     }
   }); });
-  return flags;
+}
+
+inline at::Tensor keep_multipliers(const DropoutMask& mask, int64_t rows, int64_t cols,
+                                   const at::TensorOptions& options) {
+  if (!mask.active) return at::Tensor();
+  auto multipliers = at::empty({rows, cols}, options);
+  AT_DISPATCH_FLOATING_TYPES(multipliers.scalar_type(), "keep_multipliers", [&] {
+    fill_keep_multipliers(mask, rows, cols, multipliers.data_ptr<scalar_t>());
+  });
+  return multipliers;
 }
 
 // One hidden block's parameters and mask, as raw pointers for the passes below.
@@ -141,8 +157,7 @@ template <typename T>
 struct BlockArgs {
   const T* gamma;
   const T* beta;
-  const uint8_t* keep;  // nullptr: no dropout
-  T scale;              // multiplier of kept elements
+  const T* keep;  // the mask's multipliers (keep_multipliers); nullptr: no dropout
   T leak;
   bool act_first;       // LeakyReLU -> BN (else BN -> LeakyReLU)
 };
@@ -169,8 +184,7 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kPre = decltype(has_pre_c)::value;
     at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
-      // Locals, not captures: through a reference the loops would reload them after every store.
-      const T leak = b.leak, drop_scale = b.scale;
+      const T leak = b.leak;  // a local, not a capture: through a reference it is reloaded after every store
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         // One pass of moments in double around the first row's value, which keeps them exact even
@@ -209,14 +223,14 @@ void block_forward(T* z, const T* bias, int64_t rows, int64_t cols, const BlockA
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t o = r * cols + c0;
           const T* __restrict zr = z + o;
-          const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
+          const T* __restrict kr = kKeep ? b.keep + o : nullptr;
           T* __restrict outr = out + o;
           T* __restrict prer = kPre ? pre + o : nullptr;
-#pragma omp simd simdlen(16)  // the keep bytes would make it 64: a row tail of up to 63 then ran scalar
+#pragma omp simd
           for (int64_t j = 0; j < w; ++j) {
             const T v = leaky_if(!kActFirst, (leaky_if(kActFirst, zr[j], leak) - mean[j]) * scale[j] + beta[j], leak);
             if (kPre) prer[j] = v;
-            outr[j] = kKeep ? v * (static_cast<T>(kr[j]) * drop_scale) : v;
+            outr[j] = kKeep ? v * kr[j] : v;
           }
         }
       }
@@ -249,7 +263,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
     constexpr bool kActFirst = decltype(act_first_c)::value, kKeep = decltype(has_keep_c)::value,
                    kExtra = decltype(has_extra_c)::value;
     at::parallel_for(0, chunks, grain_for(width * rows), [&](int64_t t0, int64_t t1) { run_fastest([&] {
-      const T leak = b.leak, drop_scale = b.scale;  // locals, as in block_forward
+      const T leak = b.leak;  // a local, as in block_forward
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * width, w = std::min(cols, c0 + width) - c0;
         alignas(64) T mean[kBlockChunk], rstd[kBlockChunk], gamma[kBlockChunk], beta[kBlockChunk];
@@ -265,14 +279,14 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
           const T* __restrict gr = g.g_out + o;
           const T* __restrict er = kExtra ? g.g_extra + o : nullptr;
           const T* __restrict pr = kExtra ? g.g_pre + o : nullptr;
-          const uint8_t* __restrict kr = kKeep ? b.keep + o : nullptr;
+          const T* __restrict kr = kKeep ? b.keep + o : nullptr;
           T* __restrict ar = a_out + o;
           T* __restrict gzr = grad_z + o;
-#pragma omp simd simdlen(16)  // as in block_forward
+#pragma omp simd
           for (int64_t j = 0; j < w; ++j) {
             const T xh = (leaky_if(kActFirst, zr[j], leak) - mean[j]) * rstd[j];
             const T y = gamma[j] * xh + beta[j];
-            const T m = kKeep ? static_cast<T>(kr[j]) * drop_scale : T(1);
+            const T m = kKeep ? kr[j] : T(1);
             T gy = (kExtra ? gr[j] + er[j] : gr[j]) * m;
             if (kExtra) gy += pr[j];
             if (!kActFirst) gy *= leaky_slope(y, leak);

@@ -21,8 +21,8 @@ DropoutMask mask_from(const at::Tensor& rng_state, double p) {
 template <typename T>
 BlockArgs<T> block_args(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& keep,
                         const DropoutMask& mask, double leak, bool act_first) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<uint8_t>() : nullptr,
-          static_cast<T>(mask.scale), static_cast<T>(leak), act_first};
+  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
+          static_cast<T>(leak), act_first};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in,
@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor
   const auto gamma = gamma_in.contiguous(), beta = beta_in.contiguous(), zero_bias = at::zeros_like(gamma);
   const auto rows = z.size(0), cols = z.size(1);
   const DropoutMask mask = mask_from(rng_state, p);
-  const auto keep = keep_flags(mask, rows, cols, z.device());
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
   auto out = at::empty_like(z), mean = at::empty_like(gamma), std = at::empty_like(gamma);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_cpu", [&] {
     block_forward<scalar_t>(z.data_ptr<scalar_t>(), zero_bias.data_ptr<scalar_t>(), rows, cols,
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cpu(
   const auto mean = mean_in.contiguous(), std = std_in.contiguous();
   const auto rows = z.size(0), cols = z.size(1);
   const DropoutMask mask = mask_from(rng_state, p);
-  const auto keep = keep_flags(mask, rows, cols, z.device());
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
   auto grad_z = at::empty_like(z), rebuilt = at::empty_like(z);  // the pass also rebuilds the output
   auto grad_gamma = at::empty_like(gamma), grad_beta = at::empty_like(beta), grad_bias = at::empty_like(gamma);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_backward_cpu", [&] {
@@ -77,7 +77,7 @@ at::Tensor hidden_block_with_stats_cpu(const at::Tensor& z_in, const at::Tensor&
   const auto mean = mean_in.contiguous(), std = std_in.contiguous();
   const auto rows = z.size(0), cols = z.size(1);
   const DropoutMask mask = mask_from(rng_state, p);
-  const auto keep = keep_flags(mask, rows, cols, z.device());
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
   auto out = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_with_stats_cpu", [&] {
     block_forward<scalar_t>(z.data_ptr<scalar_t>(), nullptr, rows, cols,
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hidden_bl
   const auto mean = mean_in.contiguous(), std = std_in.contiguous();
   const auto rows = z.size(0), cols = z.size(1);
   const DropoutMask mask = mask_from(rng_state, p);
-  const auto keep = keep_flags(mask, rows, cols, z.device());
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
   auto grad_z = at::empty_like(z), rebuilt = at::empty_like(z);  // the pass also rebuilds the output
   auto grad_gamma = at::empty_like(gamma), grad_beta = at::empty_like(beta), grad_bias = at::empty_like(gamma);
   auto grad_mean = at::empty_like(gamma), grad_std = at::empty_like(gamma);

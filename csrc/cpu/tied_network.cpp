@@ -50,13 +50,13 @@ Net cpu_net(const Tensor& x, const Tensor& y, TensorList weights, TensorList gam
 
 template <typename T>
 BlockArgs<T> block_args(const Net& net, const Tensor& gamma, const Tensor& beta, const Tensor& keep, int64_t k) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<uint8_t>() : nullptr,
-          static_cast<T>(net.masks[k].scale), static_cast<T>(net.leak), net.act_first};
+  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
+          static_cast<T>(net.leak), net.act_first};
 }
 
-std::vector<Tensor> all_keep_flags(const Net& net, const Tensor& x) {
+std::vector<Tensor> all_keep_multipliers(const Net& net, const Tensor& x) {
   std::vector<Tensor> keep;
-  for (int64_t k = 0; k < net.n; ++k) keep.push_back(keep_flags(net.masks[k], net.batch, net.s[k + 1], x.device()));
+  for (int64_t k = 0; k < net.n; ++k) keep.push_back(keep_multipliers(net.masks[k], net.batch, net.s[k + 1], x.options()));
   return keep;
 }
 
@@ -113,7 +113,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
-  const auto keep = all_keep_flags(net, x);
+  const auto keep = all_keep_multipliers(net, x);
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
   Tensor h[2], h_pre[2], out[2];
   for_each_channel([&](int c) {  // c = 0: X channel, 1: Y channel
@@ -166,7 +166,7 @@ BackwardResult twoway_net_backward_cpu(
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
-  const auto keep = all_keep_flags(net, x);
+  const auto keep = all_keep_multipliers(net, x);
   const auto opts = x.options();
   // The loss's direct gradients at the representation: both or neither (a missing one is zero).
   Tensor extra[2] = {grad_or_undefined(grad_hx, {B, s[repr + 1]}, x, "grad_hx"),

@@ -60,8 +60,8 @@ std::vector<Tensor> cuda_backward(const Tensor& g_out, const Tensor& g_extra, co
 template <typename T>
 twoway_fast::BlockArgs<T> cpu_args(const Tensor& gamma, const Tensor& beta, const Tensor& keep,
                                    const twoway_fast::DropoutMask& mask, double leak, bool act_first) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<uint8_t>() : nullptr,
-          static_cast<T>(mask.scale), static_cast<T>(leak), act_first};
+  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
+          static_cast<T>(leak), act_first};
 }
 
 twoway_fast::DropoutMask mask_of(const Tensor& rng, double p) {
@@ -77,7 +77,7 @@ std::vector<Tensor> cpu_forward(Tensor z, Tensor bias, const Tensor& gamma, cons
   auto out = at::empty_like(z), pre = want_pre ? at::empty_like(z) : at::empty({0}, z.options());
   auto mean = at::empty_like(gamma), sd = at::empty_like(gamma);
   const auto mask = mask_of(rng, p);
-  const auto keep = twoway_fast::keep_flags(mask, rows, cols, z.device());
+  const auto keep = twoway_fast::keep_multipliers(mask, rows, cols, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cpu_forward", [&] {
     twoway_fast::block_forward<scalar_t>(z.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), rows, cols,
                                          cpu_args<scalar_t>(gamma, beta, keep, mask, leak, act_first), eps,
@@ -94,7 +94,7 @@ std::vector<Tensor> cpu_backward(const Tensor& g_out, const Tensor& g_extra, con
   auto grad_z = at::empty_like(z), a_out = at::empty_like(z);
   auto dgamma = at::empty_like(gamma), dbeta = at::empty_like(gamma), dbias = at::zeros_like(gamma);
   const auto mask = mask_of(rng, p);
-  const auto keep = twoway_fast::keep_flags(mask, rows, cols, z.device());
+  const auto keep = twoway_fast::keep_multipliers(mask, rows, cols, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cpu_backward", [&] {
     const twoway_fast::BlockGrads<scalar_t> grads{g_out.data_ptr<scalar_t>(), or_null<scalar_t>(g_extra),
                                                   or_null<scalar_t>(g_pre)};
