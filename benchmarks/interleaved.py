@@ -34,7 +34,8 @@ def main(rounds: dict[str, int]) -> None:
               f"{best['compiled_fused'] / best['gemm_floor']:.2f}x")
         print(f"  fused / direct_fused {best['fused'] / best['direct_fused']:.2f}x, compiled_reference / "
               f"direct_fused {best['compiled_reference'] / best['direct_fused']:.2f}x, direct_fused / gemm_floor "
-              f"{best['direct_fused'] / best['gemm_floor']:.2f}x")
+              f"{best['direct_fused'] / best['gemm_floor']:.2f}x, direct_fused / gemm_floor_side_by_side "
+              f"{best['direct_fused'] / best['gemm_floor_side_by_side']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def main(path: str) -> None:
               f"compiled_reference / compiled_fused {t['compiled_reference'] / t['compiled_fused']:.2f}x")
         direct = t["direct_fused"]
         print(f"  fused / direct_fused {fused / direct:.2f}x, compiled_reference / direct_fused "
-              f"{t['compiled_reference'] / direct:.2f}x, direct_fused / gemm_floor {direct / t['gemm_floor']:.2f}x")
+              f"{t['compiled_reference'] / direct:.2f}x, direct_fused / gemm_floor {direct / t['gemm_floor']:.2f}x, "
+              f"direct_fused / gemm_floor_side_by_side {direct / t['gemm_floor_side_by_side']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@ the ops without the Python around them), "direct_fused" (twoway_fast.fused_step.
 ops and their backward ops called without the autograd engine, the same optimizer) and "gemm_floor"
 (the fused step's matrix products alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient
 and n + 1 weight-gradient GEMMs with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per
-channel at the representation width; the floor a step cannot beat)."""
+channel at the representation width; the floor a step cannot beat) and "gemm_floor_side_by_side" (the
+same products scheduled as the network op schedules them on two threads: one channel a thread, each
+product single-threaded, then the weight gradients shared out; benchmarks/gemm_side_by_side.cpp, built
+on first use: the floor of a step that runs its channels side by side)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -23,7 +28,8 @@ SHAPES = {
     "mnist": (392, [392, 50, 392], 392),  # the mnist preset
     "wide": (1024, [2000, 3000, 4000], 1024),  # flickr8k's structure at widths two cores can train
 }
-PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "direct_fused", "gemm_floor")
+PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "direct_fused", "gemm_floor",
+             "gemm_floor_side_by_side")
 
 
 def make_step(provider: str, shape: str):
@@ -34,6 +40,8 @@ def make_step(provider: str, shape: str):
     preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
     if provider == "gemm_floor":
         return _gemm_floor(x, y, hidden, hidden[preset.model["repr_layer"]])
+    if provider == "gemm_floor_side_by_side":
+        return _gemm_floor_side_by_side(x, y, hidden, hidden[preset.model["repr_layer"]])
     model = preset.build_model(dx, dy, hidden=hidden, backend="reference" if "reference" in provider else "fused")
     criterion = preset.build_loss(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
@@ -89,3 +97,27 @@ def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width:
             torch.mm(h, cov, out=dh)
 
     return step
+
+
+def _gemm_floor_side_by_side(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
+    from torch.utils.cpp_extension import load
+
+    ext = load("twoway_gemm_side_by_side", [str(Path(__file__).with_name("gemm_side_by_side.cpp"))],
+               extra_cflags=["-O2", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    sizes = [x.shape[1], *hidden, y.shape[1]]
+    n = len(hidden)
+    weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
+    acts = [[torch.empty(BATCH, s) for s in sizes] for _ in range(2)]  # the channels write at once: one set each
+    grads = [[torch.empty(BATCH, s) for s in sizes] for _ in range(2)]
+    p = [torch.randn(2 * BATCH, sizes[k + 1]) for k in range(n + 1)]
+    q = [torch.randn(2 * BATCH, sizes[k]) for k in range(n + 1)]
+    dw = [torch.empty_like(w) for w in weights]
+    share, load_ = [[], []], [0, 0]  # the op's split: largest product first, to the less loaded thread
+    for k in sorted(range(n + 1), key=lambda k: -sizes[k] * sizes[k + 1]):
+        t = int(load_[1] < load_[0])
+        share[t].append(k)
+        load_[t] += sizes[k] * sizes[k + 1]
+    h = [torch.randn(BATCH, repr_width) for _ in range(2)]
+    cov = [torch.empty(repr_width, repr_width) for _ in range(2)]
+    dh = [torch.empty(BATCH, repr_width) for _ in range(2)]
+    return lambda: ext.step(x, y, weights, acts, grads, p, q, dw, share, h, cov, dh)
