@@ -1,5 +1,5 @@
 // The GEMM floor of the training step run the way the network op runs its products on two threads
-// (csrc/cpu/tied_network.cpp, for_each_channel): the X channel's products on one thread and the Y
+// (csrc/cpu/tied_network.cpp, side_by_side): the X channel's products on one thread and the Y
 // channel's on the other, each single-threaded inside the region, then the weight gradients shared out
 // by size. Built by benchmarks/training_step.py (torch.utils.cpp_extension.load) for the provider
 // "gemm_floor_side_by_side": the floor of a step that schedules its products like the op does.

@@ -68,13 +68,13 @@ const Tensor& maybe_undefined() {
   return undefined;
 }
 
-// Runs f(0) (the X channel) and f(1) (Y) side by side, one thread each, when the op has two threads:
-// the channels are independent until the weight gradients, and one thread per channel (its GEMMs and
-// passes single-threaded inside the region) beats splitting every small GEMM and pass over both
-// threads. Otherwise one after the other, each GEMM and large pass using every thread (more than two
-// threads are not measured here: the GEMMs' own parallelism is kept).
+// Runs f(0) and f(1) side by side, one thread each, when the op has two threads, else one after the
+// other. The channels (f(c): X for c = 0, Y for 1) are independent until the weight gradients, and
+// one thread per channel, its GEMMs and passes single-threaded inside the region, beats splitting
+// every small GEMM and pass over both threads (benchmarks/RESULTS.md). With more threads the GEMMs'
+// own parallelism is kept (not measured here: two cores).
 template <typename F>
-void for_each_channel(const F& f) {
+void side_by_side(const F& f) {
   if (at::get_num_threads() != 2) {
     f(0), f(1);
     return;
@@ -116,7 +116,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
   const auto keep = all_keep_multipliers(net, x);
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
   Tensor h[2], h_pre[2], out[2];
-  for_each_channel([&](int c) {  // c = 0: X channel, 1: Y channel
+  side_by_side([&](int c) {  // c = 0: X channel, 1: Y channel
     Tensor a = c == 0 ? x : y;
     for (int64_t step = 0; step < n; ++step) {
       const int64_t k = c == 0 ? step : n - 1 - step, slot = c * n + k;
@@ -181,7 +181,7 @@ BackwardResult twoway_net_backward_cpu(
   }
   std::vector<Tensor> grad_gamma(2 * n), grad_beta(2 * n), grad_bias(2 * (n + 1));
   Tensor grad_in[2];
-  for_each_channel([&](int c) {
+  side_by_side([&](int c) {
     // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1). Each fills its own
     // halves of P and Q, starting with its output's gradient and its input.
     if (c == 0) {
@@ -228,7 +228,7 @@ BackwardResult twoway_net_backward_cpu(
     const int t = load[1] < load[0];
     share[t].push_back(k), load[t] += s[k] * s[k + 1];
   }
-  for_each_channel([&](int t) {
+  side_by_side([&](int t) {
     for (int64_t k : share[t]) grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
   });
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
