@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <vector>
@@ -18,38 +19,61 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-constexpr int kSumLanes = 16;             // partial sums per reduction (see sum_of)
-constexpr int64_t kSumGrain = 1 << 17;    // elements below which a reduction runs on the calling thread
+constexpr int kSumLanes = 16;           // partial sums per reduction (see lane_sum)
+constexpr int64_t kSumGrain = 1 << 17;  // elements below which a reduction runs on the calling thread
 
-// sum over i in [0, n) of term(i), in double. Each task keeps kSumLanes partial sums (element i in
-// lane i % kSumLanes) and adds them up in lane order: several accumulators, since one is bound by the
-// add latency, and one summation order, so the baseline and the AVX-512 build give the same bits.
+// sum over i in [i0, i1) of term(i), in double, in kSumLanes partial sums (element i in lane
+// (i - i0) % kSumLanes) added up in lane order: several accumulators, since one is bound by the add
+// latency, and one summation order, so the baseline and the AVX-512 build give the same bits.
+template <typename F>
+double lane_sum(int64_t i0, int64_t i1, const F& term) {
+  double total = 0.0;
+  run_fastest([term, i0, i1, &total] {
+    double lanes[kSumLanes] = {};
+    int64_t i = i0;
+    for (; i + kSumLanes <= i1; i += kSumLanes)
+#pragma omp simd  // the lanes are independent: vectorised without reordering any sum
+      for (int l = 0; l < kSumLanes; ++l) lanes[l] += term(i + l);
+    for (int l = 0; i + l < i1; ++l) lanes[l] += term(i + l);
+    for (int l = 0; l < kSumLanes; ++l) total += lanes[l];
+  });
+  return total;
+}
+
+// sum over i in [0, n) of term(i), in double; in parallel from kSumGrain elements.
 template <typename F>
 double sum_of(int64_t n, const F& term) {
   return at::parallel_reduce(0, n, kSumGrain, 0.0, [term](int64_t i0, int64_t i1, double acc) {
-    double total = 0.0;
-    run_fastest([term, i0, i1, &total] {
-      double lanes[kSumLanes] = {};
-      int64_t i = i0;
-      for (; i + kSumLanes <= i1; i += kSumLanes)
-#pragma omp simd  // the lanes are independent: vectorised without reordering any sum
-        for (int l = 0; l < kSumLanes; ++l) lanes[l] += term(i + l);
-      for (int l = 0; i + l < i1; ++l) lanes[l] += term(i + l);
-      for (int l = 0; l < kSumLanes; ++l) total += lanes[l];
-    });
-    return acc + total;
+    return acc + lane_sum(i0, i1, term);
   }, std::plus<double>());
 }
 
-// sum_i f(t_i) in double, one pass, no temporaries (the weight-decay terms run over every weight).
+// sum of f(t_i) over every element of every tensor (one dtype), in double: one parallel reduction
+// over the tensors end to end, no temporaries (the weight decay runs over every weight).
 template <typename F>
-double sum_over(const Tensor& t_in, F f) {
-  const auto t = t_in.contiguous();
+double sum_over(TensorList tensors_in, F f) {
+  if (tensors_in.empty()) return 0.0;
+  std::vector<Tensor> tensors;
+  std::vector<int64_t> starts{0};  // tensor j holds the elements [starts[j], starts[j + 1]) of the whole
+  for (const auto& t : tensors_in) {
+    tensors.push_back(t.contiguous());
+    starts.push_back(starts.back() + t.numel());
+  }
   double sum = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "twoway_loss_sum", [&] {
-    // Pointers by value: through a by-reference capture the vectoriser cannot see them invariant.
-    const scalar_t* v = t.data_ptr<scalar_t>();
-    sum = sum_of(t.numel(), [v, f](int64_t i) { return f(static_cast<double>(v[i])); });
+  AT_DISPATCH_FLOATING_TYPES(tensors[0].scalar_type(), "twoway_loss_sum", [&] {
+    std::vector<const scalar_t*> data;
+    for (const auto& t : tensors) data.push_back(t.data_ptr<scalar_t>());
+    sum = at::parallel_reduce(0, starts.back(), kSumGrain, 0.0, [&](int64_t i0, int64_t i1, double acc) {
+      for (size_t j = 0; j < data.size(); ++j) {
+        const int64_t lo = std::max(i0, starts[j]), hi = std::min(i1, starts[j + 1]);
+        if (lo >= hi) continue;
+        // Copies, not references: through a by-reference capture the vectoriser cannot see them invariant.
+        const scalar_t* v = data[j];
+        const int64_t start = starts[j];
+        acc += lane_sum(lo, hi, [v, start, f](int64_t i) { return f(static_cast<double>(v[i - start])); });
+      }
+      return acc;
+    }, std::plus<double>());
   });
   return sum;
 }
@@ -132,11 +156,8 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor
   t[4] = fx - dx;
   t[5] = fy - dy;
   const auto square = [](double v) { return v * v; };
-  for (const auto& w : weights) t[6] += sum_over(w, square);
-  for (const auto& g : gammas) {
-    t[6] += sum_over(g, square);
-    t[7] += sum_over(g, [](double v) { return 1.0 / (v * v); });
-  }
+  t[6] = sum_over(weights, square) + sum_over(gammas, square);
+  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
   for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
   auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
   std::copy(t.begin(), t.end(), terms.data_ptr<double>());
