@@ -64,8 +64,8 @@ class DirectStep:
             raise ValueError("DirectStep is a training step: call model.train() first")
         net._check_views(x, y)
         self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
+        self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
         states = self.states
-        self.seeds.fill_(seed)
         ops = torch.ops.twoway_fast
         x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std = ops.twoway_net.default(
             x, y, self.weights, self.bias, self.gamma, self.beta, states, net.dropout, net.repr_layer, net.leak,
