@@ -1,6 +1,7 @@
-"""The network op's passes have two CPU builds, the baseline (x86-64-v2) and AVX-512, chosen at run
-time (csrc/cpu/fused_block.h); both must give the same bits. One forward and backward per preset
-order, run in two processes, one kept to the baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
+"""The network op's passes and the loss op's sums have two CPU builds, the baseline (x86-64-v2) and
+AVX-512, chosen at run time (csrc/cpu/fused_block.h); both must give the same bits. One forward and
+backward of the network and the loss per preset order, run in two processes, one kept to the
+baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
 import os
 import subprocess
 import sys
@@ -17,15 +18,17 @@ AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
 STEP = """
 import sys, torch
 from twoway_fast import TwoWayNet
+from twoway_fast.loss import TwoWayLoss
 results = {}
-for order in ("act_then_bn", "bn_then_act"):
+for order, decorrelation in (("act_then_bn", "correlation"), ("bn_then_act", "second_moment")):
     torch.manual_seed(0)
     model = TwoWayNet(50, 1000, [7, 392, 1], order=order, dropout=0.5, backend="fused")
     x = torch.randn(129, 50, requires_grad=True)
     y = torch.randn(129, 1000, requires_grad=True)
     out = model(x, y, seed=5)
-    torch.autograd.backward(list(out), [torch.randn_like(o) for o in out])
-    results[order] = [*out, x.grad, y.grad, *(p.grad for p in model.parameters()), *model.buffers()]
+    terms = TwoWayLoss(model, decorrelation=decorrelation)(out, x, y)
+    torch.autograd.backward([*out, terms.total], [*(torch.randn_like(o) for o in out), torch.ones(())])
+    results[order] = [*out, *terms, x.grad, y.grad, *(p.grad for p in model.parameters()), *model.buffers()]
 torch.save(results, sys.argv[1])
 """
 

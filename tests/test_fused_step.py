@@ -79,6 +79,20 @@ def test_direct_steps_equal_autograd_steps(dtype, opt_name, order, decorrelation
             assert_same(twin_opt.state[twins[name]][key], value, dtype, f"optimiser state {key} of {name}")
 
 
+def test_seed_as_int_or_tensor():
+    # The step keeps its rng states and writes each seed into them: an int and a tensor are the same
+    # seed, another seed another dropout mask. The second step of each run counts (a seed after another).
+    runs = []
+    for seed in (7, torch.tensor(7), 8):
+        model, criterion, opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout", "sgd")
+        step = DirectStep(model, criterion, opt)
+        x, y = torch.randn(16, 10, dtype=torch.float64), torch.randn(16, 12, dtype=torch.float64)
+        step(x, y, 3)
+        runs.append(torch.stack(list(step(x, y, seed))))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
 def test_direct_step_checks_its_input():
     model, criterion, opt = make(torch.float32, "act_then_bn", 0.5, "second_moment", "after_dropout", "sgd")
     step = DirectStep(model, criterion, opt)

@@ -44,17 +44,20 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
 
 def batch_stats(net, mean: Sequence[Tensor], std: Sequence[Tensor]) -> dict:
     """The network op's per-slot statistics (X's positions, then Y's) as reference.forward gives them:
-    {("x" or "y", position): (mean, std)}, the mean with the bias that the op skips in bn_then_act order."""
+    {("x" or "y", position): (mean, std)}, the mean as slot_means gives it."""
+    n = len(net.hidden)
+    slots = [("x", k) for k in range(n)] + [("y", k) for k in range(n)]
+    return dict(zip(slots, zip(slot_means(net, mean), std)))
+
+
+def slot_means(net, mean: Sequence[Tensor]) -> list[Tensor]:
+    """The network op's batch means (X's positions, then Y's) as the running means take them: with the
+    bias that the op skips in bn_then_act order, where batch norm cancels it."""
+    if net.act_first:
+        return list(mean)
     n = len(net.hidden)
     bias = [*net.x_bias, *net.y_bias]
-    stats = {}
-    for slot in range(2 * n):
-        channel, k = ("x", slot) if slot < n else ("y", slot - n)
-        m = mean[slot]
-        if not net.act_first:  # the op skips the bias that batch norm cancels; the running mean includes it
-            m = m + bias[slot if slot < n else slot + 1].detach()
-        stats[(channel, k)] = (m, std[slot])
-    return stats
+    return [m + bias[slot if slot < n else slot + 1].detach() for slot, m in enumerate(mean)]
 
 
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,

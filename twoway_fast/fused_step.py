@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .backend import resolve_backend
-from .fused import batch_stats
+from .fused import slot_means
 from .loss import TwoWayLoss
 from .model import TwoWayNet
 from .reference import LossTerms, check_loss_variant, rng_states
@@ -45,10 +45,17 @@ class DirectStep:
         self.eps = criterion.decorrelation_eps
         self.weights = list(model.weights)
         self.bias = [*model.x_bias, *model.y_bias]
-        bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
+        self.bns = bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
         self.grad_terms: Tensor | None = None
+        self.decay_gradient_scale = 2.0 * c["wd"]  # d total / d W of wd ||W||^2 (grad_terms is (1, 0, ...))
+        one = torch.ones((), dtype=self.weights[0].dtype, device=self.weights[0].device)
+        self.ones = [one] * len(self.weights)
+        # reference.rng_states built once; each step writes its seed into the first column in place.
+        self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
+                                 first_row)
+        self.seeds = self.states[:, 0]
 
     @torch.no_grad()
     def __call__(self, x: Tensor, y: Tensor, seed: int | Tensor) -> LossTerms:
@@ -57,8 +64,8 @@ class DirectStep:
             raise ValueError("DirectStep is a training step: call model.train() first")
         net._check_views(x, y)
         self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
-        seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
-        states = rng_states(seed, len(net.hidden), self.first_row)
+        self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
+        states = self.states
         ops = torch.ops.twoway_fast
         x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std = ops.twoway_net.default(
             x, y, self.weights, self.bias, self.gamma, self.beta, states, net.dropout, net.repr_layer, net.leak,
@@ -69,8 +76,9 @@ class DirectStep:
         if self.grad_terms is None or self.grad_terms.dtype != terms.dtype or self.grad_terms.device != terms.device:
             self.grad_terms = torch.zeros_like(terms)
             self.grad_terms[0] = 1  # d total / d terms: the other terms are reported, not optimised
-        g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g = ops.twoway_loss_backward.default(
-            self.grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, self.weights, self.gamma, cx, cy,
+        # No weights: their decay gradient is added below, without a W-sized temporary.
+        g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, _, g_g = ops.twoway_loss_backward.default(
+            self.grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, [], self.gamma, cx, cy,
             self.coefficients, self.correlation, self.eps)
         del cx, cy  # k x k each: freed before the network's backward, as autograd frees the loss's saved tensors
         if self.before_dropout:
@@ -80,11 +88,14 @@ class DirectStep:
         _, _, grad_w, grad_b, grad_gamma, grad_beta = ops.twoway_net_backward.default(
             g_xh, g_yh, g_hx, g_hy, grad_hx_pre, grad_hy_pre, x, y, self.weights, self.gamma, self.beta, states,
             net.dropout, net.repr_layer, net.leak, net.act_first, z, mean, std, False)
-        torch._foreach_add_(grad_w, g_w)  # the loss's weight decay and gamma penalty gradients
+        # The loss's gradients of the weights (2 wd W, weight decay) and gammas, added in one pass each.
+        # addcmul with a factor 1 rounds 2 wd W before the sum, as the loss op's backward and autograd's
+        # accumulation do; add(alpha=) would fuse the two roundings into one (an FMA).
+        torch._foreach_addcmul_(grad_w, self.weights, self.ones, value=self.decay_gradient_scale)
         torch._foreach_add_(grad_gamma, g_g)
         for p, g in zip(self.params, [*grad_w, *grad_b, *grad_gamma, *grad_beta]):
             p.grad = g
-        net._update_running_stats(batch_stats(net, mean, std))
+        net._update_running_stats_of(self.bns, slot_means(net, mean), std)
         if self.reduce_gradients is not None:
             self.reduce_gradients(self.params)
         self.optimizer.step()

@@ -160,13 +160,19 @@ class TwoWayNet(nn.Module):
         self._update_running_stats(stats)
         return out
 
-    @torch.no_grad()
     def _update_running_stats(self, stats) -> None:
+        """stats: {("x" or "y", position): (batch mean, batch std)}."""
         bns = [(self.bn_x if channel == "x" else self.bn_y)[k] for channel, k in stats]
+        self._update_running_stats_of(bns, [m for m, _ in stats.values()], [s for _, s in stats.values()])
+
+    @torch.no_grad()
+    def _update_running_stats_of(self, bns: Sequence[BatchNormParams], mean: Sequence[Tensor],
+                                 std: Sequence[Tensor]) -> None:
+        """running = (1 - bn_momentum) running + bn_momentum batch, for the means and stds of bns."""
         running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
-        batch = [m for m, _ in stats.values()] + [s for _, s in stats.values()]
+        batch = [b if b.dtype == r.dtype else b.to(r.dtype) for r, b in zip(running, [*mean, *std])]
         # One foreach call instead of two per batch norm (elementwise the same as lerp_ on each).
-        torch._foreach_lerp_(running, [b.detach().to(r.dtype) for r, b in zip(running, batch)], self.bn_momentum)
+        torch._foreach_lerp_(running, batch, self.bn_momentum)
 
     def encode_x(self, x: Tensor) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout)."""

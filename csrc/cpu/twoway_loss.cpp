@@ -5,10 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <vector>
 
+#include "cpu/fused_block.h"  // run_fastest, kParallelMinElements
 #include "twoway_loss_common.h"
 
 namespace twoway_fast {
@@ -17,49 +19,89 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-template <typename T>
-double sum_squared_difference(const T* a, const T* b, int64_t n) {
-  // Pointers by value: through a by-reference capture the vectoriser cannot see them invariant.
-  return at::parallel_reduce(0, n, 1 << 17, 0.0, [a, b](int64_t i0, int64_t i1, double acc) {
-#pragma omp simd reduction(+ : acc)  // several accumulators: a single one is bound by the add latency
-    for (int64_t i = i0; i < i1; ++i) {
-      const double d = static_cast<double>(a[i]) - b[i];
-      acc += d * d;
-    }
-    return acc;
-  }, std::plus<double>());
-}
+constexpr int kSumLanes = 16;           // partial sums per reduction (see lane_sum)
+constexpr int64_t kSumGrain = 1 << 17;  // elements below which a reduction runs on the calling thread
 
-// sum_i f(t_i) in double, one pass, no temporaries (the weight-decay terms run over every weight).
-template <typename T, typename F>
-double sum_over(const T* v, int64_t n, F f) {
-  return at::parallel_reduce(0, n, 1 << 17, 0.0, [v, f](int64_t i0, int64_t i1, double acc) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = i0; i < i1; ++i) acc += f(static_cast<double>(v[i]));
-    return acc;
-  }, std::plus<double>());
-}
-
+// sum over i in [i0, i1) of term(i), in double, in kSumLanes partial sums (element i in lane
+// (i - i0) % kSumLanes) added up in lane order: several accumulators, since one is bound by the add
+// latency, and one summation order, so the baseline and the AVX-512 build give the same bits.
 template <typename F>
-double sum_over(const Tensor& t_in, F f) {
-  const auto t = t_in.contiguous();
+double lane_sum(int64_t i0, int64_t i1, const F& term) {
+  double total = 0.0;
+  run_fastest([term, i0, i1, &total] {
+    double lanes[kSumLanes] = {};
+    int64_t i = i0;
+    for (; i + kSumLanes <= i1; i += kSumLanes)
+#pragma omp simd  // the lanes are independent: vectorised without reordering any sum
+      for (int l = 0; l < kSumLanes; ++l) lanes[l] += term(i + l);
+    for (int l = 0; i + l < i1; ++l) lanes[l] += term(i + l);
+    for (int l = 0; l < kSumLanes; ++l) total += lanes[l];
+  });
+  return total;
+}
+
+// sum over i in [0, n) of term(i), in double; in parallel from kSumGrain elements.
+template <typename F>
+double sum_of(int64_t n, const F& term) {
+  return at::parallel_reduce(0, n, kSumGrain, 0.0, [term](int64_t i0, int64_t i1, double acc) {
+    return acc + lane_sum(i0, i1, term);
+  }, std::plus<double>());
+}
+
+// sum of f(t_i) over every element of every tensor (one dtype), in double: one parallel reduction
+// over the tensors end to end, no temporaries (the weight decay runs over every weight).
+template <typename F>
+double sum_over(TensorList tensors_in, F f) {
+  if (tensors_in.empty()) return 0.0;
+  std::vector<Tensor> tensors;
+  std::vector<int64_t> starts{0};  // tensor j holds the elements [starts[j], starts[j + 1]) of the whole
+  for (const auto& t : tensors_in) {
+    tensors.push_back(t.contiguous());
+    starts.push_back(starts.back() + t.numel());
+  }
   double sum = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "twoway_loss_sum",
-                             [&] { sum = sum_over(t.data_ptr<scalar_t>(), t.numel(), f); });
+  AT_DISPATCH_FLOATING_TYPES(tensors[0].scalar_type(), "twoway_loss_sum", [&] {
+    std::vector<const scalar_t*> data;
+    for (const auto& t : tensors) data.push_back(t.data_ptr<scalar_t>());
+    sum = at::parallel_reduce(0, starts.back(), kSumGrain, 0.0, [&](int64_t i0, int64_t i1, double acc) {
+      for (size_t j = 0; j < data.size(); ++j) {
+        const int64_t lo = std::max(i0, starts[j]), hi = std::min(i1, starts[j + 1]);
+        if (lo >= hi) continue;
+        // Copies, not references: through a by-reference capture the vectoriser cannot see them invariant.
+        const scalar_t* v = data[j];
+        const int64_t start = starts[j];
+        acc += lane_sum(lo, hi, [v, start, f](int64_t i) { return f(static_cast<double>(v[i - start])); });
+      }
+      return acc;
+    }, std::plus<double>());
+  });
   return sum;
 }
 
-// (||C||_F, ||diag C||_2) in double, one pass over C.
-std::pair<double, double> norms(const Tensor& c) {
-  const auto square = [](double v) { return v * v; };
-  return {std::sqrt(sum_over(c, square)), std::sqrt(sum_over(c.diagonal(), square))};
+// (||C||_F, ||diag C||_2) in double, one pass over C (k x k).
+std::pair<double, double> norms(const Tensor& c_in) {
+  const auto c = c_in.contiguous();
+  const int64_t k = c.size(0);
+  double all = 0.0, diag = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "twoway_loss_norms", [&] {
+    const scalar_t* v = c.data_ptr<scalar_t>();
+    all = sum_of(k * k, [v](int64_t i) { return static_cast<double>(v[i]) * v[i]; });
+    for (int64_t i = 0; i < k; ++i) diag += static_cast<double>(v[i * k + i]) * v[i * k + i];
+  });
+  return {std::sqrt(all), std::sqrt(diag)};
 }
 
+// sum over the rows of ||a_r - b_r||^2, divided by the rows.
 double squared_distance(const Tensor& a_in, const Tensor& b_in) {
   const auto a = a_in.contiguous(), b = b_in.contiguous();
   double sum = 0.0;
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_distance", [&] {
-    sum = sum_squared_difference(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), a.numel());
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    sum = sum_of(a.numel(), [pa, pb](int64_t i) {
+      const double d = static_cast<double>(pa[i]) - pb[i];
+      return d * d;
+    });
   });
   return sum / a.size(0);
 }
@@ -114,11 +156,8 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor
   t[4] = fx - dx;
   t[5] = fy - dy;
   const auto square = [](double v) { return v * v; };
-  for (const auto& w : weights) t[6] += sum_over(w, square);
-  for (const auto& g : gammas) {
-    t[6] += sum_over(g, square);
-    t[7] += sum_over(g, [](double v) { return 1.0 / (v * v); });
-  }
+  t[6] = sum_over(weights, square) + sum_over(gammas, square);
+  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
   for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
   auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
   std::copy(t.begin(), t.end(), terms.data_ptr<double>());
@@ -167,6 +206,26 @@ Tensor decorrelation_grad(const Tensor& h, const Tensor& c_in, double w, bool co
   return dH;
 }
 
+// (a - b) * scale in one pass, rounded as (a - b).mul_(scale) rounds it (the scale in a's dtype),
+// and with `negated` also its negation: the distances' gradients without ATen's temporaries.
+std::pair<Tensor, Tensor> scaled_difference(const Tensor& a_in, const Tensor& b_in, double scale, bool negated) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = at::empty_like(a), negation = negated ? at::empty_like(a) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_scaled_difference", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    scalar_t* pn = negated ? negation.data_ptr<scalar_t>() : nullptr;
+    const auto s = static_cast<scalar_t>(scale);
+    at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
+      for (int64_t i = i0; i < i1; ++i) po[i] = (pa[i] - pb[i]) * s;
+      if (pn != nullptr)
+        for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
+    }); });
+  });
+  return {out, negation};
+}
+
 // d/dg of (decay / 2) g^2 + (penalty / 2) g^-2, the gamma's weight-decay and gamma-penalty terms
 // scaled: one pass instead of four ops per gamma.
 Tensor gamma_grad(const Tensor& g_in, double decay, double penalty) {
@@ -202,10 +261,9 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   std::array<double, kTerms> w{};
   for (int i = 1; i < kTerms; ++i) w[i] = g[0] * coefficients[kCoefficientOf[i]] + g[i];
   const double B = static_cast<double>(x.size(0));
-  auto grad_x_hat = (x_hat - x).mul_(2.0 * w[1] / B);
-  auto grad_y_hat = (y_hat - y).mul_(2.0 * w[2] / B);
-  auto grad_hx = (hx - hy).mul_(2.0 * w[3] / B);
-  auto grad_hy = -grad_hx;
+  auto grad_x_hat = scaled_difference(x_hat, x, 2.0 * w[1] / B, false).first;
+  auto grad_y_hat = scaled_difference(y_hat, y, 2.0 * w[2] / B, false).first;
+  auto [grad_hx, grad_hy] = scaled_difference(hx, hy, 2.0 * w[3] / B, true);
   auto grad_hx_dec = decorrelation_grad(hx_dec, cx, w[4], correlation, eps);
   auto grad_hy_dec = decorrelation_grad(hy_dec, cy, w[5], correlation, eps);
   std::vector<Tensor> grad_weights, grad_gammas;
