@@ -159,7 +159,7 @@ struct BlockArgs {
   const T* beta;
   const T* keep;  // the mask's multipliers (keep_multipliers); nullptr: no dropout
   T leak;
-  bool act_first;       // LeakyReLU -> BN (else BN -> LeakyReLU)
+  bool act_first;  // LeakyReLU -> BN (else BN -> LeakyReLU)
 };
 
 // LeakyReLU when `on` (a compile-time constant at every use), as a multiply by a selected factor:

@@ -56,7 +56,8 @@ BlockArgs<T> block_args(const Net& net, const Tensor& gamma, const Tensor& beta,
 
 std::vector<Tensor> all_keep_multipliers(const Net& net, const Tensor& x) {
   std::vector<Tensor> keep;
-  for (int64_t k = 0; k < net.n; ++k) keep.push_back(keep_multipliers(net.masks[k], net.batch, net.s[k + 1], x.options()));
+  for (int64_t k = 0; k < net.n; ++k)
+    keep.push_back(keep_multipliers(net.masks[k], net.batch, net.s[k + 1], x.options()));
   return keep;
 }
 
