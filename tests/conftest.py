@@ -7,6 +7,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """The CPU ops run the two channels side by side on two threads and one after the other otherwise
+    (csrc/cpu/side_by_side.h): a test taking this fixture runs both paths, whatever this machine's
+    default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def assert_close(actual, expected, dtype, what=""):
     """float64: near exact; float32: the rounding of a few thousand terms."""
     tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)

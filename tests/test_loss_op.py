@@ -31,7 +31,7 @@ def loss_inputs(batch, dx, dy, k, dtype, blocks=False):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("form, where", VARIANTS)
 @pytest.mark.parametrize("batch, dx, dy, k", [(2, 7, 1, 4), (3, 1, 7, 50), (129, 392, 1000, 50), (127, 50, 7, 392)])
-def test_matches_reference(batch, dx, dy, k, form, where, dtype):
+def test_matches_reference(batch, dx, dy, k, form, where, dtype, threads):
     out, x, y, weights, gammas = loss_inputs(batch, dx, dy, k, dtype, blocks=k % 2 == 0)
     kwargs = dict(**COEFFICIENTS, decorrelation_form=form, decorrelation_input=where, decorrelation_eps=1e-5)
     got = fused.loss(out, x, y, weights, gammas, **kwargs)

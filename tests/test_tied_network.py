@@ -22,16 +22,6 @@ ORDERS = ["act_then_bn", "bn_then_act"]
 DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """The op runs its two channels side by side on two threads and one after the other otherwise:
-    both paths, whatever this machine's default."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def run(model, x, y, seed, cotangents):
     """Forward, then backward of a random linear functional of all six outputs (so each output's
     gradient path is checked), returning outputs, input grads, parameter grads and BN buffers."""

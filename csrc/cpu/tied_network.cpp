@@ -11,7 +11,6 @@
 //   Q_k = [X's input to weights[k]   ; grad of Y's z using weights[k]^T]   (2B, s[k])
 // and every backward pass writes its rows straight into these buffers.
 #include <ATen/ATen.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "cpu/fused_block.h"
+#include "cpu/side_by_side.h"
 #include "philox.h"
 #include "tied_network_checks.h"
 
@@ -67,26 +67,6 @@ const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : n
 const Tensor& maybe_undefined() {
   static const Tensor undefined;
   return undefined;
-}
-
-// Runs f(0) and f(1) side by side, one thread each, when the op has two threads, else one after the
-// other. The channels (f(c): X for c = 0, Y for 1) are independent until the weight gradients, and
-// one thread per channel, its GEMMs and passes single-threaded inside the region, beats splitting
-// every small GEMM and pass over both threads (benchmarks/RESULTS.md). With more threads the GEMMs'
-// own parallelism is kept (not measured here: two cores).
-template <typename F>
-void side_by_side(const F& f) {
-  if (at::get_num_threads() != 2) {
-    f(0), f(1);
-    return;
-  }
-  // A worker starts with default thread-local state: without the caller's (autograd keys excluded
-  // inside this op), the ATen calls below would dispatch through autograd again.
-  const at::ThreadLocalState caller;
-  at::parallel_for(0, 2, 1, [&](int64_t c0, int64_t c1) {
-    const at::ThreadLocalStateGuard guard(caller);
-    for (int64_t c = c0; c < c1; ++c) f(static_cast<int>(c));
-  });
 }
 
 // m (rows, cols) += v per row; on the calling thread unless large (like the block passes).

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "cpu/fused_block.h"  // run_fastest, kParallelMinElements
+#include "cpu/side_by_side.h"
 #include "twoway_loss_common.h"
 
 namespace twoway_fast {
@@ -146,22 +148,21 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor
                                                    bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
   std::array<double, kTerms> t{};
-  t[1] = squared_distance(x, x_hat);
-  t[2] = squared_distance(y, y_hat);
-  t[3] = squared_distance(hx, hy);
-  const auto cx = second_moment(decorrelation_input_cpu(hx_dec, correlation, eps).first);
-  const auto cy = second_moment(decorrelation_input_cpu(hy_dec, correlation, eps).first);
-  const auto [fx, dx] = norms(cx);
-  const auto [fy, dy] = norms(cy);
-  t[4] = fx - dx;
-  t[5] = fy - dy;
+  Tensor c[2];
+  side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
+    t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
+    if (ch == 1) t[3] = squared_distance(hx, hy);
+    c[ch] = second_moment(decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps).first);
+    const auto [fro, diag] = norms(c[ch]);
+    t[4 + ch] = fro - diag;
+  });
   const auto square = [](double v) { return v * v; };
   t[6] = sum_over(weights, square) + sum_over(gammas, square);
   t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
   for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
   auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
   std::copy(t.begin(), t.end(), terms.data_ptr<double>());
-  return {terms.to(x.scalar_type()), cx, cy};
+  return {terms.to(x.scalar_type()), c[0], c[1]};
 }
 
 // Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
@@ -261,11 +262,17 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   std::array<double, kTerms> w{};
   for (int i = 1; i < kTerms; ++i) w[i] = g[0] * coefficients[kCoefficientOf[i]] + g[i];
   const double B = static_cast<double>(x.size(0));
-  auto grad_x_hat = scaled_difference(x_hat, x, 2.0 * w[1] / B, false).first;
-  auto grad_y_hat = scaled_difference(y_hat, y, 2.0 * w[2] / B, false).first;
-  auto [grad_hx, grad_hy] = scaled_difference(hx, hy, 2.0 * w[3] / B, true);
-  auto grad_hx_dec = decorrelation_grad(hx_dec, cx, w[4], correlation, eps);
-  auto grad_hy_dec = decorrelation_grad(hy_dec, cy, w[5], correlation, eps);
+  Tensor grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec;
+  side_by_side([&](int ch) {  // as in the forward: a channel each, the midway pair with X
+    if (ch == 0) {
+      grad_x_hat = scaled_difference(x_hat, x, 2.0 * w[1] / B, false).first;
+      std::tie(grad_hx, grad_hy) = scaled_difference(hx, hy, 2.0 * w[3] / B, true);
+      grad_hx_dec = decorrelation_grad(hx_dec, cx, w[4], correlation, eps);
+    } else {
+      grad_y_hat = scaled_difference(y_hat, y, 2.0 * w[2] / B, false).first;
+      grad_hy_dec = decorrelation_grad(hy_dec, cy, w[5], correlation, eps);
+    }
+  });
   std::vector<Tensor> grad_weights, grad_gammas;
   for (const auto& wt : weights) grad_weights.push_back(wt.mul(2.0 * w[6]));
   for (const auto& gm : gammas) grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
