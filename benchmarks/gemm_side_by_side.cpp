@@ -1,33 +1,24 @@
 // The GEMM floor of the training step run the way the network op runs its products on two threads
-// (csrc/cpu/tied_network.cpp, side_by_side): the X channel's products on one thread and the Y
+// (csrc/cpu/side_by_side.h): the X channel's products on one thread and the Y
 // channel's on the other, each single-threaded inside the region, then the weight gradients shared out
 // by size. Built by benchmarks/training_step.py (torch.utils.cpp_extension.load) for the provider
 // "gemm_floor_side_by_side": the floor of a step that schedules its products like the op does.
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
 
 #include <vector>
 
+#include "cpu/side_by_side.h"  // the op's own scheduling
+
 namespace {
 
 using at::Tensor;
+using twoway_fast::side_by_side;
 
-template <typename F>
-void side_by_side(const F& f) {
-  const at::ThreadLocalState caller;
-  at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
-    const at::ThreadLocalStateGuard guard(caller);
-    for (int64_t t = t0; t < t1; ++t) f(static_cast<int>(t));
-  });
-}
-
-// acts[c][k] (B, s[k]) and grads[c][k] per channel c; p[k] (2B, s[k + 1]), q[k] (2B, s[k]); dw_share[t]:
-// the weight gradients thread t computes; h[c], cov[c], dh[c]: each channel's decorrelation.
+// acts[c][k] (B, s[k]) and grads[c][k] per channel c; p[k] (2B, s[k + 1]), q[k] (2B, s[k]);
+// h[c], cov[c], dh[c]: each channel's decorrelation.
 void step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& weights, std::vector<std::vector<Tensor>> acts,
           std::vector<std::vector<Tensor>> grads, const std::vector<Tensor>& p, const std::vector<Tensor>& q,
-          std::vector<Tensor> dw, const std::vector<std::vector<int64_t>>& dw_share, const std::vector<Tensor>& h,
-          std::vector<Tensor> cov, std::vector<Tensor> dh) {
+          std::vector<Tensor> dw, const std::vector<Tensor>& h, std::vector<Tensor> cov, std::vector<Tensor> dh) {
   const int64_t n = static_cast<int64_t>(weights.size()) - 1, B = x.size(0);
   side_by_side([&](int c) {
     Tensor a = c == 0 ? x : y;
@@ -49,8 +40,11 @@ void step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& weights, 
     at::mm_out(cov[c], h[c].t(), h[c]);
     at::mm_out(dh[c], h[c], cov[c]);
   });
+  std::vector<int64_t> sizes;
+  for (const auto& w : weights) sizes.push_back(w.numel());
+  const auto share = twoway_fast::split_by_size(sizes);  // as the op shares out its weight gradients
   side_by_side([&](int t) {
-    for (int64_t k : dw_share[t]) at::mm_out(dw[k], p[k].t(), q[k]);
+    for (int64_t k : share[t]) at::mm_out(dw[k], p[k].t(), q[k]);
   });
 }
 

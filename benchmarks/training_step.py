@@ -102,8 +102,10 @@ def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width:
 def _gemm_floor_side_by_side(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
     from torch.utils.cpp_extension import load
 
-    ext = load("twoway_gemm_side_by_side", [str(Path(__file__).with_name("gemm_side_by_side.cpp"))],
-               extra_cflags=["-O2", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    here = Path(__file__).parent
+    ext = load("twoway_gemm_side_by_side", [str(here / "gemm_side_by_side.cpp")],
+               extra_include_paths=[str(here.parent / "csrc")], extra_cflags=["-O2", "-fopenmp"],
+               extra_ldflags=["-fopenmp"])
     sizes = [x.shape[1], *hidden, y.shape[1]]
     n = len(hidden)
     weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
@@ -112,12 +114,7 @@ def _gemm_floor_side_by_side(x: torch.Tensor, y: torch.Tensor, hidden: list[int]
     p = [torch.randn(2 * BATCH, sizes[k + 1]) for k in range(n + 1)]
     q = [torch.randn(2 * BATCH, sizes[k]) for k in range(n + 1)]
     dw = [torch.empty_like(w) for w in weights]
-    share, load_ = [[], []], [0, 0]  # the op's split: largest product first, to the less loaded thread
-    for k in sorted(range(n + 1), key=lambda k: -sizes[k] * sizes[k + 1]):
-        t = int(load_[1] < load_[0])
-        share[t].append(k)
-        load_[t] += sizes[k] * sizes[k + 1]
     h = [torch.randn(BATCH, repr_width) for _ in range(2)]
     cov = [torch.empty(repr_width, repr_width) for _ in range(2)]
     dh = [torch.empty(BATCH, repr_width) for _ in range(2)]
-    return lambda: ext.step(x, y, weights, acts, grads, p, q, dw, share, h, cov, dh)
+    return lambda: ext.step(x, y, weights, acts, grads, p, q, dw, h, cov, dh)

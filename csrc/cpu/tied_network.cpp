@@ -13,8 +13,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <numeric>
 #include <vector>
 
 #include "cpu/fused_block.h"
@@ -199,16 +197,11 @@ BackwardResult twoway_net_backward_cpu(
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
     grad_bias[c == 0 ? n : 2 * n + 1] = (c == 0 ? top(P[n], B) : bottom(Q[0], B)).sum(0);
   });
-  // The weight gradients, shared out between the two threads by their products' sizes (largest first).
+  // The weight gradients, shared out between the two threads by their products' sizes.
   std::vector<Tensor> grad_weights(n + 1);
-  std::vector<int64_t> order(n + 1), share[2];
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] * s[a + 1] > s[b] * s[b + 1]; });
-  int64_t load[2] = {0, 0};
-  for (int64_t k : order) {
-    const int t = load[1] < load[0];
-    share[t].push_back(k), load[t] += s[k] * s[k + 1];
-  }
+  std::vector<int64_t> sizes;
+  for (int64_t k = 0; k <= n; ++k) sizes.push_back(s[k] * s[k + 1]);
+  const auto share = split_by_size(sizes);
   side_by_side([&](int t) {
     for (int64_t k : share[t]) grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
   });
