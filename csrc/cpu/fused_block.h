@@ -162,6 +162,14 @@ struct BlockArgs {
   bool act_first;  // LeakyReLU -> BN (else BN -> LeakyReLU)
 };
 
+// A block's BlockArgs from its tensors (keep: keep_multipliers' tensor, undefined without dropout).
+template <typename T>
+BlockArgs<T> block_args(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& keep, double leak,
+                        bool act_first) {
+  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
+          static_cast<T>(leak), act_first};
+}
+
 // LeakyReLU when `on` (a compile-time constant at every use), as a multiply by a selected factor:
 // a branch around the multiply would keep the loops from vectorising.
 template <typename T>

@@ -18,13 +18,6 @@ DropoutMask mask_from(const at::Tensor& rng_state, double p) {
   return DropoutMask::make(v[0], v[1], v[2], p);
 }
 
-template <typename T>
-BlockArgs<T> block_args(const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& keep,
-                        const DropoutMask& mask, double leak, bool act_first) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
-          static_cast<T>(leak), act_first};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in,
                                                                 const at::Tensor& beta_in, const at::Tensor& rng_state,
                                                                 double p, double leak, double eps, bool act_first) {
@@ -38,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor
   auto out = at::empty_like(z), mean = at::empty_like(gamma), std = at::empty_like(gamma);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_cpu", [&] {
     block_forward<scalar_t>(z.data_ptr<scalar_t>(), zero_bias.data_ptr<scalar_t>(), rows, cols,
-                            block_args<scalar_t>(gamma, beta, keep, mask, leak, act_first), eps,
+                            block_args<scalar_t>(gamma, beta, keep, leak, act_first), eps,
                             out.data_ptr<scalar_t>(), nullptr, mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>());
   });
   return {out, mean, std};
@@ -60,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_backward_cpu", [&] {
     const BlockGrads<scalar_t> grads{grad_out.data_ptr<scalar_t>(), nullptr, nullptr};
     block_backward<scalar_t>(grads, z.data_ptr<scalar_t>(), rows, cols,
-                             block_args<scalar_t>(gamma, beta, keep, mask, leak, act_first),
+                             block_args<scalar_t>(gamma, beta, keep, leak, act_first),
                              mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
                              rebuilt.data_ptr<scalar_t>(), grad_gamma.data_ptr<scalar_t>(),
                              grad_beta.data_ptr<scalar_t>(), grad_bias.data_ptr<scalar_t>());
@@ -81,7 +74,7 @@ at::Tensor hidden_block_with_stats_cpu(const at::Tensor& z_in, const at::Tensor&
   auto out = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_with_stats_cpu", [&] {
     block_forward<scalar_t>(z.data_ptr<scalar_t>(), nullptr, rows, cols,
-                            block_args<scalar_t>(gamma, beta, keep, mask, leak, act_first), 0.0,
+                            block_args<scalar_t>(gamma, beta, keep, leak, act_first), 0.0,
                             out.data_ptr<scalar_t>(), nullptr, mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(),
                             /*stats_given=*/true);
   });
@@ -107,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hidden_bl
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_with_stats_backward_cpu", [&] {
     const BlockGrads<scalar_t> grads{grad_out.data_ptr<scalar_t>(), nullptr, nullptr};
     block_backward<scalar_t>(grads, z.data_ptr<scalar_t>(), rows, cols,
-                             block_args<scalar_t>(gamma, beta, keep, mask, leak, act_first),
+                             block_args<scalar_t>(gamma, beta, keep, leak, act_first),
                              mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
                              rebuilt.data_ptr<scalar_t>(), grad_gamma.data_ptr<scalar_t>(),
                              grad_beta.data_ptr<scalar_t>(), grad_bias.data_ptr<scalar_t>(),

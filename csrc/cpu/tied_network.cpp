@@ -26,30 +26,20 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-// The checked shape, plus the settings and masks of the CPU passes (rng_states read on the host).
+// The checked shape, plus the dropout masks of the CPU passes (rng_states read on the host).
 struct Net : NetShape {
-  bool act_first;
-  double leak;
   std::vector<DropoutMask> masks;
 };
 
 Net cpu_net(const Tensor& x, const Tensor& y, TensorList weights, TensorList gamma, TensorList beta,
-            const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first) {
+            const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr) {
   Net net;
   static_cast<NetShape&>(net) = check_net(x, y, weights, gamma, beta, rng_states, p, repr);
   const auto states = rng_states.contiguous();
   const int64_t* st = states.data_ptr<int64_t>();
   for (int64_t k = 0; k < net.n; ++k)
     net.masks.push_back(DropoutMask::make(st[3 * k], st[3 * k + 1], st[3 * k + 2], p[k]));
-  net.act_first = act_first;
-  net.leak = leak;
   return net;
-}
-
-template <typename T>
-BlockArgs<T> block_args(const Net& net, const Tensor& gamma, const Tensor& beta, const Tensor& keep, int64_t k) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
-          static_cast<T>(net.leak), net.act_first};
 }
 
 std::vector<Tensor> all_keep_multipliers(const Net& net, const Tensor& x) {
@@ -86,7 +76,7 @@ using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
 ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                              TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                              at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
-  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   check_net_bias(net, bias_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
@@ -112,7 +102,7 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
       Tensor pre = k == repr ? at::empty({B, cols}, x.options()) : Tensor();
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_forward", [&] {
         block_forward<scalar_t>(z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), B, cols,
-                                block_args<scalar_t>(net, gamma[slot], beta[slot], keep[k], k), eps,
+                                block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak, act_first), eps,
                                 next.data_ptr<scalar_t>(), pre.defined() ? pre.data_ptr<scalar_t>() : nullptr,
                                 mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>());
       });
@@ -138,7 +128,7 @@ BackwardResult twoway_net_backward_cpu(
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
     TensorList std_in, bool input_grads) {
-  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak, act_first);
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
   check_net_saved(net, z_in, mean_in, std_in, x_in);
@@ -184,7 +174,7 @@ BackwardResult twoway_net_backward_cpu(
         const BlockGrads<scalar_t> grads{g.data_ptr<scalar_t>(), k == repr ? ptr_or_null<scalar_t>(extra[c]) : nullptr,
                                          k == repr ? ptr_or_null<scalar_t>(extra_pre[c]) : nullptr};
         block_backward<scalar_t>(grads, z[slot].data_ptr<scalar_t>(), B, cols,
-                                 block_args<scalar_t>(net, gamma[slot], beta[slot], keep[k], k),
+                                 block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak, act_first),
                                  mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(),
                                  gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(),
                                  grad_gamma[slot].data_ptr<scalar_t>(), grad_beta[slot].data_ptr<scalar_t>(),

@@ -57,13 +57,6 @@ std::vector<Tensor> cuda_backward(const Tensor& g_out, const Tensor& g_extra, co
   return {grad_z, a_out, dgamma, dbeta, dbias};
 }
 
-template <typename T>
-twoway_fast::BlockArgs<T> cpu_args(const Tensor& gamma, const Tensor& beta, const Tensor& keep,
-                                   const twoway_fast::DropoutMask& mask, double leak, bool act_first) {
-  return {gamma.data_ptr<T>(), beta.data_ptr<T>(), keep.defined() ? keep.data_ptr<T>() : nullptr,
-          static_cast<T>(leak), act_first};
-}
-
 twoway_fast::DropoutMask mask_of(const Tensor& rng, double p) {
   const int64_t* r = rng.data_ptr<int64_t>();
   return twoway_fast::DropoutMask::make(r[0], r[1], r[2], p);
@@ -80,7 +73,7 @@ std::vector<Tensor> cpu_forward(Tensor z, Tensor bias, const Tensor& gamma, cons
   const auto keep = twoway_fast::keep_multipliers(mask, rows, cols, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cpu_forward", [&] {
     twoway_fast::block_forward<scalar_t>(z.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), rows, cols,
-                                         cpu_args<scalar_t>(gamma, beta, keep, mask, leak, act_first), eps,
+                                         twoway_fast::block_args<scalar_t>(gamma, beta, keep, leak, act_first), eps,
                                          out.data_ptr<scalar_t>(), or_null<scalar_t>(pre), mean.data_ptr<scalar_t>(),
                                          sd.data_ptr<scalar_t>());
   });
@@ -99,7 +92,7 @@ std::vector<Tensor> cpu_backward(const Tensor& g_out, const Tensor& g_extra, con
     const twoway_fast::BlockGrads<scalar_t> grads{g_out.data_ptr<scalar_t>(), or_null<scalar_t>(g_extra),
                                                   or_null<scalar_t>(g_pre)};
     twoway_fast::block_backward<scalar_t>(grads, z.data_ptr<scalar_t>(), rows, cols,
-                                          cpu_args<scalar_t>(gamma, beta, keep, mask, leak, act_first),
+                                          twoway_fast::block_args<scalar_t>(gamma, beta, keep, leak, act_first),
                                           mean.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(),
                                           grad_z.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(),
                                           dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(),
