@@ -1,9 +1,10 @@
 """Where the direct training step's time goes (twoway_fast.fused_step.DirectStep, mnist preset, the
-benchmark's step of training_step.py): the step itself runs, with its four op calls and the optimiser
-step wrapped so that each records when it starts and ends; the pieces are the calls and the Python
-between them. Minimum and median of rounds per piece, in ms (the wrappers add about a microsecond a
-call, counted in the piece before the call):
-    python benchmarks/step_split.py [rounds] [threads]"""
+benchmark's step of training_step.py): the step itself runs, with its op calls and the optimiser step
+wrapped so that each records when it starts and ends; the pieces are the calls and the Python between
+them. Minimum and median of rounds per piece, in ms (the wrappers add about a microsecond a call,
+counted in the piece before the call). By default the step as the Trainer runs it with SGD (one
+twoway_sgd_step call); `ops` forces the four op calls and optimizer.step() (any other optimiser):
+    python benchmarks/step_split.py [rounds] [threads] [ops]"""
 import inspect
 import sys
 import time
@@ -16,10 +17,11 @@ from training_step import make_step  # noqa: E402
 
 # The pieces, in the order of DirectStep.__call__; each op piece is one call, the others what lies
 # between two calls.
-PIECES = ("checks, zero_grad, seed", "network op", "(network -> loss)", "loss op", "(loss -> loss backward)",
-          "loss backward op", "(-> network backward)", "network backward op",
-          "gradients, running statistics", "optimizer.step", "(return)")
-OPS = ("twoway_net", "twoway_loss", "twoway_loss_backward", "twoway_net_backward")
+PIECES = {"op": ("checks, seed, optimiser settings", "training-step op", "gradients, running stats, return"),
+          "ops": ("checks, seed, settings, zero_grad", "network op", "(network -> loss)", "loss op",
+                  "(loss -> loss backward)", "loss backward op", "(-> network backward)", "network backward op",
+                  "gradients, running statistics", "optimizer.step", "(return)")}
+OPS = ("twoway_net", "twoway_loss", "twoway_loss_backward", "twoway_net_backward", "twoway_sgd_step")
 
 
 class Stamped:
@@ -43,9 +45,12 @@ class StampedPacket:
         self.default = Stamped(packet.default, stamps)
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, path: str) -> None:
     step = make_step("direct_fused", "mnist")
     direct = inspect.getclosurevars(step).nonlocals["direct"]  # the DirectStep that make_step built
+    if path == "ops":
+        direct._sgd_settings = lambda: None
+    pieces = PIECES[path]
     stamps: list[float] = []
     namespace = torch.ops.twoway_fast
     originals = {name: getattr(namespace, name) for name in OPS}
@@ -53,7 +58,7 @@ def main(rounds: int) -> None:
         setattr(namespace, name, StampedPacket(originals[name], stamps))
     optimizer = direct.optimizer
     optimizer.step = Stamped(optimizer.step, stamps)
-    times = {piece: [] for piece in (*PIECES, "total")}
+    times = {piece: [] for piece in (*pieces, "total")}
     try:
         for _ in range(2):  # warm-up
             step()
@@ -62,21 +67,22 @@ def main(rounds: int) -> None:
             start = time.perf_counter()
             step()
             marks = [start, *stamps, time.perf_counter()]
-            assert len(marks) == len(PIECES) + 1, "DirectStep's calls changed: update PIECES"
-            for piece, t0, t1 in zip(PIECES, marks, marks[1:]):
+            assert len(marks) == len(pieces) + 1, "DirectStep's calls changed: update PIECES"
+            for piece, t0, t1 in zip(pieces, marks, marks[1:]):
                 times[piece].append(t1 - t0)
             times["total"].append(marks[-1] - marks[0])
     finally:
         for name in OPS:
             setattr(namespace, name, originals[name])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mnist direct step, {rounds} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mnist direct step ({path}), {rounds} rounds")
     for piece, ts in times.items():
         ts.sort()
         print(f"  {piece:32s} min {ts[0] * 1e3:6.3f} ms  median {ts[len(ts) // 2] * 1e3:6.3f} ms")
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
+    path = "ops" if "ops" in sys.argv[1:] else "op"
+    args = [int(a) for a in sys.argv[1:] if a != "ops"]
     if len(args) > 1:
         torch.set_num_threads(args[1])
-    main(args[0] if args else 300)
+    main(args[0] if args else 300, path)

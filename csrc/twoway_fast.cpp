@@ -53,6 +53,18 @@ TORCH_LIBRARY(twoway_fast, m) {
         "Tensor[] mean, Tensor[] std, bool input_grads) -> (Tensor grad_x, Tensor grad_y, Tensor[] grad_weights, "
         "Tensor[] grad_bias, Tensor[] grad_gamma, Tensor[] grad_beta)");
 
+  // One SGD step of both channels and the loss (CPU): the network op, the loss op (decorrelation of hx/hy
+  // after their dropout, or of hx_pre/hy_pre when before_dropout) and both backward ops, then every
+  // parameter (weights, bias, gamma, beta; momentum_buffers in that order, empty when momentum is 0)
+  // takes torch.optim.SGD's update in place. Returns the loss terms, the parameters' gradients (the
+  // loss's, without the optimiser's weight decay) in that order, and per slot the batch mean and std as
+  // the running statistics take them (the mean with the bias that twoway_net's mean excludes).
+  m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
+        "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
+        "float[] coefficients, bool correlation, float decorrelation_eps, bool before_dropout, "
+        "Tensor(e!)[] momentum_buffers, float lr, float momentum, float dampening, bool nesterov, "
+        "float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
+
   // The 2-Way loss (SPEC section 2). hx_dec/hy_dec are the decorrelation's inputs; coefficients =
   // (lx, ly, lh, lc, wd, lg). Returns terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y,
   // weight_decay, gamma_penalty) and the two (k, k) matrices C whose norms give the decorrelation.

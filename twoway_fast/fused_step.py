@@ -1,8 +1,11 @@
-"""A fused-backend training step with no autograd engine: the network op, the loss op, the loss's
-backward op and the network's backward op called in turn under no_grad, their gradients written to
-p.grad, then the optimiser's update. It maps the gradients as csrc/autograd.cpp does (so it gives what
-the autograd step gives), without the graph, the per-call argument packing of the module and the
-engine's gradient accumulation: about 1 ms, 1.1-1.2x, of the mnist step (benchmarks/RESULTS.md).
+"""A fused-backend training step with no autograd engine. With torch.optim.SGD (the Trainer's default)
+one op, twoway_sgd_step, runs the network op, the loss op and both backward ops and applies SGD's update,
+each weight right after its gradient's GEMM while that gradient is in cache (csrc/cpu/sgd_step.cpp);
+with any other optimiser the four ops are called in turn and then optimizer.step(). Either way the
+gradients land in p.grad and the BN running statistics are updated as in the autograd step. It maps the
+gradients as csrc/autograd.cpp does (so it gives what the autograd step gives: the same gradients, and
+SGD's update up to the last-bit roundings of its products) without the graph, the module's argument
+packing and the engine's gradient accumulation (benchmarks/RESULTS.md has the times).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
 on the CPU, where it is checked against the autograd step (tests/test_fused_step.py)."""
@@ -12,12 +15,18 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim import optimizer as torch_optimizer
 
 from .backend import resolve_backend
 from .fused import slot_means
 from .loss import TwoWayLoss
 from .model import TwoWayNet
 from .reference import LossTerms, check_loss_variant, rng_states
+
+# Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
+# where one is set, the optimiser's own step runs, which calls it.
+_GLOBAL_STEP_HOOKS = [getattr(torch_optimizer, name, {}) for name in
+                      ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")]
 
 
 def direct_step_applies(model: nn.Module, criterion: nn.Module, device: torch.device) -> bool:
@@ -48,6 +57,7 @@ class DirectStep:
         self.bns = bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
+        self.param_ids = {id(p) for p in self.params}
         self.grad_terms: Tensor | None = None
         self.decay_gradient_scale = 2.0 * c["wd"]  # d total / d W of wd ||W||^2 (grad_terms is (1, 0, ...))
         one = torch.ones((), dtype=self.weights[0].dtype, device=self.weights[0].device)
@@ -63,8 +73,45 @@ class DirectStep:
         if not net.training:
             raise ValueError("DirectStep is a training step: call model.train() first")
         net._check_views(x, y)
-        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
         self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
+        sgd = self._sgd_settings()
+        if sgd is None:
+            return self._ops_then_optimizer(x, y)
+        for p in self.params:  # the last step's gradients freed before this one's exist
+            p.grad = None
+        terms, grads, mean, std = torch.ops.twoway_fast.twoway_sgd_step.default(
+            x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer, net.leak,
+            net.bn_eps, net.act_first, self.coefficients, self.correlation, self.eps, self.before_dropout, *sgd)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        net._update_running_stats_of(self.bns, mean, std)
+        return LossTerms(*terms.unbind(0))
+
+    def _sgd_settings(self) -> tuple | None:
+        """The arguments of the twoway_sgd_step op that stand for self.optimizer.step(), or None where it
+        cannot: another optimiser, other parameters, hooks, frozen parameters, gradients to reduce between
+        backward and update, or momentum buffers still to create (the optimiser's first step makes them)."""
+        opt = self.optimizer
+        if type(opt) is not torch.optim.SGD or self.reduce_gradients is not None or len(opt.param_groups) != 1:
+            return None
+        group = opt.param_groups[0]
+        if (group["differentiable"] or getattr(opt, "_optimizer_step_pre_hooks", None)
+                or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)
+                or len(group["params"]) != len(self.params) or {id(p) for p in group["params"]} != self.param_ids
+                or not all(p.requires_grad for p in self.params)):
+            return None
+        buffers = []
+        if group["momentum"] != 0:
+            buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in self.params]
+            if any(b is None for b in buffers):
+                return None
+        return (buffers, float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+                bool(group["nesterov"]), float(group["weight_decay"]), bool(group["maximize"]))
+
+    def _ops_then_optimizer(self, x: Tensor, y: Tensor) -> LossTerms:
+        """The step as four op calls and the optimiser's own update (any optimiser)."""
+        net = self.model
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
         states = self.states
         ops = torch.ops.twoway_fast
         x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std = ops.twoway_net.default(
@@ -94,7 +141,8 @@ class DirectStep:
         torch._foreach_addcmul_(grad_w, self.weights, self.ones, value=self.decay_gradient_scale)
         torch._foreach_add_(grad_gamma, g_g)
         for p, g in zip(self.params, [*grad_w, *grad_b, *grad_gamma, *grad_beta]):
-            p.grad = g
+            if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
+                p.grad = g
         net._update_running_stats_of(self.bns, slot_means(net, mean), std)
         if self.reduce_gradients is not None:
             self.reduce_gradients(self.params)

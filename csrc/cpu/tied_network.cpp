@@ -15,6 +15,7 @@
 
 #include <vector>
 
+#include "cpu/cpu_kernels.h"
 #include "cpu/fused_block.h"
 #include "cpu/side_by_side.h"
 #include "philox.h"
@@ -69,13 +70,11 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
   });
 }
 
-// Results of the forward op, in schema order.
-using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                                 std::vector<Tensor>, std::vector<Tensor>>;
+}  // namespace
 
-ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
-                             TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-                             at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
+NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
+                                TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
+                                at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   check_net_bias(net, bias_in, x_in);
@@ -118,16 +117,13 @@ ForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList 
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
 
-using BackwardResult = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
-                                  std::vector<Tensor>>;
-
-BackwardResult twoway_net_backward_cpu(
+NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x_in,
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
-    TensorList std_in, bool input_grads) {
+    TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
@@ -193,16 +189,29 @@ BackwardResult twoway_net_backward_cpu(
   for (int64_t k = 0; k <= n; ++k) sizes.push_back(s[k] * s[k + 1]);
   const auto share = split_by_size(sizes);
   side_by_side([&](int t) {
-    for (int64_t k : share[t]) grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
+    for (int64_t k : share[t]) {
+      grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
+      if (on_weight_grad) on_weight_grad(k, grad_weights[k]);
+    }
   });
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
 }
 
-}  // namespace
+// The registered backward: no hook.
+NetBackwardResult twoway_net_backward_op(
+    const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
+    const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
+    const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x,
+    const Tensor& y, TensorList weights, TensorList gamma, TensorList beta, const Tensor& rng_states,
+    at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z, TensorList mean,
+    TensorList std, bool input_grads) {
+  return twoway_net_backward_cpu(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights,
+                                 gamma, beta, rng_states, p, repr, leak, act_first, z, mean, std, input_grads);
+}
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_net", &twoway_net_cpu);
-  m.impl("twoway_net_backward", &twoway_net_backward_cpu);
+  m.impl("twoway_net_backward", &twoway_net_backward_op);
 }
 
 }  // namespace twoway_fast

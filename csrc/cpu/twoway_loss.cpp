@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/cpu_kernels.h"
 #include "cpu/fused_block.h"  // run_fastest, kParallelMinElements
 #include "cpu/side_by_side.h"
 #include "twoway_loss_common.h"
@@ -141,11 +142,12 @@ std::pair<Tensor, Tensor> decorrelation_input_cpu(const Tensor& h_in, bool corre
   return {H, inv_std};
 }
 
-std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat,
-                                                   const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
-                                                   const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
-                                                   TensorList gammas, at::ArrayRef<double> coefficients,
-                                                   bool correlation, double eps) {
+}  // namespace
+
+LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
+                           const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
+                           TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
+                           bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
   std::array<double, kTerms> t{};
   Tensor c[2];
@@ -164,6 +166,8 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cpu(const Tensor& x, const Tensor
   std::copy(t.begin(), t.end(), terms.data_ptr<double>());
   return {terms.to(x.scalar_type()), c[0], c[1]};
 }
+
+namespace {
 
 // Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
 // standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0 where
@@ -241,8 +245,7 @@ Tensor gamma_grad(const Tensor& g_in, double decay, double penalty) {
   return out;
 }
 
-using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                                      std::vector<Tensor>>;
+}  // namespace
 
 LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tensor& x, const Tensor& y,
                                             const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
@@ -278,8 +281,6 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   for (const auto& gm : gammas) grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
   return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_loss", &twoway_loss_cpu);

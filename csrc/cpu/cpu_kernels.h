@@ -1,0 +1,51 @@
+// The CPU kernels of the network and loss ops, callable from C++ without the dispatcher: the
+// training-step op (csrc/cpu/sgd_step.cpp) runs them in turn. Arguments and results as the schemas
+// in csrc/twoway_fast.cpp.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <tuple>
+#include <vector>
+
+namespace twoway_fast {
+
+using NetForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                    std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+using NetBackwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                                     std::vector<at::Tensor>, std::vector<at::Tensor>>;
+using LossResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using LossBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// Called with (k, dW_k) on the thread that computed weights[k]'s gradient, right after its GEMM,
+// while dW_k is in that core's cache; the op has no further use of weights[k] by then.
+using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
+
+NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
+                                at::TensorList bias, at::TensorList gamma, at::TensorList beta,
+                                const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak,
+                                double eps, bool act_first);
+
+NetBackwardResult twoway_net_backward_cpu(
+    const c10::optional<at::Tensor>& grad_x_hat, const c10::optional<at::Tensor>& grad_y_hat,
+    const c10::optional<at::Tensor>& grad_hx, const c10::optional<at::Tensor>& grad_hy,
+    const c10::optional<at::Tensor>& grad_hx_pre, const c10::optional<at::Tensor>& grad_hy_pre,
+    const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma, at::TensorList beta,
+    const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first,
+    at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
+    const WeightGradHook& on_weight_grad = nullptr);
+
+LossResult twoway_loss_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
+                           const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
+                           const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
+                           at::TensorList gammas, at::ArrayRef<double> coefficients, bool correlation, double eps);
+
+LossBackwardResult twoway_loss_backward_cpu(const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y,
+                                            const at::Tensor& x_hat, const at::Tensor& y_hat, const at::Tensor& hx,
+                                            const at::Tensor& hy, const at::Tensor& hx_dec,
+                                            const at::Tensor& hy_dec, at::TensorList weights,
+                                            at::TensorList gammas, const at::Tensor& cx, const at::Tensor& cy,
+                                            at::ArrayRef<double> coefficients, bool correlation, double eps);
+
+}  // namespace twoway_fast
