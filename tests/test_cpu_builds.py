@@ -1,7 +1,7 @@
-"""The network op's passes and the loss op's sums have two CPU builds, the baseline (x86-64-v2) and
-AVX-512, chosen at run time (csrc/cpu/fused_block.h); both must give the same bits. One forward and
-backward of the network and the loss per preset order, run in two processes, one kept to the
-baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
+"""The network op's passes, the loss op's sums and the SGD step op's update have two CPU builds, the
+baseline (x86-64-v2) and AVX-512, chosen at run time (csrc/cpu/fused_block.h); both must give the same
+bits. One forward and backward of the network and the loss, then two direct SGD steps, per preset
+order, run in two processes, one kept to the baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
 import os
 import subprocess
 import sys
@@ -18,6 +18,7 @@ AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
 STEP = """
 import sys, torch
 from twoway_fast import TwoWayNet
+from twoway_fast.fused_step import DirectStep
 from twoway_fast.loss import TwoWayLoss
 results = {}
 for order, decorrelation in (("act_then_bn", "correlation"), ("bn_then_act", "second_moment")):
@@ -29,6 +30,11 @@ for order, decorrelation in (("act_then_bn", "correlation"), ("bn_then_act", "se
     terms = TwoWayLoss(model, decorrelation=decorrelation)(out, x, y)
     torch.autograd.backward([*out, terms.total], [*(torch.randn_like(o) for o in out), torch.ones(())])
     results[order] = [*out, *terms, x.grad, y.grad, *(p.grad for p in model.parameters()), *model.buffers()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    step = DirectStep(model, TwoWayLoss(model, decorrelation=decorrelation), opt)
+    for seed in range(2):  # the second step is the twoway_sgd_step op's
+        step(x.detach(), y.detach(), seed)
+    results[order] += [*model.parameters(), *(opt.state[p]["momentum_buffer"] for p in model.parameters())]
 torch.save(results, sys.argv[1])
 """
 

@@ -106,6 +106,7 @@ def test_sgd_schedule_is_spec_default(digits):
     t = trainer(digits, None, optimizer="sgd", lr=1e-4)
     group = t.optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["lr"]) == (0.9, True, 1e-4)
+    assert group["fused"]  # torch's fused kernel on the CPU, not its per-tensor loop
     lrs = []
     for _ in range(81):
         lrs.append(t.optimizer.param_groups[0]["lr"])

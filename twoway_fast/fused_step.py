@@ -58,6 +58,8 @@ class DirectStep:
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
         self.param_ids = {id(p) for p in self.params}
+        self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
+        self.running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
         self.grad_terms: Tensor | None = None
         self.decay_gradient_scale = 2.0 * c["wd"]  # d total / d W of wd ||W||^2 (grad_terms is (1, 0, ...))
         one = torch.ones((), dtype=self.weights[0].dtype, device=self.weights[0].device)
@@ -84,7 +86,9 @@ class DirectStep:
             net.bn_eps, net.act_first, self.coefficients, self.correlation, self.eps, self.before_dropout, *sgd)
         for p, g in zip(self.params, grads):
             p.grad = g
-        net._update_running_stats_of(self.bns, mean, std)
+        # TwoWayNet._update_running_stats_of's update, on the lists taken once (the op's statistics have
+        # the parameters' dtype, as the running statistics).
+        torch._foreach_lerp_(self.running, [*mean, *std], net.bn_momentum)
         return LossTerms(*terms.unbind(0))
 
     def _sgd_settings(self) -> tuple | None:
@@ -95,9 +99,13 @@ class DirectStep:
         if type(opt) is not torch.optim.SGD or self.reduce_gradients is not None or len(opt.param_groups) != 1:
             return None
         group = opt.param_groups[0]
+        params = group["params"]
+        if params is not self.checked_group or len(params) != len(self.params):
+            if len(params) != len(self.params) or {id(p) for p in params} != self.param_ids:
+                return None
+            self.checked_group = params
         if (group["differentiable"] or getattr(opt, "_optimizer_step_pre_hooks", None)
                 or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)
-                or len(group["params"]) != len(self.params) or {id(p) for p in group["params"]} != self.param_ids
                 or not all(p.requires_grad for p in self.params)):
             return None
         buffers = []

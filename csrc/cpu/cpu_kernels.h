@@ -22,10 +22,12 @@ using LossBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Te
 // while dW_k is in that core's cache; the op has no further use of weights[k] by then.
 using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
 
+// keep_out: where given, receives the dropout masks' multipliers (one per hidden position, or
+// undefined), for a backward in the same call to use instead of drawing them again.
 NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
                                 at::TensorList bias, at::TensorList gamma, at::TensorList beta,
                                 const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak,
-                                double eps, bool act_first);
+                                double eps, bool act_first, std::vector<at::Tensor>* keep_out = nullptr);
 
 NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<at::Tensor>& grad_x_hat, const c10::optional<at::Tensor>& grad_y_hat,
@@ -34,7 +36,7 @@ NetBackwardResult twoway_net_backward_cpu(
     const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma, at::TensorList beta,
     const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first,
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
-    const WeightGradHook& on_weight_grad = nullptr);
+    const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
 
 LossResult twoway_loss_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                            const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,

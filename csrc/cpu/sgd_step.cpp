@@ -105,8 +105,10 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
   std::vector<Tensor> params;
   for (TensorList list : {weights, bias, gamma, beta}) params.insert(params.end(), list.begin(), list.end());
   check_updatable(params, momentum_buffers, momentum != 0.0, x);
+  // The dropout masks drawn once: the backward takes the forward's (nothing outlives the call).
+  std::vector<Tensor> keep;
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
-      twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
+      twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, &keep);
   // The batch means as the running means take them (twoway_fast.fused.slot_means): with the bias the
   // network op skips where batch norm cancels it, taken before the update changes the bias.
   const int64_t n = static_cast<int64_t>(weights.size()) - 1;
@@ -135,7 +137,8 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
   const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
       g_xh, g_yh, g_hx, g_hy, g_hx_pre, g_hy_pre, x, y, weights, gamma, beta, rng_states, p, repr, leak,
-      act_first, z, mean, std, false, [&](int64_t k, Tensor& dw) { update(weights[k], dw, buffer(k), decay, o); });
+      act_first, z, mean, std, false, [&](int64_t k, Tensor& dw) { update(weights[k], dw, buffer(k), decay, o); },
+      &keep);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
   for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(g_gamma[i]));

@@ -74,7 +74,8 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
 
 NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                                 TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-                                at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
+                                at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
+                                std::vector<Tensor>* keep_out) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   check_net_bias(net, bias_in, x_in);
@@ -114,6 +115,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
                                out[c].size(1));
     });
   });
+  if (keep_out != nullptr) *keep_out = keep;
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
 
@@ -123,7 +125,7 @@ NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x_in,
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
-    TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad) {
+    TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad, const std::vector<Tensor>* keep_in) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
@@ -131,7 +133,7 @@ NetBackwardResult twoway_net_backward_cpu(
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
-  const auto keep = all_keep_multipliers(net, x);
+  const auto keep = keep_in != nullptr ? *keep_in : all_keep_multipliers(net, x);
   const auto opts = x.options();
   // The loss's direct gradients at the representation: both or neither (a missing one is zero).
   Tensor extra[2] = {grad_or_undefined(grad_hx, {B, s[repr + 1]}, x, "grad_hx"),
@@ -197,7 +199,14 @@ NetBackwardResult twoway_net_backward_cpu(
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
 }
 
-// The registered backward: no hook.
+// The registered ops: masks drawn by each, no hook.
+NetForwardResult twoway_net_op(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias, TensorList gamma,
+                               TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
+                               double leak, double eps, bool act_first) {
+  return twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
+}
+
+
 NetBackwardResult twoway_net_backward_op(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
@@ -210,7 +219,7 @@ NetBackwardResult twoway_net_backward_op(
 }
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
-  m.impl("twoway_net", &twoway_net_cpu);
+  m.impl("twoway_net", &twoway_net_op);
   m.impl("twoway_net_backward", &twoway_net_backward_op);
 }
 
