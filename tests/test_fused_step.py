@@ -174,12 +174,20 @@ def sgd_step_args(dtype=torch.float32):
 def test_sgd_step_opcheck():
     # Not test_aot_dispatch_*: functionalisation does not take a custom op mutating tensor lists, and the
     # op is DirectStep's, which runs eagerly (the compiled step is the autograd one).
-    torch.library.opcheck(torch.ops.twoway_fast.twoway_sgd_step.default, sgd_step_args(),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with torch.no_grad():  # the op updates in place, outside autograd (it says so otherwise)
+        torch.library.opcheck(torch.ops.twoway_fast.twoway_sgd_step.default, sgd_step_args(),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
-def test_sgd_step_op_rejects_bad_buffers_and_parameters():
+def test_sgd_step_op_rejects_grad_mode_bad_buffers_and_parameters():
     op = torch.ops.twoway_fast.twoway_sgd_step.default
+    with pytest.raises(RuntimeError, match=r"updates parameters in place: call it under torch.no_grad\(\)"):
+        op(*sgd_step_args())
+    with torch.no_grad():
+        check_bad_buffers_and_parameters(op)
+
+
+def check_bad_buffers_and_parameters(op):
     args = sgd_step_args()
     args[16] = args[16][:-1]
     with pytest.raises(RuntimeError, match=r"momentum_buffers must hold one buffer per parameter \(24\), got 23"):

@@ -7,6 +7,7 @@
 // The first step, which creates the momentum buffers, is the optimiser's own (DirectStep).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -102,6 +103,11 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
                                at::ArrayRef<double> coefficients, bool correlation, double decorrelation_eps,
                                bool before_dropout, TensorList momentum_buffers, double lr, double momentum,
                                double dampening, bool nesterov, double weight_decay, bool maximize) {
+  // The parameters change in place, outside autograd (the Autograd key falls through, below).
+  TORCH_CHECK(!c10::GradMode::is_enabled(),
+              "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
+  // The ATen calls inside (GEMMs, views, allocations) skip the autograd and view-tracking layers.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<Tensor> params;
   for (TensorList list : {weights, bias, gamma, beta}) params.insert(params.end(), list.begin(), list.end());
   check_updatable(params, momentum_buffers, momentum != 0.0, x);
@@ -150,5 +156,9 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
 }  // namespace
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) { m.impl("twoway_sgd_step", &twoway_sgd_step_cpu); }
+
+// Not differentiable, and run without grad mode (checked above): straight to the kernel, without
+// autograd's not-implemented fallback, which walks every tensor argument each call.
+TORCH_LIBRARY_IMPL(twoway_fast, Autograd, m) { m.impl("twoway_sgd_step", torch::CppFunction::makeFallthrough()); }
 
 }  // namespace twoway_fast
