@@ -53,12 +53,16 @@ TORCH_LIBRARY(twoway_fast, m) {
         "Tensor[] mean, Tensor[] std, bool input_grads) -> (Tensor grad_x, Tensor grad_y, Tensor[] grad_weights, "
         "Tensor[] grad_bias, Tensor[] grad_gamma, Tensor[] grad_beta)");
 
-  // One SGD step of both channels and the loss (CPU): the network op, the loss op (decorrelation of hx/hy
-  // after their dropout, or of hx_pre/hy_pre when before_dropout) and both backward ops, then every
-  // parameter (weights, bias, gamma, beta; momentum_buffers in that order, empty when momentum is 0)
-  // takes torch.optim.SGD's update in place. Returns the loss terms, the parameters' gradients (the
-  // loss's, without the optimiser's weight decay) in that order, and per slot the batch mean and std as
-  // the running statistics take them (the mean with the bias that twoway_net's mean excludes).
+  // One training step's gradients (CPU): the network op, the loss op (decorrelation of hx/hy after their
+  // dropout, or of hx_pre/hy_pre when before_dropout) and both backward ops in one call. Returns the loss
+  // terms, the gradients of weights, bias, gamma, beta in that order, and per slot the batch mean and
+  // std as the running statistics take them (the mean with the bias that twoway_net's mean excludes).
+  m.def("twoway_step_gradients(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, "
+        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
+        "float[] coefficients, bool correlation, float decorrelation_eps, bool before_dropout) -> "
+        "(Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
+  // The same, then every parameter takes torch.optim.SGD's update in place (momentum_buffers in the
+  // parameters' order, empty when momentum is 0; the gradients are the loss's, without SGD's weight decay).
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
         "float[] coefficients, bool correlation, float decorrelation_eps, bool before_dropout, "

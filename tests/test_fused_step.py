@@ -171,6 +171,11 @@ def sgd_step_args(dtype=torch.float32):
             False]
 
 
+def test_step_gradients_opcheck():
+    args = sgd_step_args()[:16]
+    torch.library.opcheck(torch.ops.twoway_fast.twoway_step_gradients.default, args)
+
+
 def test_sgd_step_opcheck():
     # Not test_aot_dispatch_*: functionalisation does not take a custom op mutating tensor lists, and the
     # op is DirectStep's, which runs eagerly (the compiled step is the autograd one).

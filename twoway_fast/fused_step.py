@@ -1,10 +1,10 @@
-"""A fused-backend training step with no autograd engine. With torch.optim.SGD (the Trainer's default)
-one op, twoway_sgd_step, runs the network op, the loss op and both backward ops and applies SGD's update,
-each weight right after its gradient's GEMM while that gradient is in cache (csrc/cpu/sgd_step.cpp);
-with any other optimiser the four ops are called in turn and then optimizer.step(). Either way the
-gradients land in p.grad and the BN running statistics are updated as in the autograd step. It maps the
-gradients as csrc/autograd.cpp does (so it gives what the autograd step gives: the same gradients, and
-SGD's update up to the last-bit roundings of its products) without the graph, the module's argument
+"""A fused-backend training step with no autograd engine: one op call runs the network op, the loss op
+and both backward ops (csrc/cpu/training_step.cpp), the gradients land in p.grad and the BN running
+statistics are updated as in the autograd step. With torch.optim.SGD (the Trainer's default) the op,
+twoway_sgd_step, also applies SGD's update, each weight right after its gradient's GEMM while that
+gradient is in cache; with any other optimiser, twoway_step_gradients, then optimizer.step(). It maps
+the gradients as csrc/autograd.cpp does (so it gives what the autograd step gives: the same gradients,
+and SGD's update up to the last-bit roundings of its products) without the graph, the module's argument
 packing and the engine's gradient accumulation (benchmarks/RESULTS.md has the times).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.optim import optimizer as torch_optimizer
 
 from .backend import resolve_backend
-from .fused import slot_means
 from .loss import TwoWayLoss
 from .model import TwoWayNet
 from .reference import LossTerms, check_loss_variant, rng_states
@@ -60,10 +59,6 @@ class DirectStep:
         self.param_ids = {id(p) for p in self.params}
         self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
         self.running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
-        self.grad_terms: Tensor | None = None
-        self.decay_gradient_scale = 2.0 * c["wd"]  # d total / d W of wd ||W||^2 (grad_terms is (1, 0, ...))
-        one = torch.ones((), dtype=self.weights[0].dtype, device=self.weights[0].device)
-        self.ones = [one] * len(self.weights)
         # reference.rng_states built once; each step writes its seed into the first column in place.
         self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
                                  first_row)
@@ -77,18 +72,27 @@ class DirectStep:
         net._check_views(x, y)
         self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
         sgd = self._sgd_settings()
+        # The last step's gradients freed before this one's exist.
         if sgd is None:
-            return self._ops_then_optimizer(x, y)
-        for p in self.params:  # the last step's gradients freed before this one's exist
-            p.grad = None
-        terms, grads, mean, std = torch.ops.twoway_fast.twoway_sgd_step.default(
-            x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer, net.leak,
-            net.bn_eps, net.act_first, self.coefficients, self.correlation, self.eps, self.before_dropout, *sgd)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            for p in self.params:
+                p.grad = None
+        args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
+                net.leak, net.bn_eps, net.act_first, self.coefficients, self.correlation, self.eps, self.before_dropout)
+        ops = torch.ops.twoway_fast
+        terms, grads, mean, std = (ops.twoway_step_gradients.default(*args) if sgd is None
+                                   else ops.twoway_sgd_step.default(*args, *sgd))
         for p, g in zip(self.params, grads):
-            p.grad = g
+            if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
+                p.grad = g
         # TwoWayNet._update_running_stats_of's update, on the lists taken once (the op's statistics have
         # the parameters' dtype, as the running statistics).
         torch._foreach_lerp_(self.running, [*mean, *std], net.bn_momentum)
+        if sgd is None:
+            if self.reduce_gradients is not None:
+                self.reduce_gradients(self.params)
+            self.optimizer.step()
         return LossTerms(*terms.unbind(0))
 
     def _sgd_settings(self) -> tuple | None:
@@ -115,44 +119,3 @@ class DirectStep:
                 return None
         return (buffers, float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
                 bool(group["nesterov"]), float(group["weight_decay"]), bool(group["maximize"]))
-
-    def _ops_then_optimizer(self, x: Tensor, y: Tensor) -> LossTerms:
-        """The step as four op calls and the optimiser's own update (any optimiser)."""
-        net = self.model
-        self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's exist
-        states = self.states
-        ops = torch.ops.twoway_fast
-        x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std = ops.twoway_net.default(
-            x, y, self.weights, self.bias, self.gamma, self.beta, states, net.dropout, net.repr_layer, net.leak,
-            net.bn_eps, net.act_first)
-        hx_dec, hy_dec = (hx_pre, hy_pre) if self.before_dropout else (hx, hy)
-        terms, cx, cy = ops.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, self.weights, self.gamma,
-                                                self.coefficients, self.correlation, self.eps)
-        if self.grad_terms is None or self.grad_terms.dtype != terms.dtype or self.grad_terms.device != terms.device:
-            self.grad_terms = torch.zeros_like(terms)
-            self.grad_terms[0] = 1  # d total / d terms: the other terms are reported, not optimised
-        # No weights: their decay gradient is added below, without a W-sized temporary.
-        g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, _, g_g = ops.twoway_loss_backward.default(
-            self.grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, [], self.gamma, cx, cy,
-            self.coefficients, self.correlation, self.eps)
-        del cx, cy  # k x k each: freed before the network's backward, as autograd frees the loss's saved tensors
-        if self.before_dropout:
-            grad_hx_pre, grad_hy_pre = g_hxd, g_hyd
-        else:  # hx is both the midway and the decorrelation input: its two gradients add up
-            g_hx, g_hy, grad_hx_pre, grad_hy_pre = g_hx + g_hxd, g_hy + g_hyd, None, None
-        _, _, grad_w, grad_b, grad_gamma, grad_beta = ops.twoway_net_backward.default(
-            g_xh, g_yh, g_hx, g_hy, grad_hx_pre, grad_hy_pre, x, y, self.weights, self.gamma, self.beta, states,
-            net.dropout, net.repr_layer, net.leak, net.act_first, z, mean, std, False)
-        # The loss's gradients of the weights (2 wd W, weight decay) and gammas, added in one pass each.
-        # addcmul with a factor 1 rounds 2 wd W before the sum, as the loss op's backward and autograd's
-        # accumulation do; add(alpha=) would fuse the two roundings into one (an FMA).
-        torch._foreach_addcmul_(grad_w, self.weights, self.ones, value=self.decay_gradient_scale)
-        torch._foreach_add_(grad_gamma, g_g)
-        for p, g in zip(self.params, [*grad_w, *grad_b, *grad_gamma, *grad_beta]):
-            if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
-                p.grad = g
-        net._update_running_stats_of(self.bns, slot_means(net, mean), std)
-        if self.reduce_gradients is not None:
-            self.reduce_gradients(self.params)
-        self.optimizer.step()
-        return LossTerms(*terms.unbind(0))

@@ -163,15 +163,22 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
             [w.new_empty(w.shape) for w in weights], [g.new_empty(g.shape) for g in gammas])
 
 
-# ---------------------------------------------------------------- one SGD step (CPU)
+# ---------------------------------------------------------------- one training step (CPU)
 
-@torch.library.register_fake("twoway_fast::twoway_sgd_step")
-def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, correlation,
-      decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+@torch.library.register_fake("twoway_fast::twoway_step_gradients")
+def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
+               correlation, decorrelation_eps, before_dropout):
     widths = [_weight_out(w) for w in weights[:len(gamma) // 2]]
     stats = [x.new_empty(widths[k % len(widths)], dtype=stats_dtype(x.dtype)) for k in range(len(gamma))]
     grads = [q.new_empty(q.shape) for q in [*weights, *bias, *gamma, *beta]]
     return x.new_empty(8, dtype=stats_dtype(x.dtype)), grads, stats, [s.new_empty(s.shape) for s in stats]
+
+
+@torch.library.register_fake("twoway_fast::twoway_sgd_step")
+def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, correlation,
+      decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+    return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
+                      correlation, decorrelation_eps, before_dropout)
 
 
 # ---------------------------------------------------------------- retrieval ranks

@@ -1,5 +1,5 @@
 // The CPU kernels of the network and loss ops, callable from C++ without the dispatcher: the
-// training-step op (csrc/cpu/sgd_step.cpp) runs them in turn. Arguments and results as the schemas
+// training-step ops (csrc/cpu/training_step.cpp) run them in turn. Arguments and results as the schemas
 // in csrc/twoway_fast.cpp.
 #pragma once
 #include <ATen/ATen.h>

@@ -1,0 +1,219 @@
+// CPU kernels of the training-step ops (twoway_fast.fused_step.DirectStep): one call runs the network
+// op, the loss op, the loss's backward and the network's backward as the autograd step does, and returns
+// the loss terms, every parameter's gradient and the batch statistics. twoway_step_gradients stops
+// there (the caller's optimiser updates); twoway_sgd_step also applies torch.optim.SGD's update (weight
+// decay, momentum, dampening, Nesterov, maximize) to each parameter in the pass that completes its
+// gradient: a weight right after its gradient's GEMM, on the thread that ran it, while the gradient is in
+// that core's cache. The first SGD step, which creates the momentum buffers, is the optimiser's own.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu/cpu_kernels.h"
+#include "cpu/fused_block.h"  // run_fastest
+
+namespace twoway_fast {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+struct Sgd {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize;
+};
+
+// grad += decay * param (the loss's weight decay: rounded product, then the sum, as autograd adds the
+// loss's gradient to the network's); then, with o, torch.optim.SGD's update of param and its momentum
+// buffer buf (null without momentum).
+template <typename T>
+void complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sgd* o) {
+  const Sgd none{};
+  const Sgd& s = o != nullptr ? *o : none;
+  const auto loop = [&](auto has_decay, auto update, auto has_wd, auto has_buf) {
+    at::parallel_for(0, n, 1 << 15, [&](int64_t i0, int64_t i1) {
+      run_fastest([&] {
+        // Locals, not the captured references: the stores below could alias those, and GCC would reload
+        // them every element and keep the loop scalar.
+        T* __restrict p_ = param;
+        T* __restrict g_ = grad;
+        T* __restrict b_ = buf;
+        const T dec = decay, lr = static_cast<T>(s.lr), mom = static_cast<T>(s.momentum);
+        const T wd = static_cast<T>(s.weight_decay), undamped = static_cast<T>(1.0 - s.dampening);
+        const T sign = s.maximize ? T(-1) : T(1);
+        const bool nesterov = s.nesterov;
+        for (int64_t i = i0; i < i1; ++i) {
+          const T p = p_[i];
+          T g = g_[i];
+          if constexpr (has_decay) {
+            const T d = dec * p;
+            g = g + d;
+            g_[i] = g;
+          }
+          if constexpr (update) {
+            T step = sign * g;
+            if constexpr (has_wd) step = step + wd * p;
+            if constexpr (has_buf) {
+              const T b = b_[i] * mom + undamped * step;
+              b_[i] = b;
+              step = nesterov ? step + mom * b : b;
+            }
+            p_[i] = p - lr * step;
+          }
+        }
+      });
+    });
+  };
+  const bool update = o != nullptr;
+  if (!update && decay == T(0)) return;
+  with_flags(decay != T(0), update, s.weight_decay != 0.0, [&](auto has_decay, auto upd, auto has_wd) {
+    if (buf != nullptr) {
+      loop(has_decay, upd, has_wd, std::true_type{});
+    } else {
+      loop(has_decay, upd, has_wd, std::false_type{});
+    }
+  });
+}
+
+void complete_and_update(const Tensor& param, const Tensor& grad, const Tensor* buf, double decay, const Sgd* o) {
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "twoway_sgd_update", [&] {
+    complete_and_update<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                  buf == nullptr ? nullptr : buf->data_ptr<scalar_t>(), param.numel(),
+                                  static_cast<scalar_t>(decay), o);
+  });
+}
+
+void check_updatable(TensorList params, TensorList buffers, bool momentum, const Tensor& x) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& q = params[i];
+    TORCH_CHECK(q.is_contiguous(), "parameter ", i, " must be contiguous to be updated in place");
+    TORCH_CHECK(q.scalar_type() == x.scalar_type() && q.device() == x.device(), "parameter ", i, " is ",
+                q.scalar_type(), " on ", q.device(), ", x is ", x.scalar_type(), " on ", x.device());
+  }
+  if (!momentum) {
+    TORCH_CHECK(buffers.empty(), "momentum_buffers must be empty when momentum is 0, got ", buffers.size());
+    return;
+  }
+  TORCH_CHECK(buffers.size() == params.size(), "momentum_buffers must hold one buffer per parameter (",
+              params.size(), "), got ", buffers.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& b = buffers[i];
+    TORCH_CHECK(b.sizes() == params[i].sizes() && b.scalar_type() == params[i].scalar_type() &&
+                    b.device() == params[i].device() && b.is_contiguous(),
+                "momentum buffer ", i, " must be a contiguous tensor like its parameter ", params[i].sizes(), " ",
+                params[i].scalar_type(), ", got ", b.sizes(), " ", b.scalar_type());
+  }
+}
+
+using StepResult = std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>;
+
+// The network and the loss as the training-step ops take them.
+struct StepArgs {
+  const Tensor& x;
+  const Tensor& y;
+  TensorList weights, bias, gamma, beta;
+  const Tensor& rng_states;
+  at::ArrayRef<double> p;
+  int64_t repr;
+  double leak, eps;
+  bool act_first;
+  at::ArrayRef<double> coefficients;
+  bool correlation;
+  double decorrelation_eps;
+  bool before_dropout;
+};
+
+// Both ops: with sgd, each parameter also takes SGD's update (momentum_buffers as in the schema).
+StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_buffers) {
+  // The ATen calls inside (GEMMs, views, allocations) skip the autograd and view-tracking layers.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<Tensor> params;
+  for (TensorList list : {a.weights, a.bias, a.gamma, a.beta}) params.insert(params.end(), list.begin(), list.end());
+  if (sgd != nullptr) check_updatable(params, momentum_buffers, sgd->momentum != 0.0, a.x);
+  // The dropout masks drawn once: the backward takes the forward's (nothing outlives the call).
+  std::vector<Tensor> keep;
+  const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
+      twoway_net_cpu(a.x, a.y, a.weights, a.bias, a.gamma, a.beta, a.rng_states, a.p, a.repr, a.leak, a.eps,
+                     a.act_first, &keep);
+  // The batch means as the running means take them (twoway_fast.fused.slot_means): with the bias the
+  // network op skips where batch norm cancels it, taken before an update changes the bias.
+  const int64_t n = static_cast<int64_t>(a.weights.size()) - 1;
+  std::vector<Tensor> bn_mean;
+  for (int64_t slot = 0; slot < 2 * n; ++slot)
+    bn_mean.push_back(a.act_first ? mean[slot] : mean[slot] + a.bias[slot < n ? slot : slot + 1]);
+  const Tensor& hx_dec = a.before_dropout ? hx_pre : hx;
+  const Tensor& hy_dec = a.before_dropout ? hy_pre : hy;
+  auto [terms, cx, cy] = twoway_loss_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, a.weights, a.gamma,
+                                         a.coefficients, a.correlation, a.decorrelation_eps);
+  auto grad_terms = at::zeros_like(terms);
+  grad_terms[0] = 1;  // the total is optimised; the other terms are reported
+  // No weights: their decay's gradient is added to the network's in one pass (complete_and_update).
+  auto [g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, unused, g_gamma] =
+      twoway_loss_backward_cpu(grad_terms, a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma, cx, cy,
+                               a.coefficients, a.correlation, a.decorrelation_eps);
+  c10::optional<Tensor> g_hx_pre, g_hy_pre;
+  if (a.before_dropout) {
+    g_hx_pre = g_hxd, g_hy_pre = g_hyd;
+  } else {  // hx is both the midway and the decorrelation input: its two gradients add up
+    g_hx = g_hx + g_hxd, g_hy = g_hy + g_hyd;
+  }
+  const double decay = 2.0 * a.coefficients[4];  // d/dW of wd ||W||^2
+  const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
+  auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
+      g_xh, g_yh, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta, a.rng_states, a.p, a.repr,
+      a.leak, a.act_first, z, mean, std, false,
+      [&](int64_t k, Tensor& dw) { complete_and_update(a.weights[k], dw, buffer(k), decay, sgd); }, &keep);
+  std::vector<Tensor> grads = grad_w;
+  grads.insert(grads.end(), grad_b.begin(), grad_b.end());
+  for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(g_gamma[i]));
+  grads.insert(grads.end(), grad_beta.begin(), grad_beta.end());
+  if (sgd != nullptr) {
+    for (size_t i = a.weights.size(); i < params.size(); ++i)
+      complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
+  }
+  return {terms, grads, bn_mean, std};
+}
+
+StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
+                                     TensorList gamma, TensorList beta, const Tensor& rng_states,
+                                     at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
+                                     at::ArrayRef<double> coefficients, bool correlation, double decorrelation_eps,
+                                     bool before_dropout) {
+  const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
+                   correlation, decorrelation_eps, before_dropout};
+  return training_step(a, nullptr, {});
+}
+
+StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
+                               TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
+                               int64_t repr, double leak, double eps, bool act_first,
+                               at::ArrayRef<double> coefficients, bool correlation, double decorrelation_eps,
+                               bool before_dropout, TensorList momentum_buffers, double lr, double momentum,
+                               double dampening, bool nesterov, double weight_decay, bool maximize) {
+  // The parameters change in place, outside autograd (the Autograd key falls through, below).
+  TORCH_CHECK(!c10::GradMode::is_enabled(),
+              "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
+  const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
+                   correlation, decorrelation_eps, before_dropout};
+  const Sgd sgd{lr, momentum, dampening, weight_decay, nesterov, maximize};
+  return training_step(a, &sgd, momentum_buffers);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
+  m.impl("twoway_step_gradients", &twoway_step_gradients_cpu);
+  m.impl("twoway_sgd_step", &twoway_sgd_step_cpu);
+}
+
+// Not differentiable, and the SGD step runs without grad mode (checked above): straight to the kernels,
+// without autograd's not-implemented fallback, which walks every tensor argument each call.
+TORCH_LIBRARY_IMPL(twoway_fast, Autograd, m) {
+  m.impl("twoway_step_gradients", torch::CppFunction::makeFallthrough());
+  m.impl("twoway_sgd_step", torch::CppFunction::makeFallthrough());
+}
+
+}  // namespace twoway_fast
