@@ -120,12 +120,12 @@ class TwoWayNet(nn.Module):
     def gammas(self) -> list[Tensor]:
         return [bn.gamma for bn in [*self.bn_x, *self.bn_y]]
 
-    def _check_view(self, name: str, v: Tensor, width: int) -> None:
+    @staticmethod
+    def _check_view(name: str, v: Tensor, width: int, weight: Tensor) -> None:
         if v.dim() != 2 or v.shape[1] != width:
             raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(v.shape)}")
         if v.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 rows)")
-        weight = self.weights[0]
         if v.dtype != weight.dtype:
             raise ValueError(f"{name} has dtype {v.dtype} but the model's parameters are {weight.dtype}; "
                              f"convert one (e.g. model.to({v.dtype}) or {name}.to({weight.dtype}))")
@@ -133,8 +133,9 @@ class TwoWayNet(nn.Module):
             raise ValueError(f"{name} is on {v.device} but the model's parameters are on {weight.device}")
 
     def _check_views(self, x: Tensor, y: Tensor) -> None:
-        self._check_view("x", x, self.dx)
-        self._check_view("y", y, self.dy)
+        weight = self.weights[0]  # the parameters' dtype and device
+        self._check_view("x", x, self.dx, weight)
+        self._check_view("y", y, self.dy, weight)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y must have the same number of rows (pairs), got {x.shape[0]} and {y.shape[0]}")
         if self.training and x.shape[0] < 2 and self.stats_group is None:  # synced: the rows of all ranks count
@@ -176,12 +177,12 @@ class TwoWayNet(nn.Module):
 
     def encode_x(self, x: Tensor) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout)."""
-        self._check_view("x", x, self.dx)
+        self._check_view("x", x, self.dx, self.weights[0])
         return reference.encode(self, x, "x")
 
     def encode_y(self, y: Tensor) -> Tensor:
         """The Y view's representation (eval semantics: running statistics, no dropout)."""
-        self._check_view("y", y, self.dy)
+        self._check_view("y", y, self.dy, self.weights[0])
         return reference.encode(self, y, "y")
 
     def extra_repr(self) -> str:
