@@ -3,8 +3,9 @@ benchmark's step of training_step.py): the step itself runs, with its op calls a
 wrapped so that each records when it starts and ends; the pieces are the calls and the Python between
 them. Minimum and median of rounds per piece, in ms (the wrappers add about a microsecond a call,
 counted in the piece before the call). By default the step as the Trainer runs it with SGD (one
-twoway_sgd_step call); `ops` forces the four op calls and optimizer.step() (any other optimiser):
-    python benchmarks/step_split.py [rounds] [threads] [ops]"""
+twoway_sgd_step call); `optimizer` forces the path of every other optimiser (twoway_step_gradients,
+then optimizer.step()):
+    python benchmarks/step_split.py [rounds] [threads] [optimizer]"""
 import inspect
 import sys
 import time
@@ -17,11 +18,10 @@ from training_step import make_step  # noqa: E402
 
 # The pieces, in the order of DirectStep.__call__; each op piece is one call, the others what lies
 # between two calls.
-PIECES = {"op": ("checks, seed, optimiser settings", "training-step op", "gradients, running stats, return"),
-          "ops": ("checks, seed, settings, zero_grad", "network op", "(network -> loss)", "loss op",
-                  "(loss -> loss backward)", "loss backward op", "(-> network backward)", "network backward op",
-                  "gradients, running statistics", "optimizer.step", "(return)")}
-OPS = ("twoway_net", "twoway_loss", "twoway_loss_backward", "twoway_net_backward", "twoway_sgd_step")
+PIECES = {"sgd": ("checks, seed, optimiser settings", "twoway_sgd_step op", "gradients, running stats, return"),
+          "optimizer": ("checks, seed, settings, zero_grad", "twoway_step_gradients op",
+                        "gradients, running statistics", "optimizer.step", "(return)")}
+OPS = ("twoway_step_gradients", "twoway_sgd_step")
 
 
 class Stamped:
@@ -48,7 +48,7 @@ class StampedPacket:
 def main(rounds: int, path: str) -> None:
     step = make_step("direct_fused", "mnist")
     direct = inspect.getclosurevars(step).nonlocals["direct"]  # the DirectStep that make_step built
-    if path == "ops":
+    if path == "optimizer":
         direct._sgd_settings = lambda: None
     pieces = PIECES[path]
     stamps: list[float] = []
@@ -81,8 +81,8 @@ def main(rounds: int, path: str) -> None:
 
 
 if __name__ == "__main__":
-    path = "ops" if "ops" in sys.argv[1:] else "op"
-    args = [int(a) for a in sys.argv[1:] if a != "ops"]
+    path = "optimizer" if "optimizer" in sys.argv[1:] else "sgd"
+    args = [int(a) for a in sys.argv[1:] if a != "optimizer"]
     if len(args) > 1:
         torch.set_num_threads(args[1])
     main(args[0] if args else 300, path)
