@@ -154,6 +154,7 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   auto [g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, unused, g_gamma] =
       twoway_loss_backward_cpu(grad_terms, a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma, cx, cy,
                                a.coefficients, a.correlation, a.decorrelation_eps);
+  cx = cy = Tensor();  // k x k each (36 MiB at k = 3000): freed before the network's backward
   c10::optional<Tensor> g_hx_pre, g_hy_pre;
   if (a.before_dropout) {
     g_hx_pre = g_hxd, g_hy_pre = g_hyd;
