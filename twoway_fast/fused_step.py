@@ -108,7 +108,7 @@ class DirectStep:
             if len(params) != len(self.params) or {id(p) for p in params} != self.param_ids:
                 return None
             self.checked_group = params
-        if (group["differentiable"] or getattr(opt, "_optimizer_step_pre_hooks", None)
+        if (group.get("differentiable", False) or getattr(opt, "_optimizer_step_pre_hooks", None)
                 or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)
                 or not all(p.requires_grad for p in self.params)):
             return None
