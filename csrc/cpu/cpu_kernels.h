@@ -4,9 +4,12 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
 #include <tuple>
 #include <vector>
+
+#include "twoway_loss_common.h"  // kTerms
 
 namespace twoway_fast {
 
@@ -37,6 +40,21 @@ NetBackwardResult twoway_net_backward_cpu(
     const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first,
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
     const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
+
+// The loss op's terms in double before its total (terms[0] is 0) and its matrices C: for a caller that
+// adds to a term (the weights' squares, summed where the update reads them) before the total.
+struct LossTermsResult {
+  std::array<double, kTerms> terms;
+  at::Tensor cx, cy;
+};
+LossTermsResult twoway_loss_terms_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
+                                      const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
+                                      const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
+                                      at::TensorList gammas, at::ArrayRef<double> coefficients, bool correlation,
+                                      double eps);
+// The terms tensor the loss op returns: the total summed from terms[1..], in x's dtype.
+at::Tensor loss_terms_tensor(std::array<double, kTerms> terms, at::ArrayRef<double> coefficients,
+                             const at::Tensor& x);
 
 LossResult twoway_loss_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                            const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,

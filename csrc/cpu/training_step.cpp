@@ -28,13 +28,17 @@ struct Sgd {
 
 // grad += decay * param (the loss's weight decay: rounded product, then the sum, as autograd adds the
 // loss's gradient to the network's); then, with o, torch.optim.SGD's update of param and its momentum
-// buffer buf (null without momentum).
+// buffer buf (null without momentum). Returns the sum of param^2 before the update, in double (the
+// loss's weight-decay term, summed here where the weights are read anyway), in kLanes partial sums
+// added in lane order (one order, so the baseline and AVX-512 builds give the same bits).
 template <typename T>
-void complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sgd* o) {
+double complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sgd* o) {
+  constexpr int kLanes = 16;
   const Sgd none{};
   const Sgd& s = o != nullptr ? *o : none;
   const auto loop = [&](auto has_decay, auto update, auto has_wd, auto has_buf) {
-    at::parallel_for(0, n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    return at::parallel_reduce(0, n, 1 << 15, 0.0, [&](int64_t i0, int64_t i1, double acc) {
+      double total = 0.0;
       run_fastest([&] {
         // Locals, not the captured references: the stores below could alias those, and GCC would reload
         // them every element and keep the loop scalar.
@@ -45,8 +49,10 @@ void complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sg
         const T wd = static_cast<T>(s.weight_decay), undamped = static_cast<T>(1.0 - s.dampening);
         const T sign = s.maximize ? T(-1) : T(1);
         const bool nesterov = s.nesterov;
-        for (int64_t i = i0; i < i1; ++i) {
+        double lanes[kLanes] = {};
+        const auto element = [&](int64_t i, double& lane) {
           const T p = p_[i];
+          lane += static_cast<double>(p) * static_cast<double>(p);
           T g = g_[i];
           if constexpr (has_decay) {
             const T d = dec * p;
@@ -63,27 +69,36 @@ void complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sg
             }
             p_[i] = p - lr * step;
           }
-        }
+        };
+        int64_t i = i0;
+        for (; i + kLanes <= i1; i += kLanes)
+#pragma omp simd
+          for (int l = 0; l < kLanes; ++l) element(i + l, lanes[l]);
+        for (int l = 0; i + l < i1; ++l) element(i + l, lanes[l]);
+        for (int l = 0; l < kLanes; ++l) total += lanes[l];
       });
-    });
+      return acc + total;
+    }, std::plus<double>());
   };
-  const bool update = o != nullptr;
-  if (!update && decay == T(0)) return;
-  with_flags(decay != T(0), update, s.weight_decay != 0.0, [&](auto has_decay, auto upd, auto has_wd) {
+  double squares = 0.0;
+  with_flags(decay != T(0), o != nullptr, s.weight_decay != 0.0, [&](auto has_decay, auto upd, auto has_wd) {
     if (buf != nullptr) {
-      loop(has_decay, upd, has_wd, std::true_type{});
+      squares = loop(has_decay, upd, has_wd, std::true_type{});
     } else {
-      loop(has_decay, upd, has_wd, std::false_type{});
+      squares = loop(has_decay, upd, has_wd, std::false_type{});
     }
   });
+  return squares;
 }
 
-void complete_and_update(const Tensor& param, const Tensor& grad, const Tensor* buf, double decay, const Sgd* o) {
+double complete_and_update(const Tensor& param, const Tensor& grad, const Tensor* buf, double decay, const Sgd* o) {
+  double squares = 0.0;
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "twoway_sgd_update", [&] {
-    complete_and_update<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                  buf == nullptr ? nullptr : buf->data_ptr<scalar_t>(), param.numel(),
-                                  static_cast<scalar_t>(decay), o);
+    squares = complete_and_update<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                            buf == nullptr ? nullptr : buf->data_ptr<scalar_t>(), param.numel(),
+                                            static_cast<scalar_t>(decay), o);
   });
+  return squares;
 }
 
 void check_updatable(TensorList params, TensorList buffers, bool momentum, const Tensor& x) {
@@ -146,9 +161,11 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
     bn_mean.push_back(a.act_first ? mean[slot] : mean[slot] + a.bias[slot < n ? slot : slot + 1]);
   const Tensor& hx_dec = a.before_dropout ? hx_pre : hx;
   const Tensor& hy_dec = a.before_dropout ? hy_pre : hy;
-  auto [terms, cx, cy] = twoway_loss_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, a.weights, a.gamma,
-                                         a.coefficients, a.correlation, a.decorrelation_eps);
-  auto grad_terms = at::zeros_like(terms);
+  // No weights: the sum of their squares (the weight-decay term) comes from the pass that completes
+  // their gradients, which reads them anyway; the total is summed after it.
+  auto [loss_terms, cx, cy] = twoway_loss_terms_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma,
+                                                    a.coefficients, a.correlation, a.decorrelation_eps);
+  auto grad_terms = at::zeros({kTerms}, a.x.options());
   grad_terms[0] = 1;  // the total is optimised; the other terms are reported
   // No weights: their decay's gradient is added to the network's in one pass (complete_and_update).
   auto [g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, unused, g_gamma] =
@@ -162,11 +179,15 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
     g_hx = g_hx + g_hxd, g_hy = g_hy + g_hyd;
   }
   const double decay = 2.0 * a.coefficients[4];  // d/dW of wd ||W||^2
+  std::vector<double> weight_squares(a.weights.size(), 0.0);  // each written by the thread of its GEMM
   const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
       g_xh, g_yh, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta, a.rng_states, a.p, a.repr,
       a.leak, a.act_first, z, mean, std, false,
-      [&](int64_t k, Tensor& dw) { complete_and_update(a.weights[k], dw, buffer(k), decay, sgd); }, &keep);
+      [&](int64_t k, Tensor& dw) {
+        weight_squares[k] = complete_and_update(a.weights[k], dw, buffer(k), decay, sgd);
+      },
+      &keep);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
   for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(g_gamma[i]));
@@ -175,7 +196,8 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
     for (size_t i = a.weights.size(); i < params.size(); ++i)
       complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
   }
-  return {terms, grads, bn_mean, std};
+  for (double w : weight_squares) loss_terms[6] += w;
+  return {loss_terms_tensor(loss_terms, a.coefficients, a.x), grads, bn_mean, std};
 }
 
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,

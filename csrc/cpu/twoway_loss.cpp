@@ -144,12 +144,14 @@ std::pair<Tensor, Tensor> decorrelation_input_cpu(const Tensor& h_in, bool corre
 
 }  // namespace
 
-LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
-                           const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
-                           TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
-                           bool correlation, double eps) {
+LossTermsResult twoway_loss_terms_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
+                                      const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
+                                      TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
+                                      bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  std::array<double, kTerms> t{};
+  LossTermsResult r;
+  auto& t = r.terms;
+  t.fill(0.0);
   Tensor c[2];
   side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
     t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
@@ -161,10 +163,25 @@ LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat
   const auto square = [](double v) { return v * v; };
   t[6] = sum_over(weights, square) + sum_over(gammas, square);
   t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
+  r.cx = c[0], r.cy = c[1];
+  return r;
+}
+
+Tensor loss_terms_tensor(std::array<double, kTerms> t, at::ArrayRef<double> coefficients, const Tensor& x) {
+  t[0] = 0.0;
   for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
   auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
   std::copy(t.begin(), t.end(), terms.data_ptr<double>());
-  return {terms.to(x.scalar_type()), c[0], c[1]};
+  return terms.to(x.scalar_type());
+}
+
+LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
+                           const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
+                           TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
+                           bool correlation, double eps) {
+  const auto r = twoway_loss_terms_cpu(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
+                                       correlation, eps);
+  return {loss_terms_tensor(r.terms, coefficients, x), r.cx, r.cy};
 }
 
 namespace {
