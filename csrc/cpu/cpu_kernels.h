@@ -1,6 +1,6 @@
-// The CPU kernels of the network and loss ops, callable from C++ without the dispatcher: the
-// training-step ops (csrc/cpu/training_step.cpp) run them in turn. Arguments and results as the schemas
-// in csrc/twoway_fast.cpp.
+// The CPU kernels the training-step ops (csrc/cpu/training_step.cpp) run in turn, called from C++
+// without the dispatcher: the network op and its backward (arguments and results as their schemas in
+// csrc/twoway_fast.cpp) and the loss with its gradients.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -17,10 +17,6 @@ using NetForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
                                     std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 using NetBackwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
-using LossResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using LossBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
-
 // Called with (k, dW_k) on the thread that computed weights[k]'s gradient, right after its GEMM,
 // while dW_k is in that core's cache; the op has no further use of weights[k] by then.
 using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
@@ -41,31 +37,22 @@ NetBackwardResult twoway_net_backward_cpu(
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
     const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
 
-// The loss op's terms in double before its total (terms[0] is 0) and its matrices C: for a caller that
-// adds to a term (the weights' squares, summed where the update reads them) before the total.
-struct LossTermsResult {
+// The 2-Way loss and the gradients of its total (grad_terms = (1, 0, ..., 0)) in one region, each
+// channel's inputs read once: the training-step ops' loss. terms as twoway_loss's in double, without the
+// weights' squares (terms[6] holds the gammas'; the caller adds the weights') and without the total
+// (terms[0] is 0; loss_terms_tensor sums it); the gradients as twoway_loss_backward's.
+struct LossAndGrads {
   std::array<double, kTerms> terms;
-  at::Tensor cx, cy;
+  at::Tensor grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec;
+  std::vector<at::Tensor> grad_gammas;
 };
-LossTermsResult twoway_loss_terms_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
-                                      const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
-                                      const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
-                                      at::TensorList gammas, at::ArrayRef<double> coefficients, bool correlation,
-                                      double eps);
+LossAndGrads twoway_loss_and_grads_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
+                                       const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
+                                       const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList gammas,
+                                       at::ArrayRef<double> coefficients, bool correlation, double eps);
+
 // The terms tensor the loss op returns: the total summed from terms[1..], in x's dtype.
 at::Tensor loss_terms_tensor(std::array<double, kTerms> terms, at::ArrayRef<double> coefficients,
                              const at::Tensor& x);
-
-LossResult twoway_loss_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
-                           const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
-                           const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
-                           at::TensorList gammas, at::ArrayRef<double> coefficients, bool correlation, double eps);
-
-LossBackwardResult twoway_loss_backward_cpu(const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y,
-                                            const at::Tensor& x_hat, const at::Tensor& y_hat, const at::Tensor& hx,
-                                            const at::Tensor& hy, const at::Tensor& hx_dec,
-                                            const at::Tensor& hy_dec, at::TensorList weights,
-                                            at::TensorList gammas, const at::Tensor& cx, const at::Tensor& cy,
-                                            at::ArrayRef<double> coefficients, bool correlation, double eps);
 
 }  // namespace twoway_fast

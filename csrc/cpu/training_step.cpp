@@ -161,43 +161,37 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
     bn_mean.push_back(a.act_first ? mean[slot] : mean[slot] + a.bias[slot < n ? slot : slot + 1]);
   const Tensor& hx_dec = a.before_dropout ? hx_pre : hx;
   const Tensor& hy_dec = a.before_dropout ? hy_pre : hy;
-  // No weights: the sum of their squares (the weight-decay term) comes from the pass that completes
-  // their gradients, which reads them anyway; the total is summed after it.
-  auto [loss_terms, cx, cy] = twoway_loss_terms_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma,
-                                                    a.coefficients, a.correlation, a.decorrelation_eps);
-  auto grad_terms = at::zeros({kTerms}, a.x.options());
-  grad_terms[0] = 1;  // the total is optimised; the other terms are reported
-  // No weights: their decay's gradient is added to the network's in one pass (complete_and_update).
-  auto [g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, unused, g_gamma] =
-      twoway_loss_backward_cpu(grad_terms, a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma, cx, cy,
-                               a.coefficients, a.correlation, a.decorrelation_eps);
-  cx = cy = Tensor();  // k x k each (36 MiB at k = 3000): freed before the network's backward
+  // No weights: the sum of their squares (the loss's weight-decay term) and its gradient come from the
+  // pass that completes their gradients, which reads them anyway; the total is summed after it.
+  auto loss = twoway_loss_and_grads_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, a.gamma, a.coefficients,
+                                        a.correlation, a.decorrelation_eps);
+  Tensor g_hx = loss.grad_hx, g_hy = loss.grad_hy;
   c10::optional<Tensor> g_hx_pre, g_hy_pre;
   if (a.before_dropout) {
-    g_hx_pre = g_hxd, g_hy_pre = g_hyd;
+    g_hx_pre = loss.grad_hx_dec, g_hy_pre = loss.grad_hy_dec;
   } else {  // hx is both the midway and the decorrelation input: its two gradients add up
-    g_hx = g_hx + g_hxd, g_hy = g_hy + g_hyd;
+    g_hx = g_hx + loss.grad_hx_dec, g_hy = g_hy + loss.grad_hy_dec;
   }
   const double decay = 2.0 * a.coefficients[4];  // d/dW of wd ||W||^2
   std::vector<double> weight_squares(a.weights.size(), 0.0);  // each written by the thread of its GEMM
   const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
-      g_xh, g_yh, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta, a.rng_states, a.p, a.repr,
-      a.leak, a.act_first, z, mean, std, false,
+      loss.grad_x_hat, loss.grad_y_hat, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta,
+      a.rng_states, a.p, a.repr, a.leak, a.act_first, z, mean, std, false,
       [&](int64_t k, Tensor& dw) {
         weight_squares[k] = complete_and_update(a.weights[k], dw, buffer(k), decay, sgd);
       },
       &keep);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
-  for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(g_gamma[i]));
+  for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(loss.grad_gammas[i]));
   grads.insert(grads.end(), grad_beta.begin(), grad_beta.end());
   if (sgd != nullptr) {
     for (size_t i = a.weights.size(); i < params.size(); ++i)
       complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
   }
-  for (double w : weight_squares) loss_terms[6] += w;
-  return {loss_terms_tensor(loss_terms, a.coefficients, a.x), grads, bn_mean, std};
+  for (double w : weight_squares) loss.terms[6] += w;
+  return {loss_terms_tensor(loss.terms, a.coefficients, a.x), grads, bn_mean, std};
 }
 
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,

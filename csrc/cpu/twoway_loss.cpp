@@ -22,6 +22,10 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
+using LossResult = std::tuple<Tensor, Tensor, Tensor>;
+using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
+                                      std::vector<Tensor>>;
+
 constexpr int kSumLanes = 16;           // partial sums per reduction (see lane_sum)
 constexpr int64_t kSumGrain = 1 << 17;  // elements below which a reduction runs on the calling thread
 
@@ -144,29 +148,6 @@ std::pair<Tensor, Tensor> decorrelation_input_cpu(const Tensor& h_in, bool corre
 
 }  // namespace
 
-LossTermsResult twoway_loss_terms_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
-                                      const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
-                                      TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
-                                      bool correlation, double eps) {
-  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  LossTermsResult r;
-  auto& t = r.terms;
-  t.fill(0.0);
-  Tensor c[2];
-  side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
-    t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
-    if (ch == 1) t[3] = squared_distance(hx, hy);
-    c[ch] = second_moment(decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps).first);
-    const auto [fro, diag] = norms(c[ch]);
-    t[4 + ch] = fro - diag;
-  });
-  const auto square = [](double v) { return v * v; };
-  t[6] = sum_over(weights, square) + sum_over(gammas, square);
-  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
-  r.cx = c[0], r.cy = c[1];
-  return r;
-}
-
 Tensor loss_terms_tensor(std::array<double, kTerms> t, at::ArrayRef<double> coefficients, const Tensor& x) {
   t[0] = 0.0;
   for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
@@ -179,9 +160,20 @@ LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat
                            const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                            TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
                            bool correlation, double eps) {
-  const auto r = twoway_loss_terms_cpu(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
-                                       correlation, eps);
-  return {loss_terms_tensor(r.terms, coefficients, x), r.cx, r.cy};
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
+  std::array<double, kTerms> t{};
+  Tensor c[2];
+  side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
+    t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
+    if (ch == 1) t[3] = squared_distance(hx, hy);
+    c[ch] = second_moment(decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps).first);
+    const auto [fro, diag] = norms(c[ch]);
+    t[4 + ch] = fro - diag;
+  });
+  const auto square = [](double v) { return v * v; };
+  t[6] = sum_over(weights, square) + sum_over(gammas, square);
+  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
+  return {loss_terms_tensor(t, coefficients, x), c[0], c[1]};
 }
 
 namespace {
@@ -191,11 +183,10 @@ namespace {
 // its norm is 0), computed as (2 w / B) (H C / ||C||_F - H diag(C) / ||diag C||_2) so that no k x k
 // temporary is built; then through the standardisation dh = inv_std (dH - mean(dH) - H mean(dH * H)).
 // One GEMM, then one pass (three in the correlation form, column means in double) over the B x k block.
-Tensor decorrelation_grad(const Tensor& h, const Tensor& c_in, double w, bool correlation, double eps) {
-  const auto c = c_in.contiguous();
-  const auto [fro, diag] = norms(c);
-  const double scale = 2.0 * w / h.size(0);
-  const auto [H, inv_std] = decorrelation_input_cpu(h, correlation, eps);
+// decorrelation_grad_of takes H and inv_std as decorrelation_input_cpu gives them, C and its norms.
+Tensor decorrelation_grad_of(const Tensor& H, const Tensor& inv_std, const Tensor& c, double fro, double diag,
+                             double w, bool correlation) {
+  const double scale = 2.0 * w / H.size(0);
   auto dH = at::mm(H, c);
   const int64_t rows = H.size(0), cols = H.size(1);
   AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "twoway_loss_decorrelation_grad", [&] {
@@ -226,6 +217,40 @@ Tensor decorrelation_grad(const Tensor& h, const Tensor& c_in, double w, bool co
       }
   });
   return dH;
+}
+
+Tensor decorrelation_grad(const Tensor& h, const Tensor& c_in, double w, bool correlation, double eps) {
+  const auto c = c_in.contiguous();
+  const auto [fro, diag] = norms(c);
+  const auto [H, inv_std] = decorrelation_input_cpu(h, correlation, eps);
+  return decorrelation_grad_of(H, inv_std, c, fro, diag, w, correlation);
+}
+
+// squared_distance(a, b) and, in the same pass, scaled_difference(a, b, scale, negation != nullptr)
+// into out (and *negation): the same sums and roundings as the two, each element read once.
+double distance_and_scaled_difference(const Tensor& a_in, const Tensor& b_in, double scale, Tensor& out,
+                                      Tensor* negation) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  out = at::empty_like(a);
+  if (negation != nullptr) *negation = at::empty_like(a);
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_distance_and_grad", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    scalar_t* pn = negation != nullptr ? negation->data_ptr<scalar_t>() : nullptr;
+    const auto s = static_cast<scalar_t>(scale);
+    sum = sum_of(a.numel(), [pa, pb, po, s](int64_t i) {
+      po[i] = (pa[i] - pb[i]) * s;
+      const double d = static_cast<double>(pa[i]) - pb[i];
+      return d * d;
+    });
+    if (pn != nullptr)
+      at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
+        for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
+      }); });
+  });
+  return sum / a.size(0);
 }
 
 // (a - b) * scale in one pass, rounded as (a - b).mul_(scale) rounds it (the scale in a's dtype),
@@ -297,6 +322,34 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   for (const auto& wt : weights) grad_weights.push_back(wt.mul(2.0 * w[6]));
   for (const auto& gm : gammas) grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
   return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
+}
+
+LossAndGrads twoway_loss_and_grads_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
+                                       const Tensor& hx, const Tensor& hy, const Tensor& hx_dec,
+                                       const Tensor& hy_dec, TensorList gammas, at::ArrayRef<double> coefficients,
+                                       bool correlation, double eps) {
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, gammas, coefficients);
+  LossAndGrads r;
+  auto& t = r.terms;
+  t.fill(0.0);
+  std::array<double, kTerms> w{};  // each term's weight in the total
+  for (int i = 1; i < kTerms; ++i) w[i] = coefficients[kCoefficientOf[i]];
+  const double B = static_cast<double>(x.size(0));
+  side_by_side([&](int ch) {  // a channel each, the midway pair with Y
+    t[1 + ch] = distance_and_scaled_difference(ch == 0 ? x_hat : y_hat, ch == 0 ? x : y, 2.0 * w[1 + ch] / B,
+                                               ch == 0 ? r.grad_x_hat : r.grad_y_hat, nullptr);
+    if (ch == 1) t[3] = distance_and_scaled_difference(hx, hy, 2.0 * w[3] / B, r.grad_hx, &r.grad_hy);
+    const auto [H, inv_std] = decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps);
+    const Tensor c = second_moment(H);
+    const auto [fro, diag] = norms(c);
+    t[4 + ch] = fro - diag;
+    (ch == 0 ? r.grad_hx_dec : r.grad_hy_dec) =
+        decorrelation_grad_of(H, inv_std, c, fro, diag, w[4 + ch], correlation);
+  });
+  t[6] = sum_over(gammas, [](double v) { return v * v; });
+  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
+  for (const auto& gm : gammas) r.grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
+  return r;
 }
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
