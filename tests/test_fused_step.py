@@ -176,6 +176,20 @@ def test_step_gradients_opcheck():
     torch.library.opcheck(torch.ops.twoway_fast.twoway_step_gradients.default, args)
 
 
+def test_step_gradients_of_a_non_contiguous_weight():
+    # The gradients op reads the weights for the weight decay too: a transposed view must count as the
+    # same values, not its storage order.
+    args = sgd_step_args(torch.float64)[:16]
+    weights = [w.clone() for w in args[2]]
+    expected = torch.ops.twoway_fast.twoway_step_gradients.default(*args)
+    args[2] = [w.T.contiguous().T if w.dim() == 2 else w for w in weights]
+    assert not args[2][0].is_contiguous()
+    got = torch.ops.twoway_fast.twoway_step_gradients.default(*args)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    for g, e in zip(got[1], expected[1]):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 def test_sgd_step_opcheck():
     # Not test_aot_dispatch_*: functionalisation does not take a custom op mutating tensor lists, and the
     # op is DirectStep's, which runs eagerly (the compiled step is the autograd one).

@@ -178,8 +178,8 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
       loss.grad_x_hat, loss.grad_y_hat, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta,
       a.rng_states, a.p, a.repr, a.leak, a.act_first, z, mean, std, false,
-      [&](int64_t k, Tensor& dw) {
-        weight_squares[k] = complete_and_update(a.weights[k], dw, buffer(k), decay, sgd);
+      [&](int64_t k, Tensor& dw) {  // (contiguous already where updated: check_updatable)
+        weight_squares[k] = complete_and_update(a.weights[k].contiguous(), dw, buffer(k), decay, sgd);
       },
       &keep);
   std::vector<Tensor> grads = grad_w;
