@@ -138,10 +138,17 @@ def step_hook(model, opt):
     opt.register_step_pre_hook(lambda *_: None)
 
 
-@pytest.mark.parametrize("change", [frozen_bias, two_groups, step_hook])
+def non_contiguous_weight(model, opt):
+    with torch.no_grad():
+        w = model.weights[1]
+        w.data = w.data.T.contiguous().T  # same values, column-major
+
+
+@pytest.mark.parametrize("change", [frozen_bias, two_groups, step_hook, non_contiguous_weight])
 def test_sgd_the_op_cannot_stand_for_takes_the_optimiser(change):
-    # A frozen parameter, two parameter groups, a step hook: the optimiser's own update, as the
-    # autograd step (the op would update the frozen bias, or take one lr for both groups, or skip the hook).
+    # A frozen parameter, two parameter groups, a step hook, a non-contiguous weight: the optimiser's own
+    # update, as the autograd step (the op would update the frozen bias, take one lr for both groups, skip
+    # the hook, or refuse the weight it cannot update in place).
     model, criterion, opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout", "sgd")
     twin, twin_criterion, twin_opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout", "sgd")
     change(model, opt)

@@ -97,8 +97,9 @@ class DirectStep:
 
     def _sgd_settings(self) -> tuple | None:
         """The arguments of the twoway_sgd_step op that stand for self.optimizer.step(), or None where it
-        cannot: another optimiser, other parameters, hooks, frozen parameters, gradients to reduce between
-        backward and update, or momentum buffers still to create (the optimiser's first step makes them)."""
+        cannot: another optimiser, other parameters, hooks, frozen or non-contiguous parameters (updated in
+        place by the op), gradients to reduce between backward and update, or momentum buffers still to
+        create (the optimiser's first step makes them)."""
         opt = self.optimizer
         if type(opt) is not torch.optim.SGD or self.reduce_gradients is not None or len(opt.param_groups) != 1:
             return None
@@ -110,7 +111,7 @@ class DirectStep:
             self.checked_group = params
         if (group.get("differentiable", False) or getattr(opt, "_optimizer_step_pre_hooks", None)
                 or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)
-                or not all(p.requires_grad for p in self.params)):
+                or not all(p.requires_grad and p.is_contiguous() for p in self.params)):
             return None
         buffers = []
         if group["momentum"] != 0:
