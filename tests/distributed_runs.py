@@ -53,6 +53,9 @@ def _rank_main(rank: int, world: int, port: int, job, out_dir: str, kwargs: dict
                             timeout=timedelta(seconds=60))
     try:
         job(out_dir, **kwargs)
+        # Every rank done before any tears its connections down: once, in CI under load, a rank aborted
+        # at teardown ("terminate called without an active exception") after its job had finished.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -199,13 +199,14 @@ NetBackwardResult twoway_net_backward_cpu(
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
 }
 
+namespace {
+
 // The registered ops: masks drawn by each, no hook.
 NetForwardResult twoway_net_op(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias, TensorList gamma,
                                TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
                                double leak, double eps, bool act_first) {
   return twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
 }
-
 
 NetBackwardResult twoway_net_backward_op(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
@@ -217,6 +218,8 @@ NetBackwardResult twoway_net_backward_op(
   return twoway_net_backward_cpu(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights,
                                  gamma, beta, rng_states, p, repr, leak, act_first, z, mean, std, input_grads);
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_net", &twoway_net_op);
