@@ -19,7 +19,7 @@ from torch.optim import optimizer as torch_optimizer
 
 from .backend import resolve_backend
 from .loss import TwoWayLoss
-from .model import TwoWayNet
+from .model import TwoWayNet, running_stats_of
 from .reference import LossTerms, check_loss_variant, rng_states
 
 # Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
@@ -44,7 +44,7 @@ class DirectStep:
     def __init__(self, model: TwoWayNet, criterion: TwoWayLoss, optimizer: torch.optim.Optimizer,
                  first_row: int = 0, reduce_gradients: Callable[[Iterable[nn.Parameter]], None] | None = None):
         check_loss_variant(criterion.decorrelation, criterion.decorrelation_input)
-        self.model, self.optimizer, self.first_row = model, optimizer, first_row
+        self.model, self.optimizer = model, optimizer
         self.reduce_gradients = reduce_gradients
         c = criterion.coefficients
         self.coefficients = [c["lx"], c["ly"], c["lh"], c["lc"], c["wd"], c["lg"]]
@@ -53,12 +53,12 @@ class DirectStep:
         self.eps = criterion.decorrelation_eps
         self.weights = list(model.weights)
         self.bias = [*model.x_bias, *model.y_bias]
-        self.bns = bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
+        bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
         self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
         self.param_ids = {id(p) for p in self.params}
         self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
-        self.running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+        self.running = running_stats_of(bns)  # taken once, as the parameters
         # reference.rng_states built once; each step writes its seed into the first column in place.
         self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
                                  first_row)
@@ -86,9 +86,7 @@ class DirectStep:
         for p, g in zip(self.params, grads):
             if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
                 p.grad = g
-        # TwoWayNet._update_running_stats_of's update, on the lists taken once (the op's statistics have
-        # the parameters' dtype, as the running statistics).
-        torch._foreach_lerp_(self.running, [*mean, *std], net.bn_momentum)
+        net._lerp_running_stats(self.running, [*mean, *std])
         if sgd is None:
             if self.reduce_gradients is not None:
                 self.reduce_gradients(self.params)

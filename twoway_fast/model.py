@@ -59,6 +59,11 @@ def _locally_dense(spec: Mapping[int | str, int] | None, sizes: list[int]) -> di
     return blocks
 
 
+def running_stats_of(bns: Sequence[BatchNormParams]) -> list[Tensor]:
+    """The running means of bns, then their running stds: the order of TwoWayNet._lerp_running_stats."""
+    return [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+
+
 class TwoWayNet(nn.Module):
     """A 2-Way Net (SPEC section 1): tied X->Y and Y->X channels sharing W_1..W_{n+1}.
 
@@ -166,12 +171,15 @@ class TwoWayNet(nn.Module):
         bns = [(self.bn_x if channel == "x" else self.bn_y)[k] for channel, k in stats]
         self._update_running_stats_of(bns, [m for m, _ in stats.values()], [s for _, s in stats.values()])
 
-    @torch.no_grad()
     def _update_running_stats_of(self, bns: Sequence[BatchNormParams], mean: Sequence[Tensor],
                                  std: Sequence[Tensor]) -> None:
         """running = (1 - bn_momentum) running + bn_momentum batch, for the means and stds of bns."""
-        running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
-        batch = [b if b.dtype == r.dtype else b.to(r.dtype) for r, b in zip(running, [*mean, *std])]
+        self._lerp_running_stats(running_stats_of(bns), [*mean, *std])
+
+    @torch.no_grad()
+    def _lerp_running_stats(self, running: Sequence[Tensor], batch: Sequence[Tensor]) -> None:
+        """running (running_stats_of's list) moved towards the batch statistics, in their order."""
+        batch = [b if b.dtype == r.dtype else b.to(r.dtype) for r, b in zip(running, batch)]
         # One foreach call instead of two per batch norm (elementwise the same as lerp_ on each).
         torch._foreach_lerp_(running, batch, self.bn_momentum)
 
