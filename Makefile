@@ -85,7 +85,8 @@ SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-fil
   ASAN_OPTIONS=detect_leaks=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=.
 
-# The C++ is rebuilt when a source changes; Python files and tests are copied afresh on every run.
+# The C++ is rebuilt when a source changes; Python files (every subpackage's) and tests are copied afresh
+# on every run, the old copies removed first (a module moved away must not linger there).
 $(SANITIZE_DIR)/.built: $(VENV)/.created $(SOURCES)
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
 	cp -r setup.py pyproject.toml README.md csrc twoway_fast $(SANITIZE_DIR)/
@@ -96,7 +97,8 @@ $(SANITIZE_DIR)/.built: $(VENV)/.created $(SOURCES)
 sanitize: $(SANITIZE_DIR)/.built
 	rm -rf $(SANITIZE_DIR)/tests && cp -r tests $(SANITIZE_DIR)/
 	cp -r twoway_fast/presets $(SANITIZE_DIR)/twoway_fast/
-	for f in twoway_fast/*.py; do [ $$f = twoway_fast/_build_info.py ] || cp $$f $(SANITIZE_DIR)/$$f; done
+	find $(SANITIZE_DIR)/twoway_fast -name '*.py' ! -path $(SANITIZE_DIR)/twoway_fast/_build_info.py -delete
+	find twoway_fast -name '*.py' ! -path twoway_fast/_build_info.py -exec cp --parents {} $(SANITIZE_DIR)/ \;
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
 	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)

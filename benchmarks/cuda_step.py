@@ -5,7 +5,7 @@ them on the H200 and RESULTS.md gets the numbers):
 One step = forward, the 2-Way loss, backward and a Nesterov SGD update on fixed data, batch 128, with
 the preset's default form:
 - mnist (392 -> [392, 50, 392] -> 392): the fused backend eager and replayed as a captured CUDA graph
-  (twoway_fast.graph_step), the reference eager, float32 and under bfloat16 autocast; the reference
+  (twoway_fast.step.graph), the reference eager, float32 and under bfloat16 autocast; the reference
   and the fused backend under torch.compile(fullgraph=True) (forward and loss; backward through the
   compiled graph), float32.
 - flickr30k (4096 -> [2000, 3000, 16000] -> 6000, output layer locally dense M = 2): the same, less
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import twoway_fast
-from twoway_fast.graph_step import CapturedStep
+from twoway_fast.step.graph import CapturedStep
 
 BATCH = 128
 SHAPES = {"mnist": (392, 392), "flickr30k": (4096, 6000)}  # (dx, dy); the widths are the preset's

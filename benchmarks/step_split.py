@@ -1,4 +1,4 @@
-"""Where the direct training step's time goes (twoway_fast.fused_step.DirectStep, mnist preset, the
+"""Where the direct training step's time goes (twoway_fast.step.direct.DirectStep, mnist preset, the
 benchmark's step of training_step.py): the step itself runs, with its op calls and the optimiser step
 wrapped so that each records when it starts and ends; the pieces are the calls and the Python between
 them. Minimum and median of rounds per piece, in ms (the wrappers add about a microsecond a call,

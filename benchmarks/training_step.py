@@ -4,7 +4,7 @@ backward and a Nesterov SGD update, on fixed float32 data of batch 128.
 providers: "fused" (TwoWayNet(backend="fused")), "reference" (backend="reference", eager),
 "compiled_reference" (the reference's forward and loss under torch.compile(fullgraph=True); backward
 through the compiled graph, the same optimizer), "compiled_fused" (the same with the fused backend:
-the ops without the Python around them), "direct_fused" (twoway_fast.fused_step.DirectStep: the fused
+the ops without the Python around them), "direct_fused" (twoway_fast.step.direct.DirectStep: the fused
 ops and their backward ops called without the autograd engine, the same optimizer) and "gemm_floor"
 (the fused step's matrix products alone, on preallocated buffers: 2 (n + 1) forward, 2n input-gradient
 and n + 1 weight-gradient GEMMs with K = 2B, and the loss's decorrelation: C = H^T H and dH = H G per
@@ -47,7 +47,7 @@ def make_step(provider: str, shape: str):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
     seed = torch.tensor(1)
     if provider == "direct_fused":
-        from twoway_fast.fused_step import DirectStep
+        from twoway_fast.step.direct import DirectStep
 
         direct = DirectStep(model, criterion, opt)
         return lambda: direct(x, y, seed)

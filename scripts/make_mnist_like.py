@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from twoway_fast.idx import write_idx
+from twoway_fast.data.idx import write_idx
 
 
 def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -18,7 +18,7 @@ AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
 STEP = """
 import sys, torch
 from twoway_fast import TwoWayNet
-from twoway_fast.fused_step import DirectStep
+from twoway_fast.step.direct import DirectStep
 from twoway_fast.loss import TwoWayLoss
 results = {}
 for order, decorrelation in (("act_then_bn", "correlation"), ("bn_then_act", "second_moment")):

@@ -13,7 +13,7 @@ from twoway_fast import reference
 
 ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
-from twoway_fast import fused  # noqa: E402
+from twoway_fast.backends import fused  # noqa: E402
 
 from fused_pairs import close, twin_models  # noqa: E402
 from test_loss_op import COEFFICIENTS, VARIANTS, loss_inputs  # noqa: E402

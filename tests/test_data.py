@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from twoway_fast import data
-from twoway_fast.idx import read_idx, write_idx
+from twoway_fast.data.idx import read_idx, write_idx
 
 RNG = np.random.default_rng(0)
 

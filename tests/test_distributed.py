@@ -1,4 +1,5 @@
-"""Data-parallel training (twoway_fast.distributed): 2 gloo ranks on the CPU against 1 process.
+"""Data-parallel training (twoway_fast.distributed, twoway_fast.backends.synced): 2 gloo ranks on the CPU
+against 1 process.
 
 Each 2-rank test spawns 2 processes (a few seconds each: they import torch). With synchronised statistics
 2 ranks of B rows must train exactly like 1 process of 2B rows (float64: only the order of the sums
@@ -10,8 +11,10 @@ import sys
 import pytest
 import torch
 
-from twoway_fast import TwoWayNet, distributed, reference, run
-from twoway_fast.distributed import Ranks, column_stats
+from twoway_fast import TwoWayNet, reference, run
+from twoway_fast.backends import synced
+from twoway_fast.backends.synced import column_stats
+from twoway_fast.distributed import Ranks
 
 from distributed_runs import free_port, spawn, train_and_save, trainer, weights
 
@@ -126,11 +129,11 @@ def test_column_stats_keep_float32_spread_under_a_large_mean(one_rank_group):
 @pytest.mark.parametrize("backend, order", [("fused", "act_then_bn"), ("fused", "bn_then_act"),
                                             ("reference", "bn_then_act")])
 def test_synced_forward_on_one_rank_is_the_plain_forward(one_rank_group, backend, order):
-    """The channels-in-lockstep walk of distributed.forward against reference.forward (one rank: the same
+    """The channels-in-lockstep walk of synced.forward against reference.forward (one rank: the same
     statistics), outputs, batch statistics and gradients, with dropout and an offset first row."""
     model = TwoWayNet(6, 5, [7, 3, 4], order=order, dropout=[0.5, 0.2, 0.5], backend=backend).double()
     x, y, seed = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64), torch.tensor(3)
-    got, got_stats = distributed.forward(model, x, y, seed, 4, backend, one_rank_group)
+    got, got_stats = synced.forward(model, x, y, seed, 4, backend, one_rank_group)
     want, want_stats = reference.forward(model, x, y, seed, 4)
     assert got_stats.keys() == want_stats.keys()
     for name, a, b in zip(got._fields, got, want):

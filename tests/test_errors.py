@@ -11,7 +11,7 @@ import torch
 import twoway_fast
 from twoway_fast import data, presets, run
 from twoway_fast.cli import main
-from twoway_fast.idx import read_idx, write_idx
+from twoway_fast.data.idx import read_idx, write_idx
 from twoway_fast.model import TwoWayNet
 
 RNG = np.random.default_rng(0)

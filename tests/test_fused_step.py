@@ -1,4 +1,4 @@
-"""The direct training step (twoway_fast.fused_step: the ops and their backward ops without autograd)
+"""The direct training step (twoway_fast.step.direct: the ops and their backward ops without autograd)
 against the autograd step of the fused backend: same parameters, optimiser state and BN running
 statistics after several steps, and the same Trainer run."""
 import copy
@@ -13,7 +13,7 @@ from twoway_fast.train import Trainer, TrainConfig, build
 
 pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
-from twoway_fast.fused_step import DirectStep, direct_step_applies  # noqa: E402
+from twoway_fast.step.direct import DirectStep, direct_step_applies  # noqa: E402
 
 STEPS, FIRST_ROW = 4, 5
 

@@ -1,4 +1,4 @@
-"""The CUDA-graph training step (twoway_fast.graph_step, TrainConfig.cuda_graph): replays give the
+"""The CUDA-graph training step (twoway_fast.step.graph, TrainConfig.cuda_graph): replays give the
 eager steps' terms and parameters, across a learning-rate change (a new capture) and in the trainer;
 torch.compile(fullgraph=True) and mode="reduce-overhead" steps equal eager ones. On a CPU the option
 is refused with a clear error. The CUDA tests skip without a GPU (scripts/gpu_check.sh runs them)."""
@@ -7,7 +7,7 @@ import torch
 
 import twoway_fast
 from twoway_fast import data
-from twoway_fast.graph_step import CapturedStep
+from twoway_fast.step.graph import CapturedStep
 from twoway_fast.train import TrainConfig, Trainer
 
 from fused_pairs import close

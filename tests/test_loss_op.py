@@ -3,7 +3,8 @@ loss variant, also when terms other than the total are differentiated."""
 import pytest
 import torch
 
-from twoway_fast import fused, reference
+from twoway_fast import reference
+from twoway_fast.backends import fused
 
 ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 

@@ -7,7 +7,7 @@ import torch
 
 import twoway_fast
 from twoway_fast import _extension, presets
-from twoway_fast.backend import fused_unavailable_reason
+from twoway_fast.backends import fused_unavailable_reason
 
 from conftest import assert_close
 
@@ -163,7 +163,7 @@ def test_preset_errors_name_the_problem(tmp_path):
 
 
 def test_auto_uses_fused_only_on_verified_devices(monkeypatch):
-    from twoway_fast import backend
+    from twoway_fast.backends import resolve as backend
 
     monkeypatch.setattr(backend, "_has_kernels", lambda device_type: True)
     monkeypatch.setattr(backend, "EXTENSION", object())

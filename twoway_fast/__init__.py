@@ -1,9 +1,12 @@
 """twoway_fast: fast, trustworthy 2-Way Nets (Eisenschtat and Wolf, CVPR 2017)."""
 from . import _extension  # noqa: F401  (raises ImportError when built against another torch)
-from . import presets, reference
+
+if _extension.EXTENSION is not None:
+    from . import ops  # noqa: F401  (registers the ops' fake kernels and Python autograd on import)
+from . import presets
 from .loss import TwoWayLoss
 from .model import TwoWayNet
-from .reference import LossTerms, TwoWayOutput
+from .types import LossTerms, TwoWayOutput
 
 __version__ = "0.1.0"
 __all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference"]
@@ -14,4 +17,8 @@ def __getattr__(name):
         from .estimator import TwoWayEstimator
 
         return TwoWayEstimator
+    if name == "reference":  # the plain-PyTorch oracle, for tests and comparisons
+        from . import reference
+
+        return reference
     raise AttributeError(f"module 'twoway_fast' has no attribute {name!r}")

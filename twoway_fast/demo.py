@@ -8,8 +8,8 @@ import torch
 
 from . import data as data_mod
 from . import presets
-from .cli import format_results, train_run
 from .evaluation import linear_cca_baseline
+from .pipeline import format_results, train_run
 
 
 def demo(out: str | Path = "runs/demo", device: str = "cpu", epochs: int | None = None,

@@ -1,33 +1,26 @@
-"""Data-parallel training on torch.distributed (torchrun; gloo on the CPU, NCCL on GPUs).
+"""Data-parallel training on torch.distributed (torchrun; gloo on the CPU, NCCL on GPUs): the process
+group and this process's place in it.
 
 Every rank holds the whole model and takes a contiguous slice of every global batch; gradients are
 averaged after backward. With synchronised statistics (TwoWayNet.stats_group set) the batch norms and
-the decorrelation covariance see the rows of every rank: their sums are all-reduced by a differentiable
-all-reduce whose backward all-reduces the incoming gradient (as torch.distributed.nn.functional's, now
-deprecated, did), so N ranks of B rows compute the gradient of one batch of N*B rows
-(tests/test_distributed.py).
+the decorrelation covariance see the rows of every rank: that forward and loss are the synced backend
+(twoway_fast/backends/synced.py).
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
-
-from . import reference
-from ._extension import has_kernel
-from .reference import LossTerms, TwoWayOutput
 
 # Every all-reduce of this process, forward and backward (the benchmark reads them).
 all_reduce_calls = 0
 bytes_all_reduced = 0
 
 
-def _count(t: Tensor) -> None:
+def count_all_reduce(t: Tensor) -> None:
     global all_reduce_calls, bytes_all_reduced
     all_reduce_calls += 1
     bytes_all_reduced += t.numel() * t.element_size()
@@ -78,7 +71,7 @@ class Ranks:
         params = [p for p in params if p.requires_grad]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        _count(flat)
+        count_all_reduce(flat)
         dist.all_reduce(flat)
         flat /= self.world
         for p, g in zip(params, flat.split([g.numel() for g in grads])):
@@ -89,7 +82,7 @@ class Ranks:
         if self.world == 1:
             return t
         t = t.clone()
-        _count(t)
+        count_all_reduce(t)
         dist.all_reduce(t)
         return t / self.world
 
@@ -124,127 +117,3 @@ def broadcast_parameters(model) -> None:
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             dist.broadcast(t, 0)
-
-
-# ---------------------------------------------------------------- statistics over every rank's rows
-
-class _AllReduce(torch.autograd.Function):
-    """Sum over the ranks of a group; backward sums the incoming gradients the same way. Written out:
-    torch.distributed.nn.functional.all_reduce is deprecated, and its successor in
-    torch.distributed._functional_collectives made the synced mnist step slower here (one A/B on gloo,
-    1 rank, minimum of 6 x 20 steps: 20.9 ms against 17.1 ms with this class)."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, group) -> Tensor:
-        ctx.group = group
-        return _sum_over_ranks(t, group)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _sum_over_ranks(grad, ctx.group), None
-
-
-def _sum_over_ranks(t: Tensor, group) -> Tensor:
-    t = t.contiguous().clone()
-    _count(t)
-    dist.all_reduce(t, group=group)
-    return t
-
-
-def _all_reduce(t: Tensor, group) -> Tensor:
-    """Differentiable sum over the ranks of `group`."""
-    return _AllReduce.apply(t, group)
-
-
-def global_rows(rows: int, group) -> int:
-    return rows * dist.get_world_size(group)  # shards are equal (Ranks.local_rows)
-
-
-def column_stats(us: list[Tensor], shifts: list[Tensor], eps: float, group) -> list[tuple[Tensor, Tensor]]:
-    """Batch mean and std = sqrt(var_biased + eps) of the columns of each u over every rank's rows,
-    differentiable, in one all-reduce (each all-reduce waits for every rank, so the calls are kept few).
-    The sums and sums of squares are of u - shift in float64, with a shift the same on every rank (the
-    running mean), so they do not cancel when the mean dwarfs the spread."""
-    n = global_rows(us[0].shape[0], group)
-    ds = [u.double() - shift for u, shift in zip(us, shifts)]
-    sums = _all_reduce(torch.cat([s for d in ds for s in (d.sum(0), (d * d).sum(0))]), group)
-    stats = []
-    for u, shift, part in zip(us, shifts, sums.split([2 * u.shape[1] for u in us])):
-        m1, m2 = (part / n).chunk(2)
-        var = (m2 - m1 * m1).clamp_min(0)
-        stats.append(((shift + m1).to(u.dtype), torch.sqrt(var + eps).to(u.dtype)))
-    return stats
-
-
-def _hidden_layer(net, channel: str, k: int):
-    """(weight, bias, batch norm, transposed) of hidden position k of a channel, as reference._channel."""
-    if channel == "x":
-        return net.weights[k], net.x_bias[k], net.bn_x[k], False
-    return net.weights[k + 1], net.y_bias[k], net.bn_y[k], True
-
-
-_warned = set()
-
-
-def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: str, group):
-    """TwoWayNet's training forward with batch statistics over every rank of `group`: the result of
-    reference.forward on the union of the ranks' rows. The two channels advance together, X at hidden
-    position d and Y at its mirror n-1-d, so one all-reduce serves both. The fused network op takes its
-    statistics inside, so the fused backend runs hidden_block_with_stats between torch GEMMs here."""
-    fused = backend == "fused" and has_kernel("hidden_block_with_stats", x.device.type)
-    if backend == "fused" and not fused and x.device.type not in _warned:
-        _warned.add(x.device.type)
-        warnings.warn(f"twoway_fast: synchronised statistics on {x.device.type} run the reference hidden block "
-                      "(no hidden_block_with_stats kernel for it in this build)", stacklevel=3)
-    if fused:
-        from . import ops
-
-        block = ops.hidden_block_with_stats
-    else:
-        block = reference.hidden_block_with_stats
-    n, r = len(net.hidden), net.repr_layer
-    states = reference.rng_states(seed, n, first_row)
-    a, taken, stats = {"x": x, "y": y}, {}, {}
-    for depth in range(n):
-        at = {"x": depth, "y": n - 1 - depth}
-        layers = {c: _hidden_layer(net, c, k) for c, k in at.items()}
-        z = {c: reference.tied_linear(a[c], w, b, transposed=t) for c, (w, b, _, t) in layers.items()}
-        u = {c: F.leaky_relu(z[c], net.leak) if net.act_first else z[c] for c in z}
-        shifts = [layers[c][2].running_mean.detach().double() for c in "xy"]
-        for c, (mean, std) in zip("xy", column_stats([u["x"], u["y"]], shifts, net.bn_eps, group)):
-            k, bn, p = at[c], layers[c][2], net.dropout[at[c]]
-            a[c] = block(z[c], bn.gamma, bn.beta, mean, std, states[k], p, net.leak, net.act_first)
-            if k == r:  # the representation, after and before its dropout
-                taken[c] = (a[c], block(z[c], bn.gamma, bn.beta, mean, std, states[k], 0.0, net.leak,
-                                        net.act_first) if p else a[c])
-            stats[(c, k)] = (mean, std)
-    y_hat = reference.tied_linear(a["x"], net.weights[n], net.x_bias[n], transposed=False)
-    x_hat = reference.tied_linear(a["y"], net.weights[0], net.y_bias[n], transposed=True)
-    return TwoWayOutput(x_hat, y_hat, taken["x"][0], taken["y"][0], taken["x"][1], taken["y"][1]), stats
-
-
-def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple[Tensor, Tensor]:
-    """reference.decorrelation of both representations over every rank's rows: C = all-reduced h^T h
-    over N*B rows, for the correlation form of columns centred and scaled by their global statistics."""
-    if form == "correlation":
-        zero = hx.new_zeros((), dtype=torch.float64)
-        (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
-        hx, hy = (hx - mx) / sx, (hy - my) / sy
-    n = global_rows(hx.shape[0], group)
-    c = _all_reduce(torch.stack([hx.T @ hx, hy.T @ hy]), group) / n
-    return tuple(torch.linalg.matrix_norm(ci) - torch.linalg.vector_norm(torch.diagonal(ci)) for ci in c)
-
-
-def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, lc: float,
-         decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
-         **coefficients) -> LossTerms:
-    """This rank's share of the 2-Way loss under synchronised statistics: the per-row terms over its own
-    rows (their gradients, averaged over ranks, are those of the mean over all rows), the decorrelation
-    of the global covariance, and the parameter terms; each rank's total is the one-batch loss when the
-    per-row terms of the ranks are averaged."""
-    local = backend_loss(out, x, y, weights, gammas, lc=0.0, decorrelation_form=decorrelation_form,
-                         decorrelation_input=decorrelation_input, decorrelation_eps=decorrelation_eps,
-                         **coefficients)
-    hx, hy = reference.decorrelation_inputs(out, decorrelation_form, decorrelation_input)
-    decorr_x, decorr_y = decorrelation(hx, hy, decorrelation_form, decorrelation_eps, group)
-    return local._replace(total=local.total + lc * (decorr_x + decorr_y), decorr_x=decorr_x, decorr_y=decorr_y)

@@ -11,7 +11,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import metrics, presets
 from .data import Split
-from .train import Trainer, TrainConfig, build
+from .config import TrainConfig
+from .train import Trainer, build
 
 
 class TwoWayEstimator(TransformerMixin, BaseEstimator):

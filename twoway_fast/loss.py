@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .backend import resolve_backend
-from .reference import LossTerms, TwoWayOutput, check_loss_variant
+from .backends import resolve_backend
+from .loss_variants import check_loss_variant
+from .types import LossTerms, TwoWayOutput
 
 
 class TwoWayLoss(nn.Module):
@@ -31,9 +32,9 @@ class TwoWayLoss(nn.Module):
         variant = dict(decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
                        decorrelation_eps=self.decorrelation_eps)
         if model.training and model.stats_group is not None:  # decorrelation over every rank's rows
-            from . import distributed
+            from .backends import synced
 
-            return distributed.loss(backend_loss, out, x, y, list(model.weights), model.gammas(), **self.coefficients,
+            return synced.loss(backend_loss, out, x, y, list(model.weights), model.gammas(), **self.coefficients,
                                     **variant, group=model.stats_group)
         return backend_loss(out, x, y, list(model.weights), model.gammas(), **self.coefficients, **variant)
 

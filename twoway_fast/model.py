@@ -7,9 +7,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import reference
-from .backend import resolve_backend
-from .reference import TwoWayOutput
+from .backends import reference as reference_backend
+from .backends import resolve_backend
+from .init import glorot_uniform_
+from .types import TwoWayOutput
 
 ORDERS = ("act_then_bn", "bn_then_act")
 
@@ -85,7 +86,7 @@ class TwoWayNet(nn.Module):
 
     stats_group: None (batch statistics of the rows given), or a torch.distributed process group whose
     ranks' rows together form the batch: the training batch norms and TwoWayLoss's decorrelation then
-    use statistics over all of them (twoway_fast.distributed; set by the trainer).
+    use statistics over all of them (twoway_fast.backends.synced; set by the trainer).
     """
 
     def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
@@ -113,7 +114,7 @@ class TwoWayNet(nn.Module):
         for i in range(n + 1):
             m = self.locally_dense.get(i, 1)
             shape = (sizes[i + 1], sizes[i]) if m == 1 else (m, sizes[i + 1] // m, sizes[i] // m)
-            self.weights.append(nn.Parameter(reference.glorot_uniform_(torch.empty(shape))))
+            self.weights.append(nn.Parameter(glorot_uniform_(torch.empty(shape))))
         self.x_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dy]])
         self.y_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dx]])
         self.bn_x = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
@@ -152,7 +153,7 @@ class TwoWayNet(nn.Module):
         (a rank's slice of a larger batch), and the BN running statistics are updated."""
         self._check_views(x, y)
         if not self.training:
-            return reference.forward(self, x, y, None)[0]
+            return reference_backend.forward(self, x, y, None)[0]
         if seed is None:  # drawn on the data's device: no host round trip, capturable in a CUDA graph
             seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device=x.device)
         seed = torch.as_tensor(seed, dtype=torch.int64, device=x.device)
@@ -160,9 +161,9 @@ class TwoWayNet(nn.Module):
         if self.stats_group is None:
             out, stats = backend.forward(self, x, y, seed, first_row)
         else:
-            from . import distributed
+            from .backends import synced
 
-            out, stats = distributed.forward(self, x, y, seed, first_row, backend.name, self.stats_group)
+            out, stats = synced.forward(self, x, y, seed, first_row, backend.name, self.stats_group)
         self._update_running_stats(stats)
         return out
 
@@ -186,12 +187,12 @@ class TwoWayNet(nn.Module):
     def encode_x(self, x: Tensor) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout)."""
         self._check_view("x", x, self.dx, self.weights[0])
-        return reference.encode(self, x, "x")
+        return reference_backend.encode(self, x, "x")
 
     def encode_y(self, y: Tensor) -> Tensor:
         """The Y view's representation (eval semantics: running statistics, no dropout)."""
         self._check_view("y", y, self.dy, self.weights[0])
-        return reference.encode(self, y, "y")
+        return reference_backend.encode(self, y, "y")
 
     def extra_repr(self) -> str:
         return (f"dx={self.dx}, dy={self.dy}, hidden={self.hidden}, repr_layer={self.repr_layer}, "

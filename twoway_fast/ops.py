@@ -54,7 +54,7 @@ torch.library.register_autograd("twoway_fast::hidden_block", _hidden_block_backw
 def hidden_block_with_stats(z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, std: Tensor, rng_state: Tensor,
                             p: float, leak: float, act_first: bool) -> Tensor:
     """The training-mode hidden block with the BN statistics (mean, std of the BN input) given, e.g. taken
-    over the rows of every process (twoway_fast.distributed); differentiable in mean and std too."""
+    over the rows of every process (twoway_fast.backends.synced); differentiable in mean and std too."""
     return torch.ops.twoway_fast.hidden_block_with_stats.default(z, gamma, beta, mean, std, rng_state, p, leak,
                                                                  act_first)
 

@@ -6,11 +6,19 @@ benchmark baseline, so it stays plain: no fusion, no cleverness, one function pe
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# Defined where the production code finds them without the oracle; still names of this module (noqa: the
+# re-exports).
+from .dropout import rng_states
+from .init import glorot_uniform_  # noqa: F401
+from .loss_variants import (DECORRELATION_FORMS, DECORRELATION_INPUTS, check_loss_variant,  # noqa: F401
+                            decorrelation_inputs)
+from .types import LossTerms, TwoWayOutput
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -120,34 +128,7 @@ def tied_linear(a: Tensor, weight: Tensor, bias: Tensor, transposed: bool) -> Te
     return a @ (w if transposed else w.T) + bias
 
 
-def glorot_uniform_(weight: Tensor) -> Tensor:
-    """Glorot/Xavier uniform, per block for a locally dense layer (each block is a dense map)."""
-    fan_out, fan_in = weight.shape[-2], weight.shape[-1]
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
 # ---------------------------------------------------------------- the network
-
-class TwoWayOutput(NamedTuple):
-    x_hat: Tensor  # y -> x reconstruction (Y channel output)
-    y_hat: Tensor  # x -> y reconstruction (X channel output)
-    hx: Tensor  # X channel at the representation position, after the tied dropout
-    hy: Tensor  # Y channel at the representation position, after the tied dropout
-    hx_pre: Tensor  # the same before the dropout (the decorrelation's "before_dropout" input)
-    hy_pre: Tensor
-
-
-def rng_states(seed: Tensor, positions: int, first_row: int = 0) -> Tensor:
-    """One (seed, offset, first_row) per hidden position; the two channels share them (tied dropout).
-    first_row: the global index of the batch's first row (a rank's slice of a larger batch)."""
-    states = torch.zeros(positions, 3, dtype=torch.int64, device=seed.device)
-    states[:, 0] = seed
-    states[:, 1] = torch.arange(positions, device=seed.device)
-    states[:, 2] = first_row
-    return states
-
 
 def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int | None = None):
     """Runs one channel. X visits hidden positions 0..n-1 with W_1..W_n, Y visits n-1..0 with
@@ -202,35 +183,6 @@ def encode(net, a: Tensor, channel: str) -> Tensor:
 
 
 # ---------------------------------------------------------------- the loss (SPEC section 2)
-
-class LossTerms(NamedTuple):
-    """The weighted total and every term unweighted."""
-    total: Tensor
-    recon_x: Tensor  # mean_rows sum_cols (x - x_hat)^2
-    recon_y: Tensor
-    midway: Tensor  # mean_rows sum_cols (hx - hy)^2
-    decorr_x: Tensor  # ||Cx||_F - ||diag Cx||_2
-    decorr_y: Tensor
-    weight_decay: Tensor  # sum ||W_i||_F^2 + sum gamma^2
-    gamma_penalty: Tensor  # sum 1 / gamma^2
-
-
-DECORRELATION_FORMS = ("second_moment", "correlation")
-DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
-
-
-def check_loss_variant(form: str, where: str) -> None:
-    if form not in DECORRELATION_FORMS:
-        raise ValueError(f"decorrelation must be one of {DECORRELATION_FORMS} (the decorrelation form), got {form!r}")
-    if where not in DECORRELATION_INPUTS:
-        raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {where!r}")
-
-
-def decorrelation_inputs(out: TwoWayOutput, form: str, where: str) -> tuple[Tensor, Tensor]:
-    """The representations the decorrelation term sees (after or before the tied dropout)."""
-    check_loss_variant(form, where)
-    return (out.hx, out.hy) if where == "after_dropout" else (out.hx_pre, out.hy_pre)
-
 
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).sum(1).mean()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,44 +18,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import heap, metrics, run
+from .config import LOWER_IS_BETTER, TrainConfig
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
-from .fused_step import DirectStep, direct_step_applies
-from .graph_step import CapturedStep
 from .presets import Preset
-from .reference import LossTerms
+from .step.direct import DirectStep, direct_step_applies
+from .step.graph import CapturedStep
+from .types import LossTerms
 
-LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 TERMS = LossTerms._fields
 CHECK_EVERY = 20  # steps between reads of the loss on the host (each read waits for the device)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The [train] table of a preset."""
-    epochs: int = 80
-    batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" (Nesterov, SPEC) or any torch.optim class name, e.g. "Adam"
-    lr: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    lr_milestones: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
-    lr_gamma: float = 0.5
-    shuffle: bool = True
-    seed: int = 0
-    select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
-    sync_stats: bool = True  # several processes: BN and decorrelation statistics over all their rows
-    cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.graph_step); CUDA only
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"train.epochs must be >= 1 and train.batch_size >= 2, got {self.epochs} and "
-                             f"{self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr}")
-        if self.select not in LOWER_IS_BETTER:
-            raise ValueError(f"train.select must be one of {sorted(LOWER_IS_BETTER)}, got {self.select!r}")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -59,10 +59,9 @@ class Preset:
 
 
 def allowed_keys() -> dict[str, set[str]]:
-    from ..data import DataConfig
+    from ..config import DataConfig, TrainConfig
     from ..loss import TwoWayLoss
     from ..model import TwoWayNet
-    from ..train import TrainConfig
 
     def params(fn, skip):
         return set(inspect.signature(fn).parameters) - set(skip)

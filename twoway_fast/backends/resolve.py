@@ -1,4 +1,5 @@
-"""Chooses where the computation runs: the fused ops of twoway_fast._C or the plain-PyTorch reference."""
+"""Chooses where the computation runs: the fused ops of twoway_fast._C (fused.py) or the plain-PyTorch
+reference (reference.py)."""
 from __future__ import annotations
 
 import warnings
@@ -6,8 +7,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .._extension import EXTENSION, WHY_NOT, has_kernel
 from . import reference
-from ._extension import EXTENSION, WHY_NOT, has_kernel
 
 BACKENDS = ("auto", "fused", "reference")
 

@@ -1,5 +1,5 @@
 """A fused-backend training step with no autograd engine: one op call runs the network op, the loss op
-and both backward ops (csrc/cpu/training_step.cpp), the gradients land in p.grad and the BN running
+and both backward ops (csrc/cpu/twoway_step.cpp), the gradients land in p.grad and the BN running
 statistics are updated as in the autograd step. With torch.optim.SGD (the Trainer's default) the op,
 twoway_sgd_step, also applies SGD's update, each weight right after its gradient's GEMM while that
 gradient is in cache; with any other optimiser, twoway_step_gradients, then optimizer.step(). It maps
@@ -8,7 +8,7 @@ and SGD's update up to the last-bit roundings of its products) without the graph
 packing and the engine's gradient accumulation (benchmarks/RESULTS.md has the times).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
-on the CPU, where it is checked against the autograd step (tests/test_fused_step.py)."""
+on the CPU, where it is checked against the autograd step (tests/test_twoway_step.py)."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -17,10 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import optimizer as torch_optimizer
 
-from .backend import resolve_backend
-from .loss import TwoWayLoss
-from .model import TwoWayNet, running_stats_of
-from .reference import LossTerms, check_loss_variant, rng_states
+from ..backends import resolve_backend
+from ..dropout import rng_states
+from ..loss import TwoWayLoss
+from ..loss_variants import check_loss_variant
+from ..model import TwoWayNet, running_stats_of
+from ..types import LossTerms
 
 # Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
 # where one is set, the optimiser's own step runs, which calls it.
@@ -59,7 +61,7 @@ class DirectStep:
         self.param_ids = {id(p) for p in self.params}
         self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
         self.running = running_stats_of(bns)  # taken once, as the parameters
-        # reference.rng_states built once; each step writes its seed into the first column in place.
+        # rng_states built once; each step writes its seed into the first column in place.
         self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
                                  first_row)
         self.seeds = self.states[:, 0]

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .reference import LossTerms
+from ..types import LossTerms
 
 Step = Callable[[Tensor, Tensor, Tensor], LossTerms]  # (x, y, seed) -> terms, after one optimiser update
 

@@ -13,8 +13,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import ops
-from .reference import LossTerms, TwoWayOutput, decorrelation_inputs, rng_states
+from .. import ops
+from ..dropout import rng_states
+from ..loss_variants import decorrelation_inputs
+from ..types import LossTerms, TwoWayOutput
 
 
 def _cuda_autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,146 @@
+"""Readers of the data sources (SPEC section 4), each giving a RawData (`load_raw(source)` finds the kind):
+- "digits": scikit-learn's 8x8 digits, left 4 columns = x, right 4 = y (embedded, no download);
+- a directory of MNIST-format IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]);
+- a directory in the original's cache layout (train_x.npy, train_y.npy, validate_x.npy, ... test_y.npy);
+- a directory holding x.npy and y.npy, or an .npz file with arrays x and y (split here with a fixed
+  seed) or with the six cache-layout arrays.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from .idx import read_idx
+from .raw import SPLITS, RawData, RawSplit
+
+CACHE_NAMES = {"train": "train", "val": "validate", "test": "test"}  # the original's file names
+MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+# What numpy raises on a truncated or damaged .npy/.npz (an empty file: EOFError; a cut zip: BadZipFile).
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def image_halves(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, h, w) images -> (left, right), each flattened column-major (SPEC section 4)."""
+    if images.ndim != 3 or images.shape[2] % 2:
+        raise ValueError(f"images must be (n, height, even width), got shape {images.shape}")
+    flat = images.transpose(0, 2, 1).reshape(len(images), -1)  # column-major per image
+    half = flat.shape[1] // 2
+    return flat[:, :half], flat[:, half:]
+
+
+def _from_images(name: str, images: dict[str, np.ndarray], scale: float) -> RawData:
+    splits = {}
+    for split, (img, source) in images.items():
+        x, y = image_halves(np.asarray(img, np.float32) / scale)
+        splits[split] = RawSplit(x, y, source)
+    shape = next(iter(images.values()))[0].shape
+    return RawData(name, splits, (shape[1], shape[2] // 2))
+
+
+def load_digits() -> RawData:
+    from sklearn.datasets import load_digits as sk_digits
+
+    images = sk_digits().images  # (1797, 8, 8), values 0..16
+    return _from_images("digits", {"all": (images, "scikit-learn digits")}, 16.0)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem, directory / stem.replace("-idx", ".idx")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_mnist_dir(directory: str | Path) -> RawData:
+    """MNIST-format IDX images: train-images-idx3-ubyte[.gz] (required), t10k-images-idx3-ubyte[.gz]."""
+    directory = Path(directory)
+    images = {}
+    for split, stem in MNIST_FILES.items():
+        path = _find(directory, stem)
+        if path is None:
+            continue
+        img = read_idx(path)
+        if img.ndim != 3:
+            raise ValueError(f"{path}: expected images (n, height, width), got an IDX array of shape {img.shape}")
+        if img.shape[2] % 2:
+            raise ValueError(f"{path}: image width {img.shape[2]} is odd; halves need an even width")
+        images[split] = (img, str(path))
+    if "train" not in images:
+        raise ValueError(f"{directory}: no {MNIST_FILES['train']}[.gz] found")
+    if "test" in images and images["test"][0].shape[1:] != images["train"][0].shape[1:]:
+        raise ValueError(f"{directory}: train and test images differ in size "
+                         f"({images['train'][0].shape[1:]} and {images['test'][0].shape[1:]})")
+    scale = 255.0 if images["train"][0].dtype == np.uint8 else 1.0
+    return _from_images(directory.name or "mnist", images, scale)
+
+
+def _npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except UNREADABLE as err:
+        raise ValueError(f"{path}: cannot read as .npy: {type(err).__name__}: {err}") from err
+
+
+def _wants_mmap(paths: list[Path], mmap: str | bool) -> bool:
+    if mmap != "auto":
+        return bool(mmap)
+    size = sum(p.stat().st_size for p in paths)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return size > available // 2
+
+
+def load_cache_dir(directory: Path, mmap: str | bool) -> RawData:
+    """The original's cache layout: {train,validate,test}_{x,y}.npy."""
+    paths = {s: (directory / f"{CACHE_NAMES[s]}_x.npy", directory / f"{CACHE_NAMES[s]}_y.npy") for s in SPLITS}
+    missing = [p.name for pair in paths.values() for p in pair if not p.exists()]
+    if missing:
+        raise ValueError(f"{directory}: cache layout incomplete, missing {missing}")
+    use_mmap = _wants_mmap([p for pair in paths.values() for p in pair], mmap)
+    splits = {s: RawSplit(_npy(px, use_mmap), _npy(py, use_mmap), f"{px} / {py.name}") for s, (px, py) in paths.items()}
+    return RawData(directory.name, splits)
+
+
+def load_npz(path: Path) -> RawData:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except UNREADABLE as err:
+        raise ValueError(f"{path}: cannot read as .npz: {type(err).__name__}: {err}") from err
+    cache = {f"{CACHE_NAMES[s]}_{v}" for s in SPLITS for v in "xy"}
+    if cache <= set(arrays):
+        splits = {s: RawSplit(arrays[f"{CACHE_NAMES[s]}_x"], arrays[f"{CACHE_NAMES[s]}_y"], f"{path} ({s})")
+                  for s in SPLITS}
+    elif {"x", "y"} <= set(arrays):
+        splits = {"all": RawSplit(arrays["x"], arrays["y"], str(path))}
+    else:
+        raise ValueError(f"{path}: expected arrays x and y, or {sorted(cache)}; found {sorted(arrays)}")
+    return RawData(path.stem, splits)
+
+
+def load_raw(source: str | Path, config: DataConfig = DataConfig()) -> RawData:
+    """Finds the kind of source and loads it (see the module docstring)."""
+    if str(source) == "digits":
+        return load_digits()
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"data source {str(source)!r} does not exist (use a directory, an .npz file or 'digits')")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"{path}: a data file must be .npz (arrays x and y); for .npy files give their directory")
+        return load_npz(path)
+    if _find(path, MNIST_FILES["train"]):
+        return load_mnist_dir(path)
+    if (path / "train_x.npy").exists():
+        return load_cache_dir(path, config.mmap)
+    if (path / "x.npy").exists() and (path / "y.npy").exists():
+        use_mmap = _wants_mmap([path / "x.npy", path / "y.npy"], config.mmap)
+        return RawData(path.name, {"all": RawSplit(_npy(path / "x.npy", use_mmap), _npy(path / "y.npy", use_mmap),
+                                                   f"{path}/x.npy, y.npy")})
+    raise ValueError(f"{path}: no data found: expected {MNIST_FILES['train']}[.gz], the cache layout "
+                     "(train_x.npy ... test_y.npy) or x.npy and y.npy")
+

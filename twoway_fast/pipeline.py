@@ -1,0 +1,65 @@
+"""A whole run, as the command line and the demo take it: train, keep the best checkpoint, evaluate it on
+test, write the plots (train_run); and the table of results they print (format_results)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from . import data as data_mod
+from . import distributed, plots, presets, run
+from .evaluation import encode, evaluate
+from .train import Trainer, TrainConfig, build
+
+
+def format_results(results: dict[str, dict]) -> str:
+    """One line per method: the three correlation views and retrieval both ways."""
+    head = (f"{'':<14}{'total corr':>11}{'CCA prot.':>10}{'eff. rank':>10}   "
+            f"{'R@1 x2y/y2x':>12}{'R@5':>12}{'R@10':>12}{'medr':>10}")
+    lines = [head]
+    for name, r in results.items():
+        pair = {k: f"{r['x2y'][k]:.0f}/{r['y2x'][k]:.0f}" for k in ("r1", "r5", "r10", "medr")}
+        lines.append(f"{name:<14}{r['total_correlation']:>11.2f}{r['cca_correlation']:>10.2f}"
+                     f"{r['effective_rank']:>10.1f}   {pair['r1']:>12}{pair['r5']:>12}{pair['r10']:>12}"
+                     f"{pair['medr']:>10}")
+    first = next(iter(results.values()))
+    lines.append(f"({first['dims']} dimensions, {first['rows']} {first['split']} rows; R@K in %)")
+    return "\n".join(lines)
+
+
+def _epoch_line(row: dict) -> str:
+    val = row["val"]
+    return (f"epoch {row['epoch']:>3}: train loss {row['train']['total']:.4g}, val loss {val['total']:.4g}, "
+            f"val total corr {val['total_correlation']:.2f}, val R@1 {val['x2y']['r1']:.1f}/{val['y2x']['r1']:.1f}"
+            f"{'  (best)' if row['best'] else ''}  [{row['samples_per_s']:.0f} samples/s]")
+
+
+def train_run(preset: presets.Preset, source: str, out: str | Path, device: str, resume: bool = False,
+              progress: bool = True) -> dict | None:
+    """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results.
+    Launched by torchrun, every rank trains and rank 0 alone evaluates and writes (the others return None)."""
+    out = Path(out)
+    device = distributed.init_from_env(device)
+    rank = distributed.Ranks.current().rank
+    config = TrainConfig(**preset.train)
+    dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
+    if resume:
+        run.check_widths(source, dataset.dx, dataset.dy, out, run.read_config(out))
+    model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
+    trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress and rank == 0)
+    if resume:
+        trainer.resume()
+        if rank == 0:
+            print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
+    trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)
+    if rank != 0:
+        return None
+    model.load_state_dict(run.load_checkpoint(out / run.BEST, device, model)["model"])
+    results = evaluate(model, dataset, "test")
+    zx, zy = encode(model, dataset.test)
+    plots.write_all(out, model, dataset, trainer.log, zx, zy)
+    run.write_atomic(out / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
+    return results
