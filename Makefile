@@ -79,8 +79,8 @@ cuda-check: $(CU_OBJECTS)
 # torch keep allocations alive until exit by design). Any ASan or UBSan report fails the run; pytest
 # captures only sys.stdout/stderr so the report reaches the terminal.
 SANITIZE_DIR := build/sanitize
-SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_tied_network.py tests/test_loss_op.py \
-  tests/test_training_parity.py tests/test_retrieval_ranks.py tests/test_properties.py tests/test_fused_step.py
+SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_twoway_net.py tests/test_twoway_loss.py \
+  tests/test_training_parity.py tests/test_retrieval_ranks.py tests/test_properties.py tests/test_twoway_step.py
 SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
   ASAN_OPTIONS=detect_leaks=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=.

@@ -54,7 +54,7 @@ def extension():
         cxx.append("-march=x86-64-v2")  # SSE4.2: every x86_64 server of the last decade
     # -fno-trapping-math: nothing here uses floating-point traps, and without it GCC will not turn the
     # kernels' float selects (LeakyReLU) into vector blends, leaving their loops scalar.
-    # -ffp-contract=off: the passes' AVX-512 build (csrc/cpu/fused_block.h) may not fuse a * b + c into
+    # -ffp-contract=off: the passes' AVX-512 build (csrc/cpu/cpu_builds.h) may not fuse a * b + c into
     # an FMA that the baseline build rounds twice, so both give the same bits.
     # The C++ standard is torch's choice (c++17 or c++20 by version).
     cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]

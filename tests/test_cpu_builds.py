@@ -1,5 +1,5 @@
 """The network op's passes, the loss op's sums and the SGD step op's update have two CPU builds, the
-baseline (x86-64-v2) and AVX-512, chosen at run time (csrc/cpu/fused_block.h); both must give the same
+baseline (x86-64-v2) and AVX-512, chosen at run time (csrc/cpu/cpu_builds.h); both must give the same
 bits. One forward and backward of the network and the loss, then two direct SGD steps, per preset
 order, run in two processes, one kept to the baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
 import os

@@ -1,8 +1,8 @@
 """The CUDA kernels' device code run on the CPU under a host emulation of the CUDA execution model
 (tests/cuda_emulation/: one std::thread per CUDA thread, a std::barrier for __syncthreads, warp
-shuffles through the block's barrier). The block kernels (csrc/cuda/fused_block.cuh: the network op's
-and the hidden block's passes) against the CPU passes (csrc/cpu/fused_block.h) on the same arguments:
-every flag combination, shapes with partial 4-column groups and partial thread blocks, float64 and
+shuffles through the block's barrier). The block kernels (csrc/cuda/block_passes.cuh: the network op's
+and the hidden block's passes) against the CPU passes (csrc/cpu/block_forward.h, block_backward.h) on the
+same arguments: every flag combination, shapes with partial 4-column groups and partial thread blocks, float64 and
 float32 tight, bfloat16/float16 against float32 within a stated tolerance. The loss's reduction
 kernels (csrc/cuda/loss_sums.cuh) against the CPU loss op and sums in torch: empty and multi-tile
 segments, more tiles than thread blocks, half precision.
@@ -19,7 +19,7 @@ from torch.utils import cpp_extension
 
 from twoway_fast import ops, reference
 
-from test_loss_op import COEFFICIENTS, loss_inputs  # noqa: E402
+from test_twoway_loss import COEFFICIENTS, loss_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_SHAPES = [(2, 1), (3, 7), (17, 64), (33, 130)]  # 1 column; a partial 4-group; one block; 3 blocks

@@ -16,8 +16,8 @@ ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built
 from twoway_fast.backends import fused  # noqa: E402
 
 from fused_pairs import close, twin_models  # noqa: E402
-from test_loss_op import COEFFICIENTS, VARIANTS, loss_inputs  # noqa: E402
-from test_tied_network import CASES, DTYPES, ORDERS, op_args, run  # noqa: E402
+from test_twoway_loss import COEFFICIENTS, VARIANTS, loss_inputs  # noqa: E402
+from test_twoway_net import CASES, DTYPES, ORDERS, op_args, run  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,4 +1,4 @@
-// The CPU kernels the training-step ops (csrc/cpu/training_step.cpp) run in turn, called from C++
+// The CPU kernels the training-step ops (csrc/cpu/twoway_step.cpp) run in turn, called from C++
 // without the dispatcher: the network op and its backward (arguments and results as their schemas in
 // csrc/twoway_fast.cpp) and the loss with its gradients.
 #pragma once

@@ -11,8 +11,9 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/cpu_builds.h"  // run_fastest
 #include "cpu/cpu_kernels.h"
-#include "cpu/fused_block.h"  // run_fastest, kParallelMinElements
+#include "cpu/parallel_chunks.h"  // kParallelMinElements
 #include "cpu/side_by_side.h"
 #include "twoway_loss_common.h"
 

@@ -1,6 +1,6 @@
 // CUDA kernel of the standalone hidden block (batch norm with batch statistics + LeakyReLU in either
 // order + tied dropout), forward and backward, same signatures as csrc/cpu/hidden_block.cpp: the
-// per-layer passes of the network op (csrc/cuda/fused_block.cuh) applied to one given pre-activation z.
+// per-layer passes of the network op (csrc/cuda/block_passes.cuh) applied to one given pre-activation z.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "cuda/fused_block.cuh"
+#include "cuda/block_passes.cuh"
 
 namespace twoway_fast {
 namespace {

@@ -1,12 +1,14 @@
-// The CUDA block kernels (csrc/cuda/fused_block.cuh) under the host emulation, and the CPU passes
-// (csrc/cpu/fused_block.h) on the same arguments, for tests/test_cuda_block_emulation.py.
+// The CUDA block kernels (csrc/cuda/block_passes.cuh) under the host emulation, and the CPU passes
+// (csrc/cpu/block_forward.h, block_backward.h) on the same arguments, for tests/test_cuda_emulation.py.
 #include <torch/extension.h>
 
 #include "cuda_emulation.h"  // first: it defines what the kernels' CUDA keywords mean here
 
 #include "checks.h"
-#include "cpu/fused_block.h"
-#include "cuda/fused_block.cuh"
+#include "cpu/block_backward.h"
+#include "cpu/block_forward.h"
+#include "cpu/dropout_multipliers.h"
+#include "cuda/block_passes.cuh"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// A host emulation of the parts of the CUDA execution model that csrc/cuda/fused_block.cuh and
+// A host emulation of the parts of the CUDA execution model that csrc/cuda/block_passes.cuh and
 // csrc/cuda/loss_sums.cuh use, so their kernels run on a machine without a GPU
 // (tests/test_cuda_emulation.py): each thread of a block is a std::thread, __syncthreads is a
 // std::barrier over the block's threads, __shared__ is a static (blocks run one after another), and

@@ -1,7 +1,7 @@
-// CUDA kernel of the network-level op, same signatures and results as csrc/cpu/tied_network.cpp
+// CUDA kernel of the network-level op, same signatures and results as csrc/cpu/twoway_net.cpp
 // (which has the notation, list layouts and the 2B-row weight-gradient GEMM). GEMMs go through ATen
 // (cuBLAS, current stream); each hidden block is one kernel forward and one backward
-// (csrc/cuda/fused_block.cuh). rng_states is read only inside the kernels: nothing synchronises with
+// (csrc/cuda/block_passes.cuh). rng_states is read only inside the kernels: nothing synchronises with
 // the host, so a training step can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -11,8 +11,8 @@
 
 #include <vector>
 
-#include "cuda/fused_block.cuh"
-#include "tied_network_checks.h"
+#include "cuda/block_passes.cuh"
+#include "twoway_net_checks.h"
 
 namespace twoway_fast {
 namespace {
@@ -34,8 +34,8 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
   const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
   check_net_bias(net, bias_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  // The GEMMs run in the activations' dtype: under torch.autocast the wrappers (fused.py) cast the
-  // arguments, and autocast must not recast the op's own ATen calls.
+  // The GEMMs run in the activations' dtype: under torch.autocast the wrappers
+  // (twoway_fast/backends/fused.py) cast the arguments, and autocast must not recast the op's own ATen calls.
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
@@ -101,7 +101,7 @@ BackwardResult twoway_net_backward_cuda(
   Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
                          grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
   for (int c = 0; c < 2; ++c) pair_up(extra[c], extra_pre[c]);
-  // P[k], Q[k]: the (2B, width) operands of weights[k]'s gradient GEMM (tied_network.cpp's header).
+  // P[k], Q[k]: the (2B, width) operands of weights[k]'s gradient GEMM (twoway_net.cpp's header).
   std::vector<Tensor> P(n + 1), Q(n + 1);
   for (int64_t k = 0; k <= n; ++k) {
     P[k] = at::empty({2 * B, s[k + 1]}, opts);

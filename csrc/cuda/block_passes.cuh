@@ -1,6 +1,6 @@
-// The per-layer passes of the fused ops on CUDA, used by the network op (tied_network.cu) and the
-// standalone hidden block (hidden_block.cu): the CUDA twin of csrc/cpu/fused_block.h, same math in
-// the same order. One kernel per hidden block forward (finish the batch statistics of a GEMM output,
+// The per-layer passes of the fused ops on CUDA, used by the network op (twoway_net.cu) and the
+// standalone hidden block (hidden_block.cu): the CUDA twin of csrc/cpu/block_forward.h and
+// block_backward.h, same math in the same order. One kernel per hidden block forward (finish the batch statistics of a GEMM output,
 // apply BN, gamma/beta, LeakyReLU and the tied dropout) and one backward (a column reduction, then the
 // input gradient, rebuilding the block's output for the weight-gradient GEMM).
 // Layout: a thread owns 4 consecutive columns, the 4 that one Philox4x32-10 draw covers (philox.h), so
@@ -72,7 +72,7 @@ __device__ __forceinline__ void column_sums(double v[4], double (*shared)[kBlock
   __syncthreads();
 }
 
-// fused_block.h's block_forward: bias (nullptr unless act_first) is added to z in place; writes out,
+// block_forward.h's block_forward: bias (nullptr unless act_first) is added to z in place; writes out,
 // pre (nullptr: not wanted) and the batch mean and std = sqrt(var_biased + eps) of the BN input, in
 // acc_t<T> (float for half and bfloat16, so backward normalises exactly as forward did). Each thread
 // only touches its own columns' elements, so the in-place add needs no barrier.
@@ -138,7 +138,7 @@ __global__ void block_forward_kernel(T* __restrict__ z, const T* __restrict__ bi
   }
 }
 
-// fused_block.h's block_backward: g_extra and g_pre (the representation's direct gradients, after and
+// block_backward.h's block_backward: g_extra and g_pre (the representation's direct gradients, after and
 // before dropout) are both set or both nullptr; a_out (the rebuilt output) and dbias (the column sums
 // of grad_z, written only in act_first order) may be nullptr. grad_z first holds the gradient at the
 // BN output (each thread rereads only its own elements).

@@ -1,4 +1,4 @@
-// Argument checks and preparation shared by the CPU and CUDA network ops (csrc/cpu/tied_network.cpp
+// Argument checks and preparation shared by the CPU and CUDA network ops (csrc/cpu/twoway_net.cpp
 // has the list layouts). Nothing here reads tensor data on the host: rng_states stays on its device,
 // so the CUDA op never synchronises.
 #pragma once

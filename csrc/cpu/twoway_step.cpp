@@ -1,4 +1,4 @@
-// CPU kernels of the training-step ops (twoway_fast.fused_step.DirectStep): one call runs the network
+// CPU kernels of the training-step ops (twoway_fast.step.direct.DirectStep): one call runs the network
 // op, the loss op, the loss's backward and the network's backward as the autograd step does, and returns
 // the loss terms, every parameter's gradient and the batch statistics. twoway_step_gradients stops
 // there (the caller's optimiser updates); twoway_sgd_step also applies torch.optim.SGD's update (weight
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
-#include "cpu/fused_block.h"  // run_fastest
+#include "cpu/cpu_builds.h"  // run_fastest, with_flags
 
 namespace twoway_fast {
 namespace {
@@ -153,8 +153,8 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
       twoway_net_cpu(a.x, a.y, a.weights, a.bias, a.gamma, a.beta, a.rng_states, a.p, a.repr, a.leak, a.eps,
                      a.act_first, &keep);
-  // The batch means as the running means take them (twoway_fast.fused.slot_means): with the bias the
-  // network op skips where batch norm cancels it, taken before an update changes the bias.
+  // The batch means as the running means take them (twoway_fast.backends.fused.slot_means): with the bias
+  // the network op skips where batch norm cancels it, taken before an update changes the bias.
   const int64_t n = static_cast<int64_t>(a.weights.size()) - 1;
   std::vector<Tensor> bn_mean;
   for (int64_t slot = 0; slot < 2 * n; ++slot)

@@ -1,5 +1,6 @@
 // CPU kernel of the network-level op: forward and backward of both channels of a 2-Way Net in
-// training mode (SPEC section 1), the GEMMs through ATen and everything else in fused_block.h passes.
+// training mode (SPEC section 1), the GEMMs through ATen and everything else in the passes of
+// block_forward.h and block_backward.h.
 //
 // Notation: n hidden positions, widths s[0] = dx, s[k + 1] = h_k, s[n + 1] = dy; weights[k] maps
 // s[k] -> s[k + 1]. X visits positions 0..n-1 with weights[k], then weights[n]; Y visits n-1..0 with
@@ -15,11 +16,13 @@
 
 #include <vector>
 
+#include "cpu/block_backward.h"
+#include "cpu/block_forward.h"
 #include "cpu/cpu_kernels.h"
-#include "cpu/fused_block.h"
+#include "cpu/dropout_multipliers.h"
 #include "cpu/side_by_side.h"
 #include "philox.h"
-#include "tied_network_checks.h"
+#include "twoway_net_checks.h"
 
 namespace twoway_fast {
 namespace {

@@ -1,0 +1,71 @@
+// CPU kernels of the hidden-block op with its BN statistics given (mean and std of the BN input, taken
+// over the rows of several processes: twoway_fast/backends/synced.py), forward and backward; the
+// backward also returns the statistics' gradients. The passes of hidden_block.cpp with stats_given.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cpu/block_backward.h"
+#include "cpu/block_forward.h"
+#include "cpu/dropout_multipliers.h"
+#include "philox.h"
+
+namespace twoway_fast {
+namespace {
+
+at::Tensor hidden_block_with_stats_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                                       const at::Tensor& mean_in, const at::Tensor& std_in,
+                                       const at::Tensor& rng_state, double p, double leak, bool act_first) {
+  check_hidden_block_with_stats(z_in, gamma_in, beta_in, mean_in, std_in, rng_state, p);
+  // block_forward leaves z, mean and std alone when the statistics are given.
+  const auto z = z_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const auto mean = mean_in.contiguous(), std = std_in.contiguous();
+  const auto rows = z.size(0), cols = z.size(1);
+  const DropoutMask mask = mask_from(rng_state, p);
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
+  auto out = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_with_stats_cpu", [&] {
+    block_forward<scalar_t>(z.data_ptr<scalar_t>(), nullptr, rows, cols,
+                            block_args<scalar_t>(gamma, beta, keep, leak, act_first), 0.0,
+                            out.data_ptr<scalar_t>(), nullptr, mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(),
+                            /*stats_given=*/true);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hidden_block_with_stats_backward_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+    const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
+    bool act_first) {
+  check_hidden_block_with_stats(z_in, gamma_in, beta_in, mean_in, std_in, rng_state, p);
+  TORCH_CHECK(grad_out_in.sizes() == z_in.sizes(), "grad_out must have the shape of z ", z_in.sizes(), ", got ",
+              grad_out_in.sizes());
+  const auto grad_out = grad_out_in.contiguous().to(z_in.scalar_type()), z = z_in.contiguous();
+  const auto gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const auto mean = mean_in.contiguous(), std = std_in.contiguous();
+  const auto rows = z.size(0), cols = z.size(1);
+  const DropoutMask mask = mask_from(rng_state, p);
+  const auto keep = keep_multipliers(mask, rows, cols, z.options());
+  auto grad_z = at::empty_like(z), rebuilt = at::empty_like(z);  // the pass also rebuilds the output
+  auto grad_gamma = at::empty_like(gamma), grad_beta = at::empty_like(beta), grad_bias = at::empty_like(gamma);
+  auto grad_mean = at::empty_like(gamma), grad_std = at::empty_like(gamma);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hidden_block_with_stats_backward_cpu", [&] {
+    const BlockGrads<scalar_t> grads{grad_out.data_ptr<scalar_t>(), nullptr, nullptr};
+    block_backward<scalar_t>(grads, z.data_ptr<scalar_t>(), rows, cols,
+                             block_args<scalar_t>(gamma, beta, keep, leak, act_first),
+                             mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
+                             rebuilt.data_ptr<scalar_t>(), grad_gamma.data_ptr<scalar_t>(),
+                             grad_beta.data_ptr<scalar_t>(), grad_bias.data_ptr<scalar_t>(),
+                             grad_mean.data_ptr<scalar_t>(), grad_std.data_ptr<scalar_t>());
+  });
+  return {grad_z, grad_mean, grad_std, grad_gamma, grad_beta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
+  m.impl("hidden_block_with_stats", &hidden_block_with_stats_cpu);
+  m.impl("hidden_block_with_stats_backward", &hidden_block_with_stats_backward_cpu);
+}
+
+}  // namespace twoway_fast
