@@ -5,7 +5,7 @@ its mmap threshold (128 KiB, raised only as far as the largest block freed so fa
 mappings and gives the heap's free top back to the system past its trim threshold, so each step
 faulted those pages in again: about 485 page faults (1.9 MiB) a mnist step; without them the median
 one-thread step fell 0.8-0.9 ms of 8.7-9.5 (its minimum, a step that happened not to fault, did not;
-benchmarks/RESULTS.md). Fixed thresholds keep them: blocks under 32 MiB come from the heap and up to
+benchmarks/HISTORY.md). Fixed thresholds keep them: blocks under 32 MiB come from the heap and up to
 256 MiB of free heap stays mapped. The cost is that memory: a process holds on to what it freed.
 """
 from __future__ import annotations

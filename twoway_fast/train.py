@@ -39,7 +39,7 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
     if config.optimizer.lower() == "sgd":
         # torch's fused kernel on the CPU: one pass per parameter instead of the per-tensor loop torch
-        # defaults to there (mnist step: 0.24 vs 0.81 ms, benchmarks/RESULTS.md). Elsewhere torch's default.
+        # defaults to there (mnist step: 0.24 vs 0.81 ms, benchmarks/HISTORY.md). Elsewhere torch's default.
         fused = True if params and all(p.device.type == "cpu" for p in params) else None
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused)
     name = {n.lower(): n for n in torch.optim.__all__}.get(config.optimizer.lower(), "")
