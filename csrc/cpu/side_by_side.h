@@ -13,7 +13,7 @@ namespace twoway_fast {
 
 // Runs f(0) and f(1) side by side, one thread each, when the op has two threads, else one after the
 // other. One thread per channel, its GEMMs and passes single-threaded inside the region, beats
-// splitting every small GEMM and pass over both threads (benchmarks/RESULTS.md). With more threads
+// splitting every small GEMM and pass over both threads (benchmarks/HISTORY.md). With more threads
 // the GEMMs' own parallelism is kept (not measured here: two cores).
 template <typename F>
 void side_by_side(const F& f) {
