@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import presets
+from . import presets, run
 from .evaluation import linear_cca_baseline
 from .pipeline import format_results, train_run
 
@@ -22,9 +22,18 @@ def demo(out: str | Path = "runs/demo", device: str = "cpu", epochs: int | None 
     preset = presets.resolve("digits", overrides=overrides)
     print(f"2-Way Net, preset 'digits' (hidden {preset.model['hidden']}), on the digits halves "
           f"(left 4 columns -> right 4 columns), {preset.train['epochs']} epochs on {device}")
-    results = train_run(preset, "digits", out, device, progress=progress)
+    results = train_run(preset, "digits", out, device, progress=progress, overwrite=_earlier_demo(out))
     dataset = data_mod.load("digits", data_mod.DataConfig(**preset.data), device)
     baseline = linear_cca_baseline(dataset, results["dims"])
     print(format_results({"2-Way Net": results, "linear CCA": baseline}))
     print(f"plots and checkpoints in {out}")
     return {"twoway": results, "linear_cca": baseline}
+
+
+def _earlier_demo(out: str | Path) -> bool:
+    """Whether `out` holds a run on the embedded digits (a demo's, which a new demo replaces); another
+    run there is refused, as for train."""
+    try:
+        return run.read_config(out)["data"] == "digits"
+    except ValueError:
+        return False

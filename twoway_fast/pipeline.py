@@ -2,6 +2,7 @@
 test, write the plots (train_run); and the table of results they print (format_results)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -35,24 +36,33 @@ def _epoch_line(row: dict) -> str:
 
 
 def train_run(preset: presets.Preset, source: str, out: str | Path, device: str, resume: bool = False,
-              progress: bool = True) -> dict | None:
+              progress: bool = True, overwrite: bool = False) -> dict | None:
     """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results.
-    Launched by torchrun, every rank trains and rank 0 alone evaluates and writes (the others return None)."""
+    Launched by torchrun, every rank trains and rank 0 alone evaluates and writes (the others return None).
+    Rank 0 holds the run folder's lock throughout (run.claim): a folder another training writes to, or
+    that holds another run (unless resume or overwrite), is refused before any data is read."""
     out = Path(out)
     device = distributed.init_from_env(device)
     rank = distributed.Ranks.current().rank
     config = TrainConfig(**preset.train)
+    with run.claim(out, resume, overwrite, plots.FILES) if rank == 0 else contextlib.nullcontext():
+        return _train_claimed(preset, source, out, device, resume, progress, config, rank)
+
+
+def _train_claimed(preset, source, out: Path, device, resume: bool, progress: bool, config: TrainConfig,
+                   rank: int) -> dict | None:
     dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
     if resume:
         run.check_widths(source, dataset.dx, dataset.dy, out, run.read_config(out))
     model, criterion = build(preset, dataset.dx, dataset.dy, config.seed, device)
     trainer = Trainer(model, criterion, dataset.train, dataset.val, config, out, progress=progress and rank == 0)
+    if rank == 0:
+        run.check_space(out, model)
     if resume:
         trainer.resume()
         if rank == 0:
             print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # on resume too: the values --resume may change (run.RESUMABLE) are recorded
         run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
     trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)
     if rank != 0:
@@ -61,5 +71,5 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     results = evaluate(model, dataset, "test")
     zx, zy = encode(model, dataset.test)
     plots.write_all(out, model, dataset, trainer.log, zx, zy)
-    run.write_atomic(out / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
+    run.write_atomic(out / run.EVAL, (json.dumps(results, indent=2) + "\n").encode())
     return results

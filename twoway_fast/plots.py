@@ -15,6 +15,7 @@ from .run import write_atomic
 from .train import TERMS
 
 LOSS_PNG, CORR_PNG, CROSS_PNG, RECON_PNG = "loss.png", "correlation.png", "cross_correlation.png", "reconstructions.png"
+FILES = (LOSS_PNG, CORR_PNG, CROSS_PNG, RECON_PNG)
 
 
 def _save(fig: Figure, path: Path) -> None:
