@@ -2,7 +2,10 @@
 the trainer and the data loaders all import it and none of them imports another for it."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
+
+from .config_types import check_value, hints_of
 
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 PREPROCESS = ("none", "l2_rows", "standardize")
@@ -26,11 +29,12 @@ class TrainConfig:
     cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.step.graph); CUDA only
 
     def __post_init__(self):
+        _check_types(self, "train")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"train.epochs must be >= 1 and train.batch_size >= 2, got {self.epochs} and "
                              f"{self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr must be a positive finite number, got {self.lr}")
         if self.select not in LOWER_IS_BETTER:
             raise ValueError(f"train.select must be one of {sorted(LOWER_IS_BETTER)}, got {self.select!r}")
 
@@ -47,6 +51,7 @@ class DataConfig:
     mmap: str | bool = "auto"  # memory-map .npy files: True, False, or "auto" (when larger than half the RAM)
 
     def __post_init__(self):
+        _check_types(self, "data")
         if self.preprocess not in PREPROCESS:
             raise ValueError(f"data.preprocess must be one of {PREPROCESS}, got {self.preprocess!r}")
         if self.pca < 0 or self.group_size < 1:
@@ -56,3 +61,9 @@ class DataConfig:
                              f"{self.val_fraction} and {self.test_fraction}")
         if self.mmap not in ("auto", True, False):
             raise ValueError(f"data.mmap must be true, false or \"auto\", got {self.mmap!r}")
+
+
+def _check_types(config, section: str) -> None:
+    hints = hints_of(type(config))
+    for f in fields(config):
+        check_value(f"{section}.{f.name}", getattr(config, f.name), hints[f.name], type(config).__name__)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config_types import check_value, hints_of
+
 SECTIONS = ("model", "loss", "train", "data")
+BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")  # --set train.optimizer=Adam
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,17 @@ class Preset:
         return merged
 
     def check(self, source: str = "preset") -> None:
-        """Every key must be a parameter of what its section configures."""
-        for section, allowed in allowed_keys().items():
-            unknown = set(getattr(self, section)) - allowed
+        """Every key must be a parameter of what its section configures, its value of that parameter's
+        annotated type."""
+        for section, hints in key_types().items():
+            values = getattr(self, section)
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: [{section}] must be a table, got {values!r}")
+            unknown = set(values) - set(hints)
             if unknown:
-                raise ValueError(f"{source}: unknown {section} keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+                raise ValueError(f"{source}: unknown {section} keys {sorted(unknown)}; allowed: {sorted(hints)}")
+            for key, value in values.items():
+                check_value(f"{section}.{key}", value, hints[key], source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,17 +68,18 @@ class Preset:
         return cls(**table)
 
 
-def allowed_keys() -> dict[str, set[str]]:
+def key_types() -> dict[str, dict[str, Any]]:
+    """Per section, each allowed key and its annotated type."""
     from ..config import DataConfig, TrainConfig
     from ..loss import TwoWayLoss
     from ..model import TwoWayNet
 
     def params(fn, skip):
-        return set(inspect.signature(fn).parameters) - set(skip)
+        hints = hints_of(fn)
+        return {k: hints.get(k, Any) for k in inspect.signature(fn).parameters if k not in skip}
 
     return {"model": params(TwoWayNet, ("dx", "dy")), "loss": params(TwoWayLoss, ("model",)),
-            "train": {f.name for f in dataclasses.fields(TrainConfig)},
-            "data": {f.name for f in dataclasses.fields(DataConfig)}}
+            "train": hints_of(TrainConfig), "data": hints_of(DataConfig)}
 
 
 def parse_override(text: str) -> dict[str, dict[str, Any]]:
@@ -77,10 +88,13 @@ def parse_override(text: str) -> dict[str, dict[str, Any]]:
     section, dot, name = key.strip().partition(".")
     if not sep or not dot or not name:
         raise ValueError(f"override {text!r} must look like section.key=value, e.g. loss.lh=2.0")
+    value = value.strip()
     try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as err:
+        if not BARE_WORD.fullmatch(value):  # meant as TOML ([1, 2, "a"...) but malformed
+            raise ValueError(f"override {text!r}: invalid TOML value {value!r} ({err})") from None
+        parsed = value  # a bare word is a string; Preset.check refuses it where a string does not belong
     return {section: {name: parsed}}
 
 
