@@ -200,3 +200,31 @@ def test_resume_with_data_of_other_widths(tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", x=RNG.random((60, 5)), y=RNG.random((60, 32)))
     assert main(["train", "--out", str(out), "--resume", "--data", str(tmp_path / "wide.npz"), "--device", "cpu"]) == 2
     assert f"wide.npz: view widths (5, 32) do not match the model of {out} (32, 32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_npy_header_claiming_more_rows_than_the_file_holds(tmp_path, mmap, monkeypatch):
+    cache_layout(tmp_path)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 3), np.float32))
+    header["shape"] = (2**40, 3)  # 12 TiB claimed, 12 bytes there
+    with open(tmp_path / "train_x.npy", "wb") as f:  # the first file read
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(3, np.float32).tobytes())
+    monkeypatch.setattr(np, "load", None)  # refused from the header alone: numpy never gets to allocate
+    with pytest.raises(ValueError, match=r"train_x\.npy: cannot read as \.npy: truncated: its header claims "
+                                         r"shape \(1099511627776, 3\) of float32"):
+        data.load(tmp_path, data.DataConfig(mmap=mmap))
+
+
+def test_npz_member_header_claiming_more_rows_than_it_holds(tmp_path):
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 3), np.float32))
+    header["shape"] = (2**40, 3)
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        for name in ("x.npy", "y.npy"):
+            with archive.open(name, "w") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                f.write(np.zeros(3, np.float32).tobytes())
+    with pytest.raises(ValueError, match=r"d\.npz \(x\.npy\): cannot read as \.npy: truncated"):
+        data.load(tmp_path / "d.npz")

@@ -16,7 +16,11 @@ PLAIN_TILE_ROWS = 1024
 
 
 def correlation_normalise(a: Tensor) -> Tensor:
-    """Rows centred and scaled to unit norm, so a dot product is the Pearson correlation of two rows."""
+    """Rows centred and scaled to unit norm, so a dot product is the Pearson correlation of two rows.
+    Each row is first scaled by a power of two that brings its largest magnitude into [0.5, 1): exact
+    (the same bits as without it), and no sum of squares or mean can overflow for finite inputs."""
+    _, exponent = torch.frexp(a.abs().amax(1, keepdim=True))  # 0 for a zero (or NaN/Inf) row: unscaled
+    a = torch.ldexp(a, -exponent.to(a.dtype))
     centred = a - a.mean(1, keepdim=True)
     return centred / centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 

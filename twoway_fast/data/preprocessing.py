@@ -11,8 +11,22 @@ from ..config import DataConfig
 from .raw import CHUNK, RawSplit
 
 
+class RowNormalizer(Normalizer):
+    """sklearn's Normalizer (l2) on rows first scaled by a power of two that brings their largest
+    magnitude into [0.5, 1): exact, so the same result, but the squares no longer overflow (float32
+    rows past ~1e19 became zeros)."""
+
+    def transform(self, X, copy=None):
+        X = np.asarray(X)
+        if np.issubdtype(X.dtype, np.floating):
+            with np.errstate(invalid="ignore"):  # a NaN/Inf row keeps exponent 0: left as it is
+                _, exponent = np.frexp(np.abs(X).max(axis=1, initial=0))
+            X = np.ldexp(X, -exponent[:, None]).astype(X.dtype, copy=False)
+        return super().transform(X, copy=False)
+
+
 def _view_pipeline(config: DataConfig, large: bool) -> Pipeline:
-    steps = {"none": [], "l2_rows": [Normalizer()], "standardize": [StandardScaler()]}[config.preprocess]
+    steps = {"none": [], "l2_rows": [RowNormalizer()], "standardize": [StandardScaler()]}[config.preprocess]
     if config.pca:
         steps.append(IncrementalPCA(config.pca) if large else PCA(config.pca, random_state=0))
     return make_pipeline(*steps) if steps else make_pipeline(FunctionTransformer())
@@ -37,7 +51,7 @@ def fit_preprocessing(train: RawSplit, config: DataConfig) -> tuple[Pipeline, Pi
                     part = before.transform(np.asarray(a[rows])) if i else np.asarray(a[rows])
                     if hasattr(step, "partial_fit"):
                         step.partial_fit(part)
-                    else:  # stateless steps (Normalizer, FunctionTransformer)
+                    else:  # stateless steps (RowNormalizer, FunctionTransformer)
                         step.fit(part)
                         break
         fitted.append(pipe)

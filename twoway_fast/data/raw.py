@@ -31,6 +31,8 @@ def check_pair(x: np.ndarray, y: np.ndarray, source: str) -> None:
             raise ValueError(f"{source}: view {name} must be a 2-D array (rows, features), got shape {a.shape}")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise ValueError(f"{source}: view {name} has non-numeric dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.complexfloating):  # would lose its imaginary part to a float cast
+            raise ValueError(f"{source}: view {name} is complex ({a.dtype}); give real features")
         if a.shape[0] == 0 or a.shape[1] == 0:
             raise ValueError(f"{source}: view {name} is empty, shape {a.shape}")
     if x.shape[0] != y.shape[0]:

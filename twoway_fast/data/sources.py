@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 import zlib
@@ -67,6 +68,8 @@ def load_mnist_dir(directory: str | Path) -> RawData:
         img = read_idx(path)
         if img.ndim != 3:
             raise ValueError(f"{path}: expected images (n, height, width), got an IDX array of shape {img.shape}")
+        if 0 in img.shape:
+            raise ValueError(f"{path}: no images in it (IDX shape {img.shape})")
         if img.shape[2] % 2:
             raise ValueError(f"{path}: image width {img.shape[2]} is odd; halves need an even width")
         images[split] = (img, str(path))
@@ -79,8 +82,25 @@ def load_mnist_dir(directory: str | Path) -> RawData:
     return _from_images(directory.name or "mnist", images, scale)
 
 
+def check_npy_size(f, available: int, name: str) -> None:
+    """Reads the .npy header at f's position and refuses a shape that needs more bytes than the
+    `available` (the file's or the archive member's size): numpy would allocate it all first."""
+    try:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)  # 2.0 and 3.0 share the header layout (3.0 allows utf-8 field names)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    except UNREADABLE as err:
+        raise ValueError(f"{name}: cannot read as .npy: {type(err).__name__}: {err}") from err
+    need = f.tell() + math.prod(shape) * dtype.itemsize  # Python ints: a claimed shape cannot overflow
+    if need > available:
+        raise ValueError(f"{name}: cannot read as .npy: truncated: its header claims shape {shape} of {dtype} ({need} bytes), "
+                         f"the file holds {available}")
+
+
 def _npy(path: Path, mmap: bool) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            check_npy_size(f, os.fstat(f.fileno()).st_size, str(path))
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except UNREADABLE as err:
         raise ValueError(f"{path}: cannot read as .npy: {type(err).__name__}: {err}") from err
@@ -107,6 +127,11 @@ def load_cache_dir(directory: Path, mmap: str | bool) -> RawData:
 
 def load_npz(path: Path) -> RawData:
     try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as f:
+                        check_npy_size(f, member.file_size, f"{path} ({member.filename})")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except UNREADABLE as err:
