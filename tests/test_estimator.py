@@ -54,3 +54,17 @@ def test_pipeline_and_grid_search():
     search = GridSearchCV(TwoWayEstimator(hidden=[16, 4, 16], epochs=3, batch_size=50), {"lh": [0.5, 2.0]}, cv=2)
     search.fit(x, y)
     assert search.best_params_["lh"] in (0.5, 2.0) and np.isfinite(search.best_score_)
+
+
+def test_random_state_none_generator_and_bad_values():
+    x, y = two_views(60)
+    fixed = [TwoWayEstimator(**FAST, random_state=3).fit(x, y).transform(x) for _ in range(2)]
+    np.testing.assert_array_equal(*fixed)  # an int seeds every fit alike
+    fresh = [TwoWayEstimator(**FAST, random_state=None).fit(x, y).transform(x) for _ in range(2)]
+    assert not np.array_equal(*fresh)  # None: a fresh seed each fit, as in scikit-learn
+    drawn = [TwoWayEstimator(**FAST, random_state=np.random.RandomState(5)).fit(x, y).transform(x)
+             for _ in range(2)]
+    np.testing.assert_array_equal(*drawn)  # the same RandomState state: the same seed drawn
+    TwoWayEstimator(**FAST, random_state=np.random.default_rng(1)).fit(x, y)
+    with pytest.raises(ValueError, match="random_state must be an int, None or a numpy RandomState"):
+        TwoWayEstimator(**FAST, random_state="seven").fit(x, y)

@@ -4,9 +4,12 @@ fit(X, Y) reads as usual); like sklearn's CCA, transform(X) gives X's representa
 transform(X, Y) both."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import metrics, presets
@@ -28,7 +31,8 @@ class TwoWayEstimator(TransformerMixin, BaseEstimator):
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of rows.
         device: torch device for training and transform.
-        random_state: seed of the initialisation, batch order and dropout.
+        random_state: seed of the initialisation, batch order and dropout: an int, None (a fresh seed
+            each fit) or a numpy RandomState / Generator to draw one from.
         verbose: show a progress bar.
 
     Attributes after fit: model_ (the TwoWayNet, eval mode), n_features_in_, n_features_y_, log_ (the
@@ -54,14 +58,25 @@ class TwoWayEstimator(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _preset(self, rows: int) -> presets.Preset:
+    def _seed(self) -> int:
+        if isinstance(self.random_state, numbers.Integral) and not isinstance(self.random_state, bool):
+            return int(self.random_state)
+        if isinstance(self.random_state, np.random.Generator):
+            return int(self.random_state.integers(2**31 - 1))
+        try:
+            return int(check_random_state(self.random_state).randint(2**31 - 1))
+        except ValueError as err:
+            raise ValueError(f"random_state must be an int, None or a numpy RandomState or Generator, got "
+                             f"{self.random_state!r}") from err
+
+    def _preset(self, rows: int, seed: int) -> presets.Preset:
         base = presets.resolve(self.preset, self.faithful)
         chosen = {
             "model": {"hidden": self.hidden, "repr_layer": self.repr_layer, "dropout": self.dropout,
                       "bn_eps": self.bn_eps},
             "loss": {"lh": self.lh, "lc": self.lc},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                      "optimizer": self.optimizer, "seed": self.random_state},
+                      "optimizer": self.optimizer, "seed": seed},
         }
         table = {s: {k: v for k, v in values.items() if v is not None} for s, values in chosen.items()}
         if "hidden" in table["model"]:
@@ -97,8 +112,9 @@ class TwoWayEstimator(TransformerMixin, BaseEstimator):
         if X.shape[0] < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 rows for its batch statistics, got "
                              f"n_samples={X.shape[0]}")
-        preset = self._preset(X.shape[0])
-        model, criterion = build(preset, X.shape[1], Y.shape[1], self.random_state, self.device)
+        seed = self._seed()
+        preset = self._preset(X.shape[0], seed)
+        model, criterion = build(preset, X.shape[1], Y.shape[1], seed, self.device)
         split = Split(self._tensor(X), self._tensor(Y), None, torch.device(self.device))
         trainer = Trainer(model, criterion, split, None, TrainConfig(**preset.train), None, progress=self.verbose)
         self.log_ = trainer.fit()
