@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,29 @@ def _load_for_run(args):
     return model, dataset
 
 
+def _toml_value(value) -> str:
+    """A flag's value in TOML syntax (json.dumps would write NaN and Infinity, which TOML spells nan, inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value)
+
+
+def check_device(name: str) -> None:
+    """Refuses a device this machine cannot run on, before any work."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: {err}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: twoway-fast runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} GPUs")
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """`train --nproc N`: the same command line in N processes under torchrun (torch.distributed.run).
     --nproc itself is left out: torchrun's parser would take it for an abbreviation of its own option."""
@@ -57,21 +81,28 @@ def cmd_train(args) -> int:
     for flag, key in (("epochs", "train.epochs"), ("lr", "train.lr"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("backend", "model.backend")):
         if getattr(args, flag) is not None:
-            overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+            overrides.append(f"{key}={_toml_value(getattr(args, flag))}")
     if args.no_sync_stats:
         overrides.append("train.sync_stats=false")
     if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --out, --overwrite replaces it: choose one")
         saved = run.read_config(args.out)
         preset = saved["preset"]
-        for text in overrides:
-            preset = preset.merged(presets.parse_override(text), f"override {text!r}")
+        if args.preset is not None or args.faithful or args.config:  # compared whole, as resolved
+            preset = presets.resolve(args.preset or preset.name, args.faithful, args.config, overrides)
+        else:
+            for text in overrides:
+                preset = preset.merged(presets.parse_override(text), f"override {text!r}")
+        for change in run.resume_changes(saved["preset"], preset):
+            print(f"resuming with {change}", file=sys.stderr)
         source = args.data or saved["data"]
     else:
         if not args.data:
             raise ValueError("train needs --data (a directory, an .npz file, or 'digits')")
-        preset = presets.resolve(args.preset, args.faithful, args.config, overrides)
+        preset = presets.resolve(args.preset or "mnist", args.faithful, args.config, overrides)
         source = args.data
-    results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress)
+    results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress, args.overwrite)
     if results is None:  # a rank other than 0
         return 0
     print(format_results({"2-Way Net": results}))
@@ -117,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 2-Way Net and evaluate its best checkpoint on test")
-    t.add_argument("--preset", default="mnist", help=f"one of {', '.join(presets.names())}, or a preset .toml file")
+    t.add_argument("--preset", help=f"one of {', '.join(presets.names())}, or a preset .toml file "
+                   "(default mnist)")
     t.add_argument("--data", help="data directory, .npz file, or 'digits' (the embedded set)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, plots)")
     t.add_argument("--faithful", action="store_true", help="the original's settings exactly (SPEC sections 2-3)")
@@ -130,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--backend", choices=["auto", "fused", "reference"])
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run --out holds (refused without it)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (launches torchrun; train.batch_size stays the global batch)")
@@ -174,10 +207,21 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # Expected failures (bad values, files, paths, permissions, no space, a run folder in use) end in
+    # one line; anything else is a bug and keeps its traceback.
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        check_device(args.device)
         return args.func(args)
-    except (ValueError, NonFiniteLoss) as err:
-        print(f"twoway-fast {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, NonFiniteLoss, OSError) as err:
+        print(f"twoway-fast {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err) if not isinstance(err, OSError) or not err.strerror else (
+        f"{err.strerror}: {err.filename}" if err.filename else err.strerror)
+    return " ".join(text.split())

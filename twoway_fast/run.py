@@ -13,9 +13,13 @@ configuration; loading one written by another version or for another model is re
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import pickle
+import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -25,9 +29,16 @@ from typing import Any
 import torch
 
 from . import __version__
-from .presets import Preset
+from .presets import SECTIONS, Preset
+from .run_lock import RunLock
 
 CONFIG, LAST, PREVIOUS, BEST, METRICS = "config.json", "last.pt", "previous.pt", "best.pt", "metrics.jsonl"
+EVAL = "eval.json"
+# What a run leaves besides its plots: finding any of them means the folder holds a run.
+RUN_FILES = (CONFIG, LAST, PREVIOUS, BEST, METRICS, EVAL)
+# --resume may change these (the rest would make the checkpoint another run's): how many epochs to
+# run and how each step is computed (the same numbers up to rounding).
+RESUMABLE = {"train.epochs", "train.cuda_graph", "model.backend"}
 # What a checkpoint must match besides its tensor shapes: the TwoWayNet attributes that give its weights
 # their meaning. Training-only settings (dropout, BN momentum) may change between runs of one model.
 MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense")
@@ -37,10 +48,18 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file that cannot be read back (truncated, damaged, not a checkpoint)."""
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint holding objects other than tensors and plain data (weights_only refuses them): a
+    file someone else wrote. Never loaded, so whatever code it carries never runs; not "damaged"
+    either, so resume refuses it rather than falling back to previous.pt."""
+
+
 def write_atomic(path: str | Path, data: bytes, keep_previous: str | Path | None = None) -> None:
     """Writes `path` through a temporary file (flushed, fsynced, renamed). With `keep_previous`, the file
     being replaced is first renamed there (a kill between the two renames leaves only that one)."""
     path = Path(path)
+    if not path.parent.is_dir():  # else mkstemp names its temporary file, not the folder
+        raise FileNotFoundError(errno.ENOENT, f"no folder {path.parent} to write {path.name} into")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -58,6 +77,68 @@ def write_atomic(path: str | Path, data: bytes, keep_previous: str | Path | None
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def claim(run_dir: str | Path, resume: bool, overwrite: bool, outputs: tuple[str, ...] = ()) -> RunLock:
+    """Locks `run_dir` (created if missing) for a training that writes there. Unless resuming, a folder
+    holding another run is refused, or with `overwrite` emptied of it (RUN_FILES and `outputs`, e.g. the
+    plots); resuming needs a run there. Returns the held lock (release it, or use it as a context)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        found = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if resume and CONFIG not in found:
+            raise ValueError(f"{run_dir}: nothing to resume ({CONFIG} is missing)")
+        if not resume and found:
+            if not overwrite:
+                raise ValueError(f"{run_dir} holds another run ({', '.join(found)}); --resume continues it, "
+                                 "--overwrite replaces it, or choose another --out")
+            for name in (*RUN_FILES, *outputs):
+                (run_dir / name).unlink(missing_ok=True)
+            remove_temporaries(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_space(run_dir: str | Path, model, optimizer_copies: int = 2) -> None:
+    """Refuses a run whose checkpoints would not fit: last, previous, best and the temporary file of
+    one being written, each the model and up to `optimizer_copies` optimiser buffers per parameter."""
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = 4 * state_bytes * (1 + optimizer_copies) + (1 << 20)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ValueError(f"{run_dir}: {free / 2**20:.1f} MiB free, the run's checkpoints need about "
+                         f"{need / 2**20:.1f} MiB")
+
+
+def resume_changes(saved: Preset, wanted: Preset) -> list[str]:
+    """The values `wanted` changes from the run's `saved` preset, each as "section.key: saved -> wanted";
+    raises ValueError naming those --resume cannot apply (anything outside RESUMABLE)."""
+    changes, refused = [], []
+    for section in SECTIONS:
+        old, new = getattr(saved, section), getattr(wanted, section)
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, _UNSET) != new.get(key, _UNSET):
+                line = f"{section}.{key}: {_shown(old, key)} -> {_shown(new, key)}"
+                (changes if f"{section}.{key}" in RESUMABLE else refused).append(line)
+    if saved.faithful != wanted.faithful or saved.name != wanted.name:
+        refused.append(f"preset: {saved.name}{' (faithful)' * saved.faithful} -> "
+                       f"{wanted.name}{' (faithful)' * wanted.faithful}")
+    if refused:
+        raise ValueError(f"--resume continues the run as it was configured; these options would change it: "
+                         f"{'; '.join(refused)} (only {', '.join(sorted(RESUMABLE))} may change on resume)")
+    return changes
+
+
+_UNSET = object()
+
+
+def _shown(values: dict[str, Any], key: str) -> str:
+    return repr(values[key]) if key in values else "(default)"
 
 
 def remove_temporaries(run_dir: str | Path) -> None:
@@ -96,11 +177,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model=
             bad = archive.testzip()
         if bad is not None:
             raise CorruptCheckpoint(f"{path}: damaged checkpoint (checksum mismatch in {bad})")
-        # weights_only=False: the state holds generator states and plain Python values; the file is
-        # one this package wrote into the user's own run folder.
-        state = torch.load(path, map_location=device, weights_only=False)
-    except CorruptCheckpoint:
+        # weights_only: tensors and plain data only. Anyone who can drop a file into a run folder could
+        # otherwise run code as the user through a pickled object's __reduce__.
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (CorruptCheckpoint, UnsafeCheckpoint):
         raise
+    except pickle.UnpicklingError as err:  # what weights_only refuses, before running anything
+        raise UnsafeCheckpoint(f"{path}: refused: the checkpoint holds more than tensors and plain data "
+                               f"({_what_was_refused(str(err))}); not written by twoway_fast as it is") from None
     except Exception as err:  # a damaged file: say which one
         raise CorruptCheckpoint(f"{path}: cannot read checkpoint: {err}") from err
     if not isinstance(state, dict) or "model" not in state:
@@ -112,6 +196,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model=
     if model is not None:
         _check_model(path, state, model)
     return state
+
+
+def _what_was_refused(message: str) -> str:
+    """The line of torch's weights_only message that names the object (the rest advises loading anyway)."""
+    found = re.search(r"WeightsUnpickler error: ([^.\n]*(?:\.[\w.]+)*)", message)
+    return found.group(1).strip() if found else "objects weights_only does not load"
 
 
 def _check_model(path: Path, state: dict[str, Any], model) -> None:
