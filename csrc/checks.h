@@ -11,9 +11,15 @@ inline at::ScalarType stats_dtype(at::ScalarType activations) {
   return activations == at::kHalf || activations == at::kBFloat16 ? at::kFloat : activations;
 }
 
+// Zero widths are refused here, before any pass divides by a column count.
 inline void check_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, name, " must be a 2-D (batch, width) tensor, got shape ", t.sizes());
+  TORCH_CHECK(t.size(1) > 0, name, " must have at least one column, got shape ", t.sizes());
   TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ", like.device());
 }
 
 inline void check_vector(const at::Tensor& t, const char* name, int64_t width, const at::Tensor& like) {
@@ -46,12 +52,17 @@ inline void check_hidden_block(const at::Tensor& z, const at::Tensor& gamma, con
   check_dropout(p);
 }
 
+inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& z) {
+  TORCH_CHECK(grad_out.sizes() == z.sizes(), "grad_out must have the shape of z ", z.sizes(), ", got ",
+              grad_out.sizes());
+  check_same_device(grad_out, "grad_out", z, "z");
+}
+
 inline void check_hidden_block_backward(const at::Tensor& grad_out, const at::Tensor& z, const at::Tensor& gamma,
                                         const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& std,
                                         const at::Tensor& rng_state, double p) {
   check_hidden_block(z, gamma, beta, rng_state, p);
-  TORCH_CHECK(grad_out.sizes() == z.sizes(), "grad_out must have the shape of z ", z.sizes(), ", got ",
-              grad_out.sizes());
+  check_grad_out(grad_out, z);
   check_vector(mean, "mean", z.size(1), z);
   check_vector(std, "std", z.size(1), z);
 }

@@ -41,6 +41,8 @@ inline void check_retrieval_inputs(const at::Tensor& a, const at::Tensor& b, con
               " and ", b.sizes());
   TORCH_CHECK(a.size(0) > 0 && b.size(0) > 0, "retrieval_ranks: a and b need at least one row each, got ",
               a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.size(1) > 0, "retrieval_ranks: a and b need at least one column, got shapes ", a.sizes(), " and ",
+              b.sizes());
   TORCH_CHECK(a.is_floating_point() && a.scalar_type() == b.scalar_type(),
               "retrieval_ranks: a and b must be floating point of one dtype, got ", a.scalar_type(), " and ",
               b.scalar_type());
@@ -130,8 +132,14 @@ std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in,
   // A NaN row leaves only its own scores undecided (all recomputed, and all NaN), not everyone's.
   const double inf = std::numeric_limits<double>::infinity();
   const double widen = 1.0 + 2 * gemm_error_coefficient(d, dtype, false);
+  // A finite row whose norm overflows the inputs' dtype (float32 past ~1.8e19) has it recomputed in
+  // float64 (rare: only those rows are copied); a row holding Inf stays Inf there too.
   auto norms = [&](const at::Tensor& x) {
-    return (at::linalg_vector_norm(x, 2, {1}).to(at::kDouble) * widen).nan_to_num(0.0, inf);
+    auto norm = at::linalg_vector_norm(x, 2, {1}).to(at::kDouble);
+    const auto over = norm.isinf();
+    if (over.any().item<bool>())
+      norm.index_put_({over}, at::linalg_vector_norm(x.index({over}).to(at::kDouble), 2, {1}));
+    return (norm * widen).nan_to_num(0.0, inf);
   };
   const auto norm_a = norms(p.a), norm_b = norms(p.b);
   std::tie(p.hi_a, p.lo_a) = band(p.best_a, norm_a * (c * norm_b.max()) + tiny, dtype);

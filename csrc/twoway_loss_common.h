@@ -61,6 +61,8 @@ inline void check_loss_inputs(const at::Tensor& x, const at::Tensor& y, const at
   TORCH_CHECK(y.scalar_type() == x.scalar_type() && hx.scalar_type() == x.scalar_type(),
               "x, y and hx must share a dtype, got ", x.scalar_type(), ", ", y.scalar_type(), " and ",
               hx.scalar_type());
+  check_same_device(y, "y", x, "x");
+  check_same_device(hx, "hx", x, "x");
   TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
               x.size(0), ", ", y.size(0), " and ", hx.size(0));
   TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");

@@ -67,6 +67,7 @@ inline NetShape check_net(const at::Tensor& x, const at::Tensor& y, at::TensorLi
                 "in/M), got shape ", w.sizes());
     TORCH_CHECK(weight_in(w) == net.s.back(), "weights[", k, "] must take width ", net.s.back(), ", got shape ",
                 w.sizes());
+    TORCH_CHECK(weight_out(w) > 0, "weights[", k, "] must give at least one column, got shape ", w.sizes());
     net.s.push_back(weight_out(w));
   }
   TORCH_CHECK(net.s.back() == y.size(1), "the last weight must map to y's width ", y.size(1), ", got ",

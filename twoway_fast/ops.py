@@ -13,6 +13,45 @@ if EXTENSION is None:
     raise ImportError(WHY_NOT)
 
 
+# ---------------------------------------------------------------- the fake kernels' argument checks
+# The C++ kernels' checks (csrc/checks.h, csrc/twoway_net_checks.h, the per-op checks), made here too:
+# a call with any argument on the meta device reaches the fake kernel, not the C++ one, and without
+# them would return uninitialised memory as its result.
+
+def _one_device(op: str, **named) -> None:
+    """Every tensor argument (lists included, None skipped) on the device of the first."""
+    first = None
+    for name, value in named.items():
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, t in items:
+            if t is None:
+                continue
+            label = name if i is None else f"{name}[{i}]"
+            if first is None:
+                first = (label, t.device)
+            torch._check(t.device == first[1], lambda: f"{op}: {label} is on {t.device} but {first[0]} is on "
+                                                       f"{first[1]}")
+
+
+def _columns(op: str, **matrices) -> None:
+    """2-D, with at least one column: the kernels divide by the column count."""
+    for name, t in matrices.items():
+        torch._check(t.dim() == 2, lambda: f"{op}: {name} must be a 2-D (batch, width) tensor, got shape "
+                                           f"{tuple(t.shape)}")
+        torch._check(t.shape[1] > 0, lambda: f"{op}: {name} must have at least one column, got shape "
+                                             f"{tuple(t.shape)}")
+
+
+def _net_args(op: str, x, y, weights, **others) -> None:
+    _one_device(op, x=x, y=y, weights=weights, **others)
+    _columns(op, x=x, y=y)
+    for k, w in enumerate(weights):
+        torch._check(w.dim() in (2, 3), lambda: f"{op}: weights[{k}] must be (out, in) or locally dense "
+                                                f"(M, out/M, in/M), got shape {tuple(w.shape)}")
+        torch._check(_weight_out(w) > 0, lambda: f"{op}: weights[{k}] must give at least one column, got shape "
+                                                 f"{tuple(w.shape)}")
+
+
 def hidden_block(z: Tensor, gamma: Tensor, beta: Tensor, rng_state: Tensor, p: float, leak: float, eps: float,
                  act_first: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode hidden block: BN (batch statistics) and LeakyReLU in the preset's order, then the
@@ -22,13 +61,17 @@ def hidden_block(z: Tensor, gamma: Tensor, beta: Tensor, rng_state: Tensor, p: f
 
 @torch.library.register_fake("twoway_fast::hidden_block")
 def _(z, gamma, beta, rng_state, p, leak, eps, act_first):
-    torch._check(z.dim() == 2, lambda: f"z must be 2-D, got {z.dim()}-D")
+    _one_device("hidden_block", z=z, gamma=gamma, beta=beta, rng_state=rng_state)
+    _columns("hidden_block", z=z)
     width = z.shape[1]
     return z.new_empty(z.shape), z.new_empty(width), z.new_empty(width)
 
 
 @torch.library.register_fake("twoway_fast::hidden_block_backward")
 def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
+    _one_device("hidden_block_backward", grad_out=grad_out, z=z, gamma=gamma, beta=beta, mean=mean, std=std,
+                rng_state=rng_state)
+    _columns("hidden_block_backward", z=z)
     return z.new_empty(z.shape), gamma.new_empty(gamma.shape), beta.new_empty(beta.shape)
 
 
@@ -61,12 +104,16 @@ def hidden_block_with_stats(z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor
 
 @torch.library.register_fake("twoway_fast::hidden_block_with_stats")
 def _(z, gamma, beta, mean, std, rng_state, p, leak, act_first):
-    torch._check(z.dim() == 2, lambda: f"z must be 2-D, got {z.dim()}-D")
+    _one_device("hidden_block_with_stats", z=z, gamma=gamma, beta=beta, mean=mean, std=std, rng_state=rng_state)
+    _columns("hidden_block_with_stats", z=z)
     return z.new_empty(z.shape)
 
 
 @torch.library.register_fake("twoway_fast::hidden_block_with_stats_backward")
 def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
+    _one_device("hidden_block_with_stats_backward", grad_out=grad_out, z=z, gamma=gamma, beta=beta, mean=mean,
+                std=std, rng_state=rng_state)
+    _columns("hidden_block_with_stats_backward", z=z)
     return (z.new_empty(z.shape), mean.new_empty(mean.shape), std.new_empty(std.shape), gamma.new_empty(gamma.shape),
             beta.new_empty(beta.shape))
 
@@ -113,6 +160,7 @@ def _weight_out(w: Tensor) -> int:
 
 @torch.library.register_fake("twoway_fast::twoway_net")
 def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first):
+    _net_args("twoway_net", x, y, weights, bias=bias, gamma=gamma, beta=beta, rng_states=rng_states)
     n = len(gamma) // 2
     torch._check(len(weights) == n + 1, lambda: f"weights must hold {n + 1} matrices, got {len(weights)}")
     widths = [_weight_out(w) for w in weights[:n]]
@@ -127,6 +175,9 @@ def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, ac
 @torch.library.register_fake("twoway_fast::twoway_net_backward")
 def _(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights, gamma, beta, rng_states,
       p, repr_layer, leak, act_first, z, mean, std, input_grads):
+    _net_args("twoway_net_backward", x, y, weights, grad_x_hat=grad_x_hat, grad_y_hat=grad_y_hat, grad_hx=grad_hx,
+              grad_hy=grad_hy, grad_hx_pre=grad_hx_pre, grad_hy_pre=grad_hy_pre, gamma=gamma, beta=beta,
+              rng_states=rng_states, z=z, mean=mean, std=std)
     n = len(gamma) // 2
     widths = [_weight_out(w) for w in weights[:n]]
     grad_x = x.new_empty(x.shape) if input_grads else x.new_empty(0)
@@ -151,6 +202,9 @@ def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, 
 
 @torch.library.register_fake("twoway_fast::twoway_loss")
 def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps):
+    _one_device("twoway_loss", x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy, hx_dec=hx_dec, hy_dec=hy_dec,
+                weights=weights, gammas=gammas)
+    _columns("twoway_loss", x=x, y=y, hx=hx)
     k, dtype = hx.shape[1], stats_dtype(hx.dtype)
     return x.new_empty(8, dtype=dtype), hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
 
@@ -158,6 +212,9 @@ def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
 @torch.library.register_fake("twoway_fast::twoway_loss_backward")
 def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, correlation,
       eps):
+    _one_device("twoway_loss_backward", grad_terms=grad_terms, x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy,
+                hx_dec=hx_dec, hy_dec=hy_dec, weights=weights, gammas=gammas, cx=cx, cy=cy)
+    _columns("twoway_loss_backward", x=x, y=y, hx=hx)
     return (x_hat.new_empty(x_hat.shape), y_hat.new_empty(y_hat.shape), hx.new_empty(hx.shape),
             hy.new_empty(hy.shape), hx_dec.new_empty(hx_dec.shape), hy_dec.new_empty(hy_dec.shape),
             [w.new_empty(w.shape) for w in weights], [g.new_empty(g.shape) for g in gammas])
@@ -168,6 +225,7 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
 @torch.library.register_fake("twoway_fast::twoway_step_gradients")
 def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
                correlation, decorrelation_eps, before_dropout):
+    _net_args("twoway_step", x, y, weights, bias=bias, gamma=gamma, beta=beta, rng_states=rng_states)
     widths = [_weight_out(w) for w in weights[:len(gamma) // 2]]
     stats = [x.new_empty(widths[k % len(widths)], dtype=stats_dtype(x.dtype)) for k in range(len(gamma))]
     grads = [q.new_empty(q.shape) for q in [*weights, *bias, *gamma, *beta]]
@@ -177,6 +235,7 @@ def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak
 @torch.library.register_fake("twoway_fast::twoway_sgd_step")
 def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, correlation,
       decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+    _one_device("twoway_sgd_step", x=x, momentum_buffers=momentum_buffers)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
                       correlation, decorrelation_eps, before_dropout)
 
@@ -191,4 +250,6 @@ def retrieval_ranks(a: Tensor, b: Tensor, group: Tensor, tile_rows: int) -> tupl
 
 @torch.library.register_fake("twoway_fast::retrieval_ranks")
 def _(a, b, group, tile_rows):
+    _one_device("retrieval_ranks", a=a, b=b, group=group)
+    _columns("retrieval_ranks", a=a, b=b)
     return a.new_empty(a.shape[0], dtype=torch.int64), b.new_empty(b.shape[0], dtype=torch.int64)

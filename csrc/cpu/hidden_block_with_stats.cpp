@@ -38,8 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hidden_bl
     const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
     bool act_first) {
   check_hidden_block_with_stats(z_in, gamma_in, beta_in, mean_in, std_in, rng_state, p);
-  TORCH_CHECK(grad_out_in.sizes() == z_in.sizes(), "grad_out must have the shape of z ", z_in.sizes(), ", got ",
-              grad_out_in.sizes());
+  check_grad_out(grad_out_in, z_in);
   const auto grad_out = grad_out_in.contiguous().to(z_in.scalar_type()), z = z_in.contiguous();
   const auto gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   const auto mean = mean_in.contiguous(), std = std_in.contiguous();

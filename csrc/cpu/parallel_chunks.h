@@ -26,6 +26,7 @@ inline int64_t grain_for(int64_t per_task) {
 // floats), and when the pass runs in parallel, narrow enough that the threads get equal shares (not
 // inside a parallel region, such as the network op's channels side by side: there it runs inline).
 inline int64_t chunk_width(int64_t rows, int64_t cols) {
+  if (cols <= 0) return kBlockChunk;  // nothing to cut (the ops refuse zero widths; this keeps tasks > 0)
   int64_t tasks = (cols + kBlockChunk - 1) / kBlockChunk;
   if (rows * cols >= kParallelMinElements && !at::in_parallel_region()) {
     const int64_t threads = at::get_num_threads();

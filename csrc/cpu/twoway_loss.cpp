@@ -302,6 +302,9 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   const int64_t k = hx.size(1);
   TORCH_CHECK(cx.sizes() == at::IntArrayRef({k, k}) && cy.sizes() == cx.sizes(), "cx and cy must be (", k, ", ",
               k, "), got ", cx.sizes(), " and ", cy.sizes());
+  check_same_device(grad_terms, "grad_terms", x, "x");
+  check_same_device(cx, "cx", x, "x");
+  check_same_device(cy, "cy", x, "x");
   // Each term's weight in the gradient: through the total and directly.
   const auto gt = grad_terms.to(at::kDouble).contiguous();
   const double* g = gt.data_ptr<double>();
