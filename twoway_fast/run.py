@@ -41,7 +41,7 @@ RUN_FILES = (CONFIG, LAST, PREVIOUS, BEST, METRICS, EVAL)
 RESUMABLE = {"train.epochs", "train.cuda_graph", "model.backend"}
 # What a checkpoint must match besides its tensor shapes: the TwoWayNet attributes that give its weights
 # their meaning. Training-only settings (dropout, BN momentum) may change between runs of one model.
-MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense")
+MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense", "repr_affine")
 
 
 class CorruptCheckpoint(ValueError):
