@@ -80,7 +80,8 @@ cuda-check: $(CU_OBJECTS)
 # captures only sys.stdout/stderr so the report reaches the terminal.
 SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_twoway_net.py tests/test_twoway_loss.py \
-  tests/test_training_parity.py tests/test_retrieval_ranks.py tests/test_properties.py tests/test_twoway_step.py
+  tests/test_training_parity.py tests/test_retrieval_ranks.py tests/test_properties.py tests/test_twoway_step.py \
+  tests/test_op_arguments.py
 SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
   ASAN_OPTIONS=detect_leaks=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=.

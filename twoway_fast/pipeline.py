@@ -50,7 +50,7 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     device = distributed.init_from_env(device)
     rank = distributed.Ranks.current().rank
     config = TrainConfig(**preset.train)
-    with run.claim(out, resume, overwrite, plots.FILES) if rank == 0 else contextlib.nullcontext():
+    with run.claim(out, resume, overwrite, (*plots.FILES, PROJECTION)) if rank == 0 else contextlib.nullcontext():
         return _train_claimed(preset, source, out, device, resume, progress, config, rank)
 
 
