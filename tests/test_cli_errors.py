@@ -124,3 +124,15 @@ def test_unexpected_exception_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_cca", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["cca", "--data", "digits", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "RUN", "--split", "nope"], "argument --split: invalid choice: 'nope'"),
+    (["train", "--data", "digits"], "the following arguments are required: --out"),
+    (["--threads", "two", "cca", "--data", "digits"], "argument --threads: invalid int value: 'two'"),
+])
+def test_usage_errors_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err

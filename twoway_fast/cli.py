@@ -157,8 +157,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, like every other expected failure (--help shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="twoway-fast", description="2-Way Nets: train, evaluate, embed.")
+    p = _Parser(prog="twoway-fast", description="2-Way Nets: train, evaluate, embed.")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
