@@ -184,8 +184,10 @@ def test_presets_follow_the_spec():
         assert (p.loss["lx"], p.loss["ly"], p.loss["wd"], p.loss["lg"]) == (1.0, 1.0, 0.05, 0.05)
         assert (p.train["lr"], p.train["momentum"], p.train["nesterov"]) == (1e-4, 0.9, True)
         assert (p.train["lr_milestones"], p.train["lr_gamma"], p.train["batch_size"]) == ([20, 40, 60, 80], 0.5, 128)
+        assert p.model.get("repr_affine", True) is True and p.loss.get("reconstruction", "sum") == "sum"
         tuned = presets.get(name)
-        assert tuned.model["dropout"][r] == 0.0 and tuned.model["bn_eps"] == 1e-5
+        dropout = tuned.model["dropout"]
+        assert (dropout if isinstance(dropout, float) else dropout[r]) == 0.0 and tuned.model["bn_eps"] == 1e-5
     assert presets.get("flickr30k").model["locally_dense"] == {"-1": 2}
     model = presets.get("flickr30k").build_model(4096, 6000, backend="reference")
     assert model.weights[-1].shape == (2, 3000, 8000)
