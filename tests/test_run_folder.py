@@ -90,7 +90,7 @@ def test_training_into_another_run_is_refused_unless_overwrite(small_run, tmp_pa
 
 
 @pytest.mark.parametrize("options, named", [
-    (["--set", "loss.lc=9"], "loss.lc: 5.0 -> 9"),
+    (["--set", "loss.lc=9"], "loss.lc: {lc!r} -> 9"),
     (["--lr", "0.5"], "train.lr: 0.001 -> 0.5"),
     (["--faithful"], "preset: digits -> digits (faithful)"),
     (["--preset", "mnist"], "preset: digits -> mnist"),
@@ -104,6 +104,7 @@ def test_resume_refuses_options_that_change_the_run(small_run, tmp_path, capsys,
     before = (folder / run.LAST).read_bytes()
     assert main(["train", "--out", str(folder), "--resume", *options, *SMALL_TRAIN[-3:]]) == 2
     err = capsys.readouterr().err
+    named = named.format(lc=run.read_config(small_run)["preset"].loss["lc"])  # the preset's, whatever it is now
     assert "--resume continues the run as it was configured" in err and named in err, err
     assert (folder / run.LAST).read_bytes() == before
 
