@@ -4,11 +4,11 @@ from . import _extension  # noqa: F401  (raises ImportError when built against a
 if _extension.EXTENSION is not None:
     from . import ops  # noqa: F401  (registers the ops' fake kernels and Python autograd on import)
 from . import presets
+from ._version import __version__
 from .loss import TwoWayLoss
 from .model import TwoWayNet
 from .types import LossTerms, TwoWayOutput
 
-__version__ = "0.1.0"
 __all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference"]
 
 
