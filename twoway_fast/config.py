@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SPLITS = ("train", "val", "test")  # the splits every data set has
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 PREPROCESS = ("none", "l2_rows", "standardize")
 

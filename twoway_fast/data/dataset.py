@@ -10,9 +10,9 @@ import torch
 from sklearn.pipeline import Pipeline
 from torch import Tensor
 
-from ..config import DataConfig
+from ..config import SPLITS, DataConfig
 from .preprocessing import fit_preprocessing
-from .raw import CHUNK, SPLITS, RawSplit
+from .raw import CHUNK, RawSplit
 from .sources import load_raw
 from .splits import standard_splits
 

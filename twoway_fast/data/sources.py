@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
+from ..config import SPLITS, DataConfig
 from .idx import read_idx
-from .raw import SPLITS, RawData, RawSplit
+from .raw import RawData, RawSplit
 
 CACHE_NAMES = {"train": "train", "val": "validate", "test": "test"}  # the original's file names
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}

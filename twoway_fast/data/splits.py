@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import DataConfig
-from .raw import CHUNK, SPLITS, RawData, RawSplit, check_pair
+from ..config import SPLITS, DataConfig
+from .raw import CHUNK, RawData, RawSplit, check_pair
 
 
 def _check_groups(split: RawSplit, group_size: int) -> None:
