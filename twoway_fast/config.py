@@ -14,7 +14,7 @@ class TrainConfig:
     """The [train] table of a preset."""
     epochs: int = 80
     batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" (Nesterov, SPEC) or any torch.optim class name, e.g. "Adam"
+    optimizer: str = "sgd"  # "sgd" (Nesterov, the original's) or any torch.optim class name, e.g. "Adam"
     lr: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = True

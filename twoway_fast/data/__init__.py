@@ -1,4 +1,4 @@
-"""Data sets of paired views (SPEC section 4): loading, train/val/test splits, preprocessing fitted on the
+"""Data sets of paired views (docs/method.md#data): loading, train/val/test splits, preprocessing fitted on the
 training split only, and batches as index slices of tensors that live on the training device.
 
     raw.py            a split as loaded (numpy arrays), with its checks

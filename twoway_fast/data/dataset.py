@@ -56,7 +56,7 @@ class Split:
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device):
-    """Index tensors of full batches (the incomplete last batch is dropped, SPEC section 3); shuffled
+    """Index tensors of full batches (the incomplete last batch is dropped, docs/method.md#training); shuffled
     with `generator` (a CPU generator, so runs are reproducible across devices), in order when None."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(device)
