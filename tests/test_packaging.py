@@ -51,11 +51,11 @@ def test_sdist_holds_every_source_header_and_preset(tmp_path):
     (archive,) = tmp_path.glob("twoway_fast-*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    tracked = subprocess.run(["git", "ls-files", "csrc", "twoway_fast"], cwd=ROOT,
+    tracked = subprocess.run(["git", "ls-files", "csrc", "twoway_fast", "docs", "examples"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
     if tracked:  # a git checkout: every tracked source is in the sdist
         assert set(tracked) - names == set()
-    for required in ("LICENSE", "README.md", "csrc/checks.h",
+    for required in ("LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "csrc/checks.h",
                      "csrc/cpu/block_forward.h", "csrc/cuda/block_passes.cuh", "twoway_fast/presets/mnist.toml",
                      "twoway_fast/py.typed", "twoway_fast/_version.py"):
         assert required in names
