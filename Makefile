@@ -5,6 +5,7 @@
 #   make bench                microbenchmarks (ratios, one run), see benchmarks/RESULTS.md
 #   make cuda-check           compile every .cu file for sm_90 with nvcc (no GPU needed)
 #   make sanitize             the op tests against an -fsanitize=address,undefined build (build/sanitize)
+#   make docs                 the API reference from the docstrings (pdoc) in build/docs
 #   make sdist-check          build the sdist, install it in a fresh venv with torch, import it, run an op (slow)
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TORCH_PIN ?= 2.13.0
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: test demo bench cuda-check sanitize sdist-check clean
+.PHONY: test demo bench cuda-check sanitize docs sdist-check clean
 
 $(VENV)/.created:
 ifeq ($(TORCH),system)
@@ -103,6 +104,13 @@ sanitize: $(SANITIZE_DIR)/.built
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
 	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)
+
+# The API reference: pdoc renders every public module's docstrings as a static site
+# (build/docs/index.html); any pdoc warning fails the target (scripts/build_docs.py).
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q pdoc
+	rm -rf build/docs
+	$(PY) scripts/build_docs.py build/docs
 
 # The sdist as a user gets it: built from this tree, installed into a fresh venv that has the pinned torch
 # (and nothing of this tree), then scripts/sdist_smoke.py run there from outside the tree. Slow (it
