@@ -120,6 +120,7 @@ sdist-check: $(VENV)/.created
 	rm -rf $(SDIST_DIR) && mkdir -p $(SDIST_DIR)
 	$(PY) -m pip install -q build
 	$(PY) -m build --sdist --no-isolation -o $(SDIST_DIR) .
+	rm -rf twoway_fast.egg-info  # the sdist's by-product: its metadata (torch>=2.11) must not shadow the install's
 	$(PYTHON) -m venv $(SDIST_DIR)/venv
 	$(SDIST_DIR)/venv/bin/python -m pip install -q setuptools wheel ninja torch==$(TORCH_PIN)
 	FORCE_CUDA=0 $(SDIST_DIR)/venv/bin/python -m pip install -q --no-build-isolation $(SDIST_DIR)/twoway_fast-*.tar.gz

@@ -3,6 +3,7 @@ source distribution holding what a build needs. (Installing that sdist in a fres
 `make sdist-check`, run by CI: too slow for every test run.)"""
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tomllib
 from importlib import metadata
@@ -14,6 +15,13 @@ import twoway_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 # setup.py run as if torch were absent (an isolated build environment).
+
+
+def installed():
+    """The installed distribution's metadata (not a source tree's *.egg-info that may come first on sys.path)."""
+    return next(metadata.distributions(name="twoway_fast", path=[sysconfig.get_paths()["purelib"]]))
+
+
 WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', *sys.argv[1:]]; "
                  "exec(compile(open('setup.py').read(), 'setup.py', 'exec'), {'__file__': 'setup.py', '__name__': '__main__'})")
 
@@ -22,13 +30,14 @@ def test_one_version_source():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "twoway_fast._version.__version__"}
-    assert metadata.version("twoway_fast") == twoway_fast.__version__
+    assert installed().version == twoway_fast.__version__
 
 
 def test_installed_package_requires_the_torch_it_was_built_against():
-    built = twoway_fast._extension.EXTENSION is not None
-    requires = metadata.requires("twoway_fast")
-    assert built and f"torch=={torch.__version__.split('+')[0]}" in requires, requires
+    from twoway_fast import _extension
+
+    requires = installed().requires
+    assert _extension.EXTENSION is not None and f"torch=={torch.__version__.split('+')[0]}" in requires, requires
 
 
 def test_build_without_torch_stops_at_once_naming_no_build_isolation():
@@ -46,7 +55,9 @@ def test_metadata_without_torch_states_the_source_range(tmp_path):
 
 
 def test_sdist_holds_every_source_header_and_preset(tmp_path):
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=ROOT, check=True,
+    # egg_info's by-products go to tmp_path, not the source tree
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "-d",
+                    str(tmp_path)], cwd=ROOT, check=True,
                    capture_output=True, timeout=120)
     (archive,) = tmp_path.glob("twoway_fast-*.tar.gz")
     with tarfile.open(archive) as tar:
