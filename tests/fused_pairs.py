@@ -17,7 +17,8 @@ def twin_models(dx, dy, hidden, dtype, **kwargs):
         for b in [*ref.x_bias, *ref.y_bias]:
             b.normal_(0, 0.1)
         for bn in [*ref.bn_x, *ref.bn_y]:
-            bn.beta.normal_(0, 0.1)
+            if isinstance(bn.beta, torch.nn.Parameter):  # not the fixed ones (repr_affine=False)
+                bn.beta.normal_(0, 0.1)
     fused = copy.deepcopy(ref)
     fused.backend = "fused"
     return ref, fused

@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
+import torch
+
 from twoway_fast import run
+from twoway_fast.projection import Projection
 from twoway_fast.cli import main
 
 SMALL = ["--set", "model.hidden=[16,8,16]", "--set", "train.optimizer='Adam'", "--lr", "0.001", "--no-progress",
@@ -20,7 +23,7 @@ def trained(tmp_path_factory):
 def test_train_writes_the_run_folder(trained, capsys):
     names = {p.name for p in trained.iterdir()}
     assert {"config.json", "best.pt", "last.pt", "metrics.jsonl", "eval.json", "loss.png", "correlation.png",
-            "cross_correlation.png", "reconstructions.png"} <= names
+            "cross_correlation.png", "reconstructions.png", "projection.npz"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert len(run.read_metrics(trained)) == 2
 
@@ -35,6 +38,36 @@ def test_eval_json(trained, capsys):
         assert 0 <= result[direction]["r1"] <= result[direction]["r5"] <= result[direction]["r10"] <= 100
     assert 0 < result["effective_rank"] <= 8 and result["total_correlation"] <= 8
     assert result == json.loads((trained / "eval.json").read_text())  # the best checkpoint, evaluated again
+    for direction in ("x2y", "y2x"):  # the CCA-projected representations' retrieval, reported beside
+        assert 0 <= result["projected"][direction]["r1"] <= result["projected"][direction]["r10"] <= 100
+
+
+def test_embed_projected_applies_the_runs_projection(trained, tmp_path):
+    raw, projected = tmp_path / "raw.npz", tmp_path / "projected.npz"
+    common = ["--data", "digits", "--split", "test", "--device", "cpu"]
+    assert main(["embed", str(trained), *common, "--out", str(raw)]) == 0
+    assert main(["embed", str(trained), *common, "--out", str(projected), "--projected"]) == 0
+    saved = Projection.load(trained / "projection.npz")
+    with np.load(raw) as r, np.load(projected) as p:
+        np.testing.assert_allclose(p["x"], (r["x"] - saved.mean_x) @ saved.wx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(p["y"], (r["y"] - saved.mean_y) @ saved.wy, rtol=1e-4, atol=1e-4)
+        # Canonical directions: uncorrelated within a view, paired correlations in decreasing order.
+        corr = np.corrcoef(p["x"].T.astype(np.float64))
+        assert np.abs(corr - np.diag(np.diag(corr))).max() < 0.35
+    assert saved.correlations[0] >= saved.correlations[-1]
+
+
+def test_projection_file_is_checked(tmp_path):
+    bad = tmp_path / "projection.npz"
+    np.savez(bad, wx=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="not a projection file"):
+        Projection.load(bad)
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="cannot read the CCA projection"):
+        Projection.load(bad)
+    good = Projection.fit(torch.randn(50, 4, dtype=torch.float64), torch.randn(50, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="width 4"):
+        good.x(torch.randn(3, 5))
 
 
 def test_embed(trained, tmp_path, capsys):

@@ -18,6 +18,7 @@ CONFIGS = {
     "mnist-like": dict(dx=12, dy=10, hidden=[16, 5, 16], dropout=[0.5, 0.0, 0.5]),
     "bn_then_act": dict(dx=9, dy=14, hidden=[8, 12, 20], order="bn_then_act", dropout=0.5),
     "locally-dense": dict(dx=8, dy=12, hidden=[6, 4], locally_dense={0: 2, -1: 2}, dropout=0.3),
+    "fixed-repr-scale": dict(dx=12, dy=10, hidden=[16, 5, 16], dropout=[0.5, 0.0, 0.5], repr_affine=False),
 }
 LOSS = [dict(), dict(lh=2.0, lc=2.0, decorrelation="correlation", decorrelation_input="before_dropout")]
 
@@ -53,6 +54,32 @@ def test_fused_training_step_matches_reference(config, loss_kw, dtype):
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_fused)])
+def test_fixed_repr_scale_keeps_gamma_one_and_beta_zero(backend):
+    """repr_affine=False: the representation's batch norms have no parameters; training leaves them at
+    gamma = 1, beta = 0, and the loss counts them as constants (no gradient reaches them)."""
+    torch.manual_seed(0)
+    model = twoway_fast.TwoWayNet(12, 10, [16, 5, 16], dropout=0.0, repr_affine=False, bn_eps=1e-9,
+                                  backend=backend)
+    learned = {name for name, _ in model.named_parameters()}
+    assert {"bn_x.1.gamma", "bn_x.1.beta", "bn_y.1.gamma", "bn_y.1.beta"}.isdisjoint(learned)
+    assert {"bn_x.0.gamma", "bn_y.2.beta"} <= learned
+    criterion = twoway_fast.TwoWayLoss(model, lg=0.5, wd=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x, y = torch.randn(40, 12), torch.randn(40, 10)
+    for seed in range(5):
+        terms = criterion(model(x, y, seed=seed), x, y)
+        opt.zero_grad()
+        terms.total.backward()
+        opt.step()
+    for bn in (model.bn_x[1], model.bn_y[1]):
+        assert torch.equal(bn.gamma, torch.ones(5)) and torch.equal(bn.beta, torch.zeros(5))
+    # In training mode the representation is exactly standardised per batch (no dropout there).
+    out = model(x, y, seed=9)
+    assert_close(out.hx.mean(0), torch.zeros(5), torch.float32, "batch mean")
+    assert_close(out.hx.var(0, unbiased=False), torch.ones(5), torch.float32, "batch variance")
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fused", marks=needs_fused)])
 def test_usual_training_loop_reduces_the_loss(backend):
     shared = torch.randn(256, 3)  # both views are linear images of one 3-d signal
     x, y = shared @ torch.randn(3, 8) / 2, shared @ torch.randn(3, 6) / 2
@@ -68,6 +95,19 @@ def test_usual_training_loop_reduces_the_loss(backend):
         opt.step()
         losses.append(terms.total.item())
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+def test_reconstruction_mean_divides_the_reconstruction_weights_by_the_widths():
+    torch.manual_seed(0)
+    model = twoway_fast.TwoWayNet(12, 10, [16, 5, 16], backend="reference")
+    x, y = torch.randn(20, 12), torch.randn(20, 10)
+    out = model(x, y, seed=1)
+    mean = twoway_fast.TwoWayLoss(model, lx=2.0, ly=3.0, reconstruction="mean")(out, x, y)
+    summed = twoway_fast.TwoWayLoss(model, lx=2.0 / 12, ly=3.0 / 10)(out, x, y)
+    for name, a, b in zip(mean._fields, mean, summed):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="reconstruction must be one of"):
+        twoway_fast.TwoWayLoss(model, reconstruction="median")
 
 
 def test_default_representation_is_the_middle_position():
@@ -144,8 +184,10 @@ def test_presets_follow_the_spec():
         assert (p.loss["lx"], p.loss["ly"], p.loss["wd"], p.loss["lg"]) == (1.0, 1.0, 0.05, 0.05)
         assert (p.train["lr"], p.train["momentum"], p.train["nesterov"]) == (1e-4, 0.9, True)
         assert (p.train["lr_milestones"], p.train["lr_gamma"], p.train["batch_size"]) == ([20, 40, 60, 80], 0.5, 128)
+        assert p.model.get("repr_affine", True) is True and p.loss.get("reconstruction", "sum") == "sum"
         tuned = presets.get(name)
-        assert tuned.model["dropout"][r] == 0.0 and tuned.model["bn_eps"] == 1e-5
+        dropout = tuned.model["dropout"]
+        assert (dropout if isinstance(dropout, float) else dropout[r]) == 0.0 and tuned.model["bn_eps"] == 1e-5
     assert presets.get("flickr30k").model["locally_dense"] == {"-1": 2}
     model = presets.get("flickr30k").build_model(4096, 6000, backend="reference")
     assert model.weights[-1].shape == (2, 3000, 8000)

@@ -24,13 +24,14 @@ def optimizer(name, model):
     return torch.optim.Adam(model.parameters(), lr=0.01)
 
 
-def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name):
+def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, repr_affine=True):
     torch.manual_seed(3)
     model = TwoWayNet(10, 12, [8, 6, 8], order=order, dropout=dropout, locally_dense={-1: 2},
-                      backend="fused").to(dtype)
+                      repr_affine=repr_affine, backend="fused").to(dtype)
     with torch.no_grad():  # biases and betas not 0, so that every gradient path counts
         for p in [*model.x_bias, *model.y_bias, *(bn.beta for bn in [*model.bn_x, *model.bn_y])]:
-            p.normal_(0, 0.1)
+            if isinstance(p, torch.nn.Parameter):  # not the fixed ones (repr_affine=False)
+                p.normal_(0, 0.1)
     criterion = TwoWayLoss(model, lh=0.7, lc=0.3, wd=0.02, lg=0.04, decorrelation=decorrelation,
                            decorrelation_input=decorrelation_input)
     return model, criterion, optimizer(opt_name, model)
@@ -79,6 +80,29 @@ def test_direct_steps_equal_autograd_steps(dtype, opt_name, order, decorrelation
         for name, a, e in zip(expected._fields, got, expected):
             assert_same(a, e.detach(), dtype, f"step {step} term {name}", update_rounding=sgd)
     assert_same_state(twin, twin_opt, model, opt, dtype, update_rounding=sgd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
+def test_direct_step_with_a_fixed_repr_scale_equals_autograd_step(dtype, opt_name, order):
+    """repr_affine=False: the fixed gamma and beta reach the ops as constants and take no update; the SGD
+    op (which updates every slot in place) stands aside for the gradients op and the optimiser."""
+    args = (dtype, order, [0.5, 0.0, 0.3], "correlation", "before_dropout", opt_name)
+    model, criterion, opt = make(*args, repr_affine=False)
+    twin, twin_criterion, twin_opt = make(*args, repr_affine=False)
+    direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(STEPS):
+        x, y = torch.randn(16, 10, generator=gen, dtype=dtype), torch.randn(16, 12, generator=gen, dtype=dtype)
+        expected = autograd_step(model, criterion, opt, x, y, 100 + step)
+        got = direct(x, y, torch.tensor(100 + step))
+        assert direct._sgd_settings() is None
+        for name, a, e in zip(expected._fields, got, expected):
+            assert_same(a, e.detach(), dtype, f"step {step} term {name}")
+    assert_same_state(twin, twin_opt, model, opt, dtype)
+    for bn in (twin.bn_x[1], twin.bn_y[1]):
+        assert torch.equal(bn.gamma, torch.ones(6, dtype=dtype)) and torch.equal(bn.beta, torch.zeros(6, dtype=dtype))
 
 
 def assert_same_state(twin, twin_opt, model, opt, dtype, update_rounding=False):

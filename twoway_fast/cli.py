@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 # Only what the parser needs is imported here, so `--help` and `--version` start without torch; each
 # command imports the rest when it runs.
@@ -89,12 +90,24 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _projection_for(args, model, dataset):
+    """The run's saved projection for its best checkpoint; else one fitted on the data's training split."""
+    from .evaluation import fit_projection
+    from .projection import FILE as PROJECTION
+    from .projection import Projection
+
+    saved = Path(args.run) / PROJECTION
+    if args.checkpoint == "best" and saved.exists():
+        return Projection.load(saved)
+    return fit_projection(model, dataset)
+
+
 def cmd_eval(args) -> int:
     from .evaluation import evaluate
     from .pipeline import format_results
 
     model, dataset = _load_for_run(args)
-    results = evaluate(model, dataset, args.split)
+    results = evaluate(model, dataset, args.split, _projection_for(args, model, dataset))
     print(json.dumps(results) if args.json else format_results({"2-Way Net": results}))
     return 0
 
@@ -109,10 +122,14 @@ def cmd_embed(args) -> int:
 
     model, dataset = _load_for_run(args)
     zx, zy = encode(model, dataset.split(args.split))
+    if args.projected:
+        projection = _projection_for(args, model, dataset)
+        zx, zy = projection.x(zx), projection.y(zy)
     buffer = io.BytesIO()
     np.savez(buffer, x=zx.cpu().numpy().astype(np.float32), y=zy.cpu().numpy().astype(np.float32))
     run.write_atomic(args.out, buffer.getvalue())
-    print(f"wrote {args.out}: x {tuple(zx.shape)}, y {tuple(zy.shape)} float32 ({args.split} split)")
+    kind = "CCA-projected" if args.projected else "raw"
+    print(f"wrote {args.out}: x {tuple(zx.shape)}, y {tuple(zy.shape)} float32, {kind} ({args.split} split)")
     return 0
 
 
@@ -207,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
             e.add_argument("--json", action="store_true", help="print one JSON object")
         else:
             e.add_argument("--out", required=True, help="output .npz (float32 arrays x and y)")
+            e.add_argument("--projected", action="store_true",
+                           help="the CCA-projected representations (the run's projection.npz for the best "
+                                "checkpoint, else fitted on the training split) instead of the raw ones")
         e.set_defaults(func=func)
 
     c = command("cca", "the linear CCA baseline: the same metrics, same data and preprocessing")

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from . import metrics
 from .data import Dataset, Split
+from .projection import Projection
 
 
 @torch.no_grad()
@@ -30,22 +31,30 @@ def retrieval_of(split: Split, zx: Tensor, zy: Tensor) -> dict:
     return metrics.retrieval(zx[items], zy, split.group)
 
 
-def evaluate(model, data: Dataset, split: str = "test") -> dict:
-    """total_correlation, cca_correlation (CCA fitted on the training representations, top k = the
-    representation width), effective_rank (of the x representation; effective_rank_y of the y one),
-    and x2y / y2x retrieval, on `split`."""
+def fit_projection(model, data: Dataset) -> Projection:
+    """The CCA projection of the model's representations, fitted on the training split."""
+    return Projection.fit(*encode(model, data.train))
+
+
+def evaluate(model, data: Dataset, split: str = "test", projection: Projection | None = None) -> dict:
+    """total_correlation, cca_correlation (the CCA protocol: the canonical correlations on `split` of
+    the projection fitted on the training representations, every dimension kept), effective_rank (of the
+    x representation; effective_rank_y of the y one), x2y / y2x retrieval on the raw representations and
+    "projected": x2y / y2x on the CCA-projected ones. `projection`: a saved one (a run's
+    projection.npz), else fitted on data.train."""
     zx, zy = encode(model, data.split(split))
-    tx, ty = encode(model, data.train)
+    projection = fit_projection(model, data) if projection is None else projection
+    px, py = projection.x(zx), projection.y(zy)
     out = {
         "split": split,
         "rows": len(zx),
         "dims": zx.shape[1],
         "total_correlation": metrics.total_correlation(zx, zy),
-        "cca_correlation": metrics.cca_correlation(tx, ty, zx, zy),
+        "cca_correlation": metrics.total_correlation(px, py),
         "effective_rank": metrics.effective_rank(zx),
         "effective_rank_y": metrics.effective_rank(zy),
     }
-    return out | retrieval_of(data.split(split), zx, zy)
+    return out | retrieval_of(data.split(split), zx, zy) | {"projected": retrieval_of(data.split(split), px, py)}
 
 
 def linear_cca_baseline(data: Dataset, k: int, split: str = "test") -> dict:
@@ -70,4 +79,5 @@ def linear_cca_baseline(data: Dataset, k: int, split: str = "test") -> dict:
         "effective_rank": metrics.effective_rank(zx),
         "effective_rank_y": metrics.effective_rank(zy),
     }
-    return out | retrieval_of(data.split(split), zx.to(ex.device), zy.to(ex.device))
+    ranks = retrieval_of(data.split(split), zx.to(ex.device), zy.to(ex.device))
+    return out | ranks | {"projected": ranks}  # already projected

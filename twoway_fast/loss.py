@@ -7,6 +7,8 @@ from .backends import resolve_backend
 from .loss_variants import check_loss_variant
 from .types import LossTerms, TwoWayOutput
 
+RECONSTRUCTIONS = ("sum", "mean")
+
 
 class TwoWayLoss(nn.Module):
     """criterion(out, x, y) -> LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y,
@@ -14,14 +16,25 @@ class TwoWayLoss(nn.Module):
 
     Defaults are the original's (faithful) settings with the mnist preset's lh and lc; the presets
     (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
+
+    reconstruction: "sum" (the original: squared error summed over a row's elements) or "mean" (over
+    its elements: lx and ly are divided by the view widths, so a reconstruction weighs the same
+    whatever the width, instead of outweighing the mid-way and decorrelation terms by the width).
+    `coefficients` holds the weights as the kernels apply them (lx, ly already divided for "mean").
     """
 
     def __init__(self, model, lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05,
                  wd: float = 0.05, lg: float = 0.05, decorrelation: str = "second_moment",
-                 decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5):
+                 decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
+                 reconstruction: str = "sum"):
         super().__init__()
         check_loss_variant(decorrelation, decorrelation_input)
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
         self.model = [model]  # a plain list: the loss must not re-register the model's parameters
+        self.reconstruction = reconstruction
+        if reconstruction == "mean":
+            lx, ly = lx / model.dx, ly / model.dy
         self.coefficients = dict(lx=lx, ly=ly, lh=lh, lc=lc, wd=wd, lg=lg)
         self.decorrelation, self.decorrelation_input = decorrelation, decorrelation_input
         self.decorrelation_eps = decorrelation_eps
@@ -40,4 +53,4 @@ class TwoWayLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (", ".join(f"{k}={v}" for k, v in self.coefficients.items())
-                + f", decorrelation={self.decorrelation!r}, decorrelation_input={self.decorrelation_input!r}")
+                + f", reconstruction={self.reconstruction!r}, decorrelation={self.decorrelation!r}, decorrelation_input={self.decorrelation_input!r}")

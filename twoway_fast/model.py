@@ -16,12 +16,17 @@ ORDERS = ("act_then_bn", "bn_then_act")
 
 
 class BatchNormParams(nn.Module):
-    """One modified batch norm: gamma ~ U(0.95, 1.05), beta = 0, running mean and std (not variance)."""
+    """One modified batch norm: gamma ~ U(0.95, 1.05), beta = 0, running mean and std (not variance).
+    affine=False: gamma = 1 and beta = 0 fixed (buffers, not parameters), so the output has unit scale."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, affine: bool = True):
         super().__init__()
-        self.gamma = nn.Parameter(torch.empty(width).uniform_(0.95, 1.05))
-        self.beta = nn.Parameter(torch.zeros(width))
+        if affine:
+            self.gamma = nn.Parameter(torch.empty(width).uniform_(0.95, 1.05))
+            self.beta = nn.Parameter(torch.zeros(width))
+        else:
+            self.register_buffer("gamma", torch.ones(width))
+            self.register_buffer("beta", torch.zeros(width))
         self.register_buffer("running_mean", torch.zeros(width))
         self.register_buffer("running_std", torch.ones(width))
 
@@ -79,6 +84,10 @@ class TwoWayNet(nn.Module):
         backend: "fused" (the twoway_fast ops), "reference" (plain PyTorch) or "auto".
         bn_eps: batch-norm epsilon (1e-3 in the original, 1e-5 in the default presets).
         bn_momentum: weight of the batch value in the running mean/std update.
+        repr_affine: False fixes gamma = 1 and beta = 0 in both batch norms at the representation
+            position (codes of unit scale: the mid-way loss is then exactly 2 - 2 corr per dimension
+            over a batch, the paper's argument held exactly rather than through the 1/gamma^2 penalty).
+            The fixed gammas still count in the loss's gamma terms, as constants (no gradient).
 
     Parameters: weights[i] is W_{i+1}, shape (h_{i+1}, h_i) or (M, h_{i+1}/M, h_i/M) when locally
     dense; x_bias[k] / y_bias[k] are each channel's bias at hidden position k, index n the output
@@ -92,7 +101,7 @@ class TwoWayNet(nn.Module):
     def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
                  order: str = "act_then_bn", dropout: float | Sequence[float] = 0.5, leak: float = 0.3,
                  locally_dense: Mapping[int | str, int] | None = None, backend: str = "auto",
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.01):
+                 bn_eps: float = 1e-3, bn_momentum: float = 0.01, repr_affine: bool = True):
         super().__init__()
         self.hidden = _positive_widths("hidden", hidden)
         dx, dy = _positive_widths("view widths (dx, dy)", [dx, dy])
@@ -117,8 +126,10 @@ class TwoWayNet(nn.Module):
             self.weights.append(nn.Parameter(glorot_uniform_(torch.empty(shape))))
         self.x_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dy]])
         self.y_bias = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in [*self.hidden, dx]])
-        self.bn_x = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
-        self.bn_y = nn.ModuleList([BatchNormParams(w) for w in self.hidden])
+        self.repr_affine = bool(repr_affine)
+        affine = [self.repr_affine or k != self.repr_layer for k in range(n)]
+        self.bn_x = nn.ModuleList([BatchNormParams(w, a) for w, a in zip(self.hidden, affine)])
+        self.bn_y = nn.ModuleList([BatchNormParams(w, a) for w, a in zip(self.hidden, affine)])
         self.backend = backend
         resolve_backend(backend, torch.device("cpu"))  # fail now on an unknown or unavailable backend
         self.stats_group = None
@@ -197,4 +208,4 @@ class TwoWayNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"dx={self.dx}, dy={self.dy}, hidden={self.hidden}, repr_layer={self.repr_layer}, "
                 f"order={self.order!r}, dropout={self.dropout}, leak={self.leak}, bn_eps={self.bn_eps}, "
-                f"locally_dense={self.locally_dense}, backend={self.backend!r}")
+                f"locally_dense={self.locally_dense}, repr_affine={self.repr_affine}, backend={self.backend!r}")

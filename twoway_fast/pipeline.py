@@ -8,7 +8,8 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import distributed, plots, presets, run
-from .evaluation import encode, evaluate
+from .evaluation import encode, evaluate, fit_projection
+from .projection import FILE as PROJECTION
 from .train import Trainer, TrainConfig, build
 
 
@@ -22,8 +23,12 @@ def format_results(results: dict[str, dict]) -> str:
         lines.append(f"{name:<14}{r['total_correlation']:>11.2f}{r['cca_correlation']:>10.2f}"
                      f"{r['effective_rank']:>10.1f}   {pair['r1']:>12}{pair['r5']:>12}{pair['r10']:>12}"
                      f"{pair['medr']:>10}")
+        if "projected" in r and r["projected"] != {"x2y": r["x2y"], "y2x": r["y2x"]}:
+            p = {k: f"{r['projected']['x2y'][k]:.0f}/{r['projected']['y2x'][k]:.0f}" for k in ("r1", "r5", "r10", "medr")}
+            lines.append(f"{'  CCA-projected':<45}{p['r1']:>12}{p['r5']:>12}{p['r10']:>12}{p['medr']:>10}")
     first = next(iter(results.values()))
-    lines.append(f"({first['dims']} dimensions, {first['rows']} {first['split']} rows; R@K in %)")
+    lines.append(f"({first['dims']} dimensions, {first['rows']} {first['split']} rows; R@K in %; "
+                 f"CCA-projected: retrieval on the canonical directions fitted on the training split)")
     return "\n".join(lines)
 
 
@@ -54,11 +59,15 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
+    if rank == 0:  # the projection belongs to the best checkpoint, which training replaces
+        (out / PROJECTION).unlink(missing_ok=True)
     trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)
     if rank != 0:
         return None
     model.load_state_dict(run.load_checkpoint(out / run.BEST, device, model)["model"])
-    results = evaluate(model, dataset, "test")
+    projection = fit_projection(model, dataset)
+    run.write_atomic(out / PROJECTION, projection.to_bytes())
+    results = evaluate(model, dataset, "test", projection)
     zx, zy = encode(model, dataset.test)
     plots.write_all(out, model, dataset, trainer.log, zx, zy)
     run.write_atomic(out / "eval.json", (json.dumps(results, indent=2) + "\n").encode())

@@ -30,7 +30,7 @@ from .presets import Preset
 CONFIG, LAST, PREVIOUS, BEST, METRICS = "config.json", "last.pt", "previous.pt", "best.pt", "metrics.jsonl"
 # What a checkpoint must match besides its tensor shapes: the TwoWayNet attributes that give its weights
 # their meaning. Training-only settings (dropout, BN momentum) may change between runs of one model.
-MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense")
+MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense", "repr_affine")
 
 
 class CorruptCheckpoint(ValueError):
