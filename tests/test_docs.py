@@ -69,11 +69,14 @@ def test_method_page_presets_table_matches_the_preset_files(name):
     dropout = model["dropout"] if isinstance(model["dropout"], list) else [model["dropout"]]
     assert _number_list(row["dropout"]) == dropout
     assert float(row["bn_eps"]) == model["bn_eps"]
-    assert float(row["lh"]) == loss["lh"] and float(row["lc"]) == loss["lc"]
+    assert float(row["lh"]) == loss["lh"] and float(row["lc"]) == loss["lc"] and float(row["wd"]) == loss["wd"]
     assert row["decorrelation"] == f"{loss['decorrelation']}, {loss['decorrelation_input']}"
     optimizer, lr = row["optimizer, lr"].split(", ")
     assert optimizer == train["optimizer"] and float(lr) == train["lr"]
     assert int(row["epochs"]) == train["epochs"] and row["preprocess"] == preset.data["preprocess"]
+    other = {"repr_affine false": model.get("repr_affine") is False,
+             "reconstruction mean": loss.get("reconstruction") == "mean", "select r1": train.get("select") == "r1"}
+    assert {k for k, v in other.items() if v} == {k for k in row["other"].split(", ") if k}
 
 
 def test_every_preset_is_in_the_method_page():
