@@ -26,7 +26,7 @@ that torch, and this build cannot import torch. pip's build isolation is the usu
 a fresh environment without your torch. Install torch first, then build without isolation:
 
     pip install torch
-    pip install --no-build-isolation twoway_fast      (or: pip install --no-build-isolation .)
+    pip install --no-build-isolation .      (in the source tree; or name the sdist file instead of .)
 """
 # The commands that compile; the others (an sdist, the metadata pip asks for first) need no torch.
 BUILDS = {"build", "build_ext", "bdist", "bdist_wheel", "editable_wheel", "develop", "install"}
