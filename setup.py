@@ -28,8 +28,8 @@ a fresh environment without your torch. Install torch first, then build without 
     pip install torch
     pip install --no-build-isolation .      (in the source tree; or name the sdist file instead of .)
 """
-# The commands that compile; the others (an sdist, the metadata pip asks for first) need no torch.
-BUILDS = {"build", "build_ext", "bdist", "bdist_wheel", "editable_wheel", "develop", "install"}
+# Only an sdist needs no torch. Everything else stops at once, even the metadata pip asks for first:
+# metadata would let pip resolve and download a torch (perhaps a CUDA build of gigabytes) before failing.
 DEPENDENCIES = ["numpy", "tqdm", "matplotlib", "scikit-learn"]
 ROOT = Path(__file__).parent.resolve()
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
@@ -109,7 +109,7 @@ def torch_requirement():
 
 
 if torch is None:
-    if BUILDS.intersection(sys.argv[1:]):
+    if "sdist" not in sys.argv[1:]:
         sys.exit(NO_TORCH)
     setup(install_requires=[torch_requirement(), *DEPENDENCIES])
 else:

@@ -47,11 +47,18 @@ def test_build_without_torch_stops_at_once_naming_no_build_isolation():
     assert "pip install --no-build-isolation" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_metadata_without_torch_states_the_source_range(tmp_path):
-    subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=ROOT,
-                   check=True, capture_output=True, timeout=60)
+def test_metadata_without_torch_stops_too():
+    """pip asks for metadata first: failing there keeps it from resolving (and downloading) a torch."""
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "egg_info"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0 and "--no-build-isolation" in result.stderr
+
+
+def test_sdist_without_torch_states_the_source_range(tmp_path):
+    subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "-q", "egg_info", "--egg-base", str(tmp_path), "sdist",
+                    "-d", str(tmp_path)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     requires = (tmp_path / "twoway_fast.egg-info" / "requires.txt").read_text().split()
-    assert "torch>=2.11" in requires
+    assert "torch>=2.11" in requires and list(tmp_path.glob("twoway_fast-*.tar.gz"))
 
 
 def test_sdist_holds_every_source_header_and_preset(tmp_path):
