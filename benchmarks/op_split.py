@@ -29,7 +29,7 @@ def main(rounds: int) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, DX), torch.randn(BATCH, DY)
     preset = twoway_fast.presets.get("mnist")
-    model = preset.build_model(DX, DY, hidden=HIDDEN, backend="fused")
+    model = preset.build_model(DX, DY, hidden=HIDDEN, repr_affine=True, backend="fused")  # as training_step.py
     criterion = preset.build_loss(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
     seed = torch.tensor(1)

@@ -25,7 +25,7 @@ keep_freed_memory()  # as twoway_fast's Trainer does; process-wide, so every pro
 
 BATCH = 128
 SHAPES = {
-    "mnist": (392, [392, 50, 392], 392),  # the mnist preset
+    "mnist": (392, [392, 50, 392], 392),  # the paper's mnist architecture (the preset's default is wider)
     "wide": (1024, [2000, 3000, 4000], 1024),  # flickr8k's structure at widths two cores can train
 }
 PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "direct_fused", "gemm_floor",
@@ -42,7 +42,10 @@ def make_step(provider: str, shape: str):
         return _gemm_floor(x, y, hidden, hidden[preset.model["repr_layer"]])
     if provider == "gemm_floor_side_by_side":
         return _gemm_floor_side_by_side(x, y, hidden, hidden[preset.model["repr_layer"]])
-    model = preset.build_model(dx, dy, hidden=hidden, backend="reference" if "reference" in provider else "fused")
+    # repr_affine=True: the SGD step op updates every batch-norm slot in place, so DirectStep gives a model
+    # with fixed ones (the presets' default) to the gradients op and optimizer.step() instead.
+    model = preset.build_model(dx, dy, hidden=hidden, repr_affine=True,
+                               backend="reference" if "reference" in provider else "fused")
     criterion = preset.build_loss(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
     seed = torch.tensor(1)

@@ -34,8 +34,12 @@ def test_every_preset_has_only_known_keys(name):
 
 def test_default_form_differs_where_collapse_was_fixed():
     p = presets.get("mnist")
-    assert p.model["bn_eps"] == 1e-5 and p.model["dropout"][p.model["repr_layer"]] == 0.0
+    assert p.model["bn_eps"] == 1e-5 and p.model["dropout"] == 0.0 and p.model["repr_affine"] is False
     assert p.loss["decorrelation"] == "correlation" and p.loss["decorrelation_input"] == "before_dropout"
+    assert p.loss["reconstruction"] == "mean" and p.loss["wd"] == 1e-4
+    for name in ("xrmb", "flickr8k", "flickr30k", "coco"):  # the changes that do not depend on the architecture
+        other = presets.get(name)
+        assert other.model["repr_affine"] is False and other.loss["reconstruction"] == "mean", name
 
 
 def test_overrides_and_user_files(tmp_path):

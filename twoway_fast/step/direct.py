@@ -98,8 +98,9 @@ class DirectStep:
     def _sgd_settings(self) -> tuple | None:
         """The arguments of the twoway_sgd_step op that stand for self.optimizer.step(), or None where it
         cannot: another optimiser, other parameters, hooks, frozen or non-contiguous parameters (updated in
-        place by the op), gradients to reduce between backward and update, or momentum buffers still to
-        create (the optimiser's first step makes them)."""
+        place by the op), fixed batch-norm gamma and beta (repr_affine=False: the op would update them
+        too), gradients to reduce between backward and update, or momentum buffers still to create (the
+        optimiser's first step makes them)."""
         opt = self.optimizer
         if type(opt) is not torch.optim.SGD or self.reduce_gradients is not None or len(opt.param_groups) != 1:
             return None
