@@ -5,6 +5,8 @@
 #   make bench                microbenchmarks (ratios, one run), see benchmarks/RESULTS.md
 #   make cuda-check           compile every .cu file for sm_90 with nvcc (no GPU needed)
 #   make sanitize             the op tests against an -fsanitize=address,undefined build (build/sanitize)
+#   make docs                 the API reference from the docstrings (pdoc) in build/docs
+#   make sdist-check          build the sdist, install it in a fresh venv with torch, import it, run an op (slow)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +15,7 @@ TORCH_PIN ?= 2.13.0
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: test demo bench cuda-check sanitize clean
+.PHONY: test demo bench cuda-check sanitize docs sdist-check clean
 
 $(VENV)/.created:
 ifeq ($(TORCH),system)
@@ -103,6 +105,27 @@ sanitize: $(SANITIZE_DIR)/.built
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
 	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)
+
+# The API reference: pdoc renders every public module's docstrings as a static site
+# (build/docs/index.html); any pdoc warning fails the target (scripts/build_docs.py).
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q pdoc
+	rm -rf build/docs
+	$(PY) scripts/build_docs.py build/docs
+
+# The sdist as a user gets it: built from this tree, installed into a fresh venv that has the pinned torch
+# (and nothing of this tree), then scripts/sdist_smoke.py run there from outside the tree. Slow (it
+# compiles the extension again): CI runs it after `make test`.
+SDIST_DIR := build/sdist-check
+sdist-check: $(VENV)/.created
+	rm -rf $(SDIST_DIR) && mkdir -p $(SDIST_DIR)
+	$(PY) -m pip install -q build
+	$(PY) -m build --sdist --no-isolation -o $(SDIST_DIR) .
+	rm -rf twoway_fast.egg-info  # the sdist's by-product: its metadata (torch>=2.11) must not shadow the install's
+	$(PYTHON) -m venv $(SDIST_DIR)/venv
+	$(SDIST_DIR)/venv/bin/python -m pip install -q setuptools wheel ninja torch==$(TORCH_PIN)
+	FORCE_CUDA=0 $(SDIST_DIR)/venv/bin/python -m pip install -q --no-build-isolation $(SDIST_DIR)/twoway_fast-*.tar.gz
+	cd $(SDIST_DIR) && venv/bin/python $(abspath scripts/sdist_smoke.py)
 
 clean:
 	rm -rf build *.egg-info twoway_fast/_C*.so twoway_fast/_build_info.py

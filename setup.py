@@ -1,4 +1,5 @@
 """Builds twoway_fast._C: the CPU kernels always, the CUDA kernels when torch has CUDA and a toolkit.
+It compiles against the torch already installed: `pip install --no-build-isolation .` (see NO_TORCH).
 
 Environment:
   FORCE_CUDA=1 / FORCE_CUDA=0   build the CUDA kernels / never build them (default: auto-detect)
@@ -8,12 +9,28 @@ Environment:
 """
 import glob
 import os
+import sys
 from pathlib import Path
 
-import torch
 from setuptools import setup
-from torch.utils import cpp_extension
 
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # an isolated build environment: see NO_TORCH
+    torch = cpp_extension = None
+
+NO_TORCH = """
+twoway_fast compiles a C++/CUDA extension against the torch it will run with, so its build must see
+that torch, and this build cannot import torch. pip's build isolation is the usual cause: it builds in
+a fresh environment without your torch. Install torch first, then build without isolation:
+
+    pip install torch
+    pip install --no-build-isolation .      (in the source tree; or name the sdist file instead of .)
+"""
+# Only an sdist needs no torch. Everything else stops at once, even the metadata pip asks for first:
+# metadata would let pip resolve and download a torch (perhaps a CUDA build of gigabytes) before failing.
+DEPENDENCIES = ["numpy", "tqdm", "matplotlib", "scikit-learn"]
 ROOT = Path(__file__).parent.resolve()
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 STANDARD_CUDA_HOMES = ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
@@ -83,8 +100,22 @@ def extension():
     )
 
 
-write_build_info()
-setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-)
+def torch_requirement():
+    """A built extension loads only under the torch it was compiled against (twoway_fast/_extension.py),
+    so a build pins that torch's release; the sources alone (an sdist) build against torch 2.11 or later."""
+    if torch is None or "sdist" in sys.argv[1:]:
+        return "torch>=2.11"
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+if torch is None:
+    if "sdist" not in sys.argv[1:]:
+        sys.exit(NO_TORCH)
+    setup(install_requires=[torch_requirement(), *DEPENDENCIES])
+else:
+    write_build_info()
+    setup(
+        install_requires=[torch_requirement(), *DEPENDENCIES],
+        ext_modules=[extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    )

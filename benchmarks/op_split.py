@@ -8,6 +8,7 @@ import time
 import torch
 
 import twoway_fast
+import twoway_fast.ops  # noqa: F401  (loads the compiled ops: torch.ops.twoway_fast below)
 from twoway_fast.reference import rng_states
 
 BATCH, DX, HIDDEN, DY = 128, 392, [392, 50, 392], 392  # the mnist preset

@@ -38,7 +38,7 @@ TWOWAY_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t 
 // The tied-dropout mask of one hidden position. rng_state = (seed, offset, first_row), int64.
 // Element (row, col) is kept iff word (col % 4) of
 //   philox4x32_10(counter = (col / 4, first_row + row, offset_lo, offset_hi), key = (seed_lo, seed_hi))
-// is below floor(keep_prob * 2^32); kept elements are scaled by 1 / sqrt(keep_prob) (SPEC section 1),
+// is below floor(keep_prob * 2^32); kept elements are scaled by 1 / sqrt(keep_prob) (docs/method.md#the-network),
 // that factor rounded to the activations' dtype.
 struct DropoutMask {
   uint32_t k0, k1, off_lo, off_hi;

@@ -69,7 +69,7 @@ TORCH_LIBRARY(twoway_fast, m) {
         "Tensor(e!)[] momentum_buffers, float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
 
-  // The 2-Way loss (SPEC section 2). hx_dec/hy_dec are the decorrelation's inputs; coefficients =
+  // The 2-Way loss (docs/method.md#the-loss). hx_dec/hy_dec are the decorrelation's inputs; coefficients =
   // (lx, ly, lh, lc, wd, lg). Returns terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y,
   // weight_decay, gamma_penalty) and the two (k, k) matrices C whose norms give the decorrelation.
   m.def("twoway_loss(Tensor x, Tensor y, Tensor x_hat, Tensor y_hat, Tensor hx, Tensor hy, Tensor hx_dec, "

@@ -1,4 +1,4 @@
-// The parts of the 2-Way loss op (SPEC section 2) shared by its CPU and CUDA kernels: the term
+// The parts of the 2-Way loss op (docs/method.md#the-loss) shared by its CPU and CUDA kernels: the term
 // layout, input checks and the decorrelation's matrix C, all through ATen (any device, no host reads).
 // terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty);
 // coefficients = (lx, ly, lh, lc, wd, lg).

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import twoway_fast.ops  # noqa: F401  (the compiled ops, their fake kernels and autograd, for direct torch.ops calls)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -168,7 +168,7 @@ def test_import_refuses_another_torch(monkeypatch):
 
 def test_presets_follow_the_spec():
     assert {"coco", "flickr30k", "flickr8k", "mnist", "xrmb"} <= set(presets.names())
-    table = {  # SPEC section 3: hidden, r, order, lh, lc, epochs
+    table = {  # docs/method.md#training: hidden, r, order, lh, lc, epochs (faithful)
         "mnist": ([392, 50, 392], 1, "act_then_bn", 0.5, 0.05, 80),
         "xrmb": ([560, 280, 112, 680, 1365], 2, "act_then_bn", 0.5, 0.05, 60),
         "flickr8k": ([2000, 3000, 4000], 1, "bn_then_act", 0.25, 0.5, 100),

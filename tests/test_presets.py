@@ -2,7 +2,7 @@ import pytest
 
 from twoway_fast import presets
 
-SPEC = {  # SPEC section 3: hidden, repr position, order, lh, lc, epochs
+PAPER = {  # docs/method.md#training: hidden, repr position, order, lh, lc, epochs (faithful)
     "mnist": ([392, 50, 392], 1, "act_then_bn", 0.5, 0.05, 80),
     "xrmb": ([560, 280, 112, 680, 1365], 2, "act_then_bn", 0.5, 0.05, 60),
     "flickr8k": ([2000, 3000, 4000], 1, "bn_then_act", 0.25, 0.5, 100),
@@ -11,10 +11,10 @@ SPEC = {  # SPEC section 3: hidden, repr position, order, lh, lc, epochs
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPEC))
+@pytest.mark.parametrize("name", sorted(PAPER))
 def test_faithful_form_is_the_original(name):
     p = presets.get(name, faithful=True)
-    hidden, r, order, lh, lc, epochs = SPEC[name]
+    hidden, r, order, lh, lc, epochs = PAPER[name]
     assert (p.model["hidden"], p.model["repr_layer"], p.model["order"]) == (hidden, r, order)
     assert (p.model["dropout"], p.model["bn_eps"], p.model["leak"]) == (0.5, 1e-3, 0.3)
     loss = p.loss

@@ -1,4 +1,4 @@
-"""SPEC pinned by small hand-checkable cases on the plain-PyTorch reference."""
+"""The method (docs/method.md) pinned by small hand-checkable cases on the plain-PyTorch reference."""
 import math
 
 import numpy as np

@@ -103,7 +103,7 @@ def test_optimizer_choice_and_errors(digits, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
 def test_sgd_schedule_is_spec_default(digits):
-    t = trainer(digits, None, optimizer="sgd", lr=1e-4)
+    t = trainer(digits, None, **presets.get("mnist", faithful=True).train)  # the original's schedule
     group = t.optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["lr"]) == (0.9, True, 1e-4)
     assert group["fused"]  # torch's fused kernel on the CPU, not its per-tensor loop

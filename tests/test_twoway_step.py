@@ -291,9 +291,11 @@ def test_applies_to_the_fused_backend_only():
 
 @pytest.mark.parametrize("optimizer", ["Adam", "SGD"])
 def test_trainer_with_the_direct_step_equals_the_trainer_without(optimizer):
-    # SGD: the op's update from the second step on, with the preset's lr schedule.
+    # SGD: the op's update from the second step on, with the preset's lr schedule (learned gamma and beta
+    # everywhere: with fixed ones the SGD op stands aside, test_direct_step_with_a_fixed_repr_scale...).
     digits = data.load("digits", data.DataConfig(preprocess="none"))
-    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "train.batch_size=128",
+    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "model.repr_affine=true",
+                                                 "train.batch_size=128",
                                                  f"train.optimizer='{optimizer}'", "train.lr=0.001",
                                                  "train.epochs=2", "train.lr_milestones=[1]"])
     config = TrainConfig(**preset.train)

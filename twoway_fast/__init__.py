@@ -1,24 +1,32 @@
-"""twoway_fast: fast, trustworthy 2-Way Nets (Eisenschtat and Wolf, CVPR 2017)."""
-from . import _extension  # noqa: F401  (raises ImportError when built against another torch)
+"""twoway_fast: fast, trustworthy 2-Way Nets (Eisenschtat and Wolf, CVPR 2017).
 
-if _extension.EXTENSION is not None:
-    from . import ops  # noqa: F401  (registers the ops' fake kernels and Python autograd on import)
-from . import presets
-from .loss import TwoWayLoss
-from .model import TwoWayNet
-from .types import LossTerms, TwoWayOutput
+The names below load on first use, so `import twoway_fast` (and `twoway-fast --help`) does not import
+torch. The compiled ops load with the first module that needs them (a model, a loss, `twoway_fast.ops`),
+which refuses a torch other than the one they were built against; `import twoway_fast.ops` registers
+their fake kernels and autograd for direct `torch.ops.twoway_fast.*` calls.
+"""
+import importlib
+import importlib.util
 
-__version__ = "0.1.0"
-__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference"]
+from ._version import __version__
+
+__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference",
+           "__version__"]
+
+_HOMES = {"TwoWayNet": "model", "TwoWayLoss": "loss", "TwoWayOutput": "types", "LossTerms": "types",
+          "TwoWayEstimator": "estimator"}  # the estimator pulls in scikit-learn
 
 
 def __getattr__(name):
-    if name == "TwoWayEstimator":  # imported on first use: it pulls in scikit-learn
-        from .estimator import TwoWayEstimator
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: presets, reference, ops, ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # loaded once
+    return value
 
-        return TwoWayEstimator
-    if name == "reference":  # the plain-PyTorch oracle, for tests and comparisons
-        from . import reference
 
-        return reference
-    raise AttributeError(f"module 'twoway_fast' has no attribute {name!r}")
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

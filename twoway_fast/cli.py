@@ -6,11 +6,14 @@
     twoway-fast embed RUN --data DIR [--split test] --out FILE.npz
     twoway-fast cca --data DIR [--preset mnist] [--dims 50] [--split test] [--json]    (the linear CCA baseline)
     twoway-fast demo
+    twoway-fast --version
+
+Every command takes --device (default auto: cuda when available) and --threads N, the latter before or
+after the command's name; `twoway-fast COMMAND --help` lists every option with its default.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -18,23 +21,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+# Only what the parser needs is imported here, so `--help` and `--version` start without torch; each
+# command imports the rest when it runs.
+from . import presets
+from ._version import __version__
+from .config import SPLITS
 
-from . import data as data_mod
-from . import presets, run
-from .evaluation import encode, evaluate, fit_projection, linear_cca_baseline
-from .projection import FILE as PROJECTION
-from .projection import Projection
-from .pipeline import format_results, train_run
-from .train import NonFiniteLoss
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N, or auto (cuda when available)"
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_for_run(args):
+    from . import data as data_mod
+    from . import run
+
     model, config = run.load_model(args.run, args.checkpoint, args.device)
     source = args.data or config["data"]
     dataset = data_mod.load(source, data_mod.DataConfig(**config["preset"].data), args.device)
@@ -51,6 +56,8 @@ def _toml_value(value) -> str:
 
 def check_device(name: str) -> None:
     """Refuses a device this machine cannot run on, before any work."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError as err:
@@ -76,6 +83,9 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import run
+    from .pipeline import format_results, train_run
+
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -113,8 +123,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _projection_for(args, model, dataset) -> Projection:
+def _projection_for(args, model, dataset):
     """The run's saved projection for its best checkpoint; else one fitted on the data's training split."""
+    from .evaluation import fit_projection
+    from .projection import FILE as PROJECTION
+    from .projection import Projection
+
     saved = Path(args.run) / PROJECTION
     if args.checkpoint == "best" and saved.exists():
         return Projection.load(saved)
@@ -122,6 +136,9 @@ def _projection_for(args, model, dataset) -> Projection:
 
 
 def cmd_eval(args) -> int:
+    from .evaluation import evaluate
+    from .pipeline import format_results
+
     model, dataset = _load_for_run(args)
     results = evaluate(model, dataset, args.split, _projection_for(args, model, dataset))
     print(json.dumps(results) if args.json else format_results({"2-Way Net": results}))
@@ -129,6 +146,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    import io
+
+    import numpy as np
+
+    from . import run
+    from .evaluation import encode
+
     model, dataset = _load_for_run(args)
     zx, zy = encode(model, dataset.split(args.split))
     if args.projected:
@@ -143,6 +167,10 @@ def cmd_embed(args) -> int:
 
 
 def cmd_cca(args) -> int:
+    from . import data as data_mod
+    from .evaluation import linear_cca_baseline
+    from .pipeline import format_results
+
     preset = presets.resolve(args.preset, False, args.config, args.set)
     dataset = data_mod.load(args.data, data_mod.DataConfig(**preset.data), args.device)
     results = linear_cca_baseline(dataset, args.dims, args.split)
@@ -157,6 +185,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a flag's False, [])."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def global_options(p: argparse.ArgumentParser, default) -> None:
+    """Options every command takes, before or after its name. Under a command they default to
+    SUPPRESS, so a value given before the command name is not reset there."""
+    p.add_argument("--threads", type=int, default=default,
+                   help="CPU threads for torch (default: torch's choice, usually the core count)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line too, like every other expected failure (--help shows the usage)."""
 
@@ -165,26 +209,47 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="twoway-fast", description="2-Way Nets: train, evaluate, embed.")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="twoway-fast", formatter_class=HelpFormatter,
+                                description="2-Way Nets (Eisenschtat and Wolf, CVPR 2017): train, evaluate, embed.")
+    p.add_argument("--version", action="version", version=f"twoway-fast {__version__}")
+    global_options(p, None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do; `twoway-fast COMMAND --help` for its options")
 
-    t = sub.add_parser("train", help="train a 2-Way Net and evaluate its best checkpoint on test")
-    t.add_argument("--preset", help=f"one of {', '.join(presets.names())}, or a preset .toml file "
-                   "(default mnist)")
-    t.add_argument("--data", help="data directory, .npz file, or 'digits' (the embedded set)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        global_options(c, argparse.SUPPRESS)
+        return c
+
+    preset_help = f"one of {', '.join(presets.names())}, or a preset .toml file"
+    config_help = "TOML file laid over the preset (sections [model], [loss], [train], [data]); repeatable"
+    set_help = "override one preset value, TOML syntax (e.g. loss.lh=2.0, model.hidden=[64,16,64]); repeatable"
+    from_preset = "(default: the preset's {})"
+
+    t = command("train", "train a 2-Way Net and evaluate its best checkpoint on test")
+    # No default: --resume must tell a given --preset from none (the default, mnist, is applied later).
+    t.add_argument("--preset", help=preset_help + " (default: mnist; with --resume, the run's)")
+    t.add_argument("--data", help="data directory, .npz file, or 'digits' (the embedded set); "
+                                  "with --resume, default: the run's")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, plots)")
-    t.add_argument("--faithful", action="store_true", help="the original's settings exactly (SPEC sections 2-3)")
-    t.add_argument("--config", action="append", default=[], metavar="FILE", help="TOML file laid over the preset")
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one preset value, TOML syntax (e.g. loss.lh=2.0, model.hidden=[64,16,64])")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--backend", choices=["auto", "fused", "reference"])
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace the run --out holds (refused without it)")
+    t.add_argument("--faithful", action="store_true",
+                   help="the original's settings exactly (docs/method.md, faithful and default settings)")
+    t.add_argument("--config", action="append", default=[], metavar="FILE", help=config_help)
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
+    t.add_argument("--epochs", type=int, help="training epochs " + from_preset.format("train.epochs"))
+    t.add_argument("--lr", type=float, help="learning rate " + from_preset.format("train.lr"))
+    t.add_argument("--batch-size", type=int,
+                   help="global batch size, over all processes " + from_preset.format("train.batch_size"))
+    t.add_argument("--seed", type=int, help="seed of the initialisation, batch order and dropout "
+                   + from_preset.format("train.seed"))
+    t.add_argument("--backend", choices=["auto", "fused", "reference"],
+                   help="fused: the compiled ops; reference: plain PyTorch; auto: fused where available "
+                   + from_preset.format("model.backend"))
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (options that would change the run "
+                        "are refused; --epochs, --backend and train.cuda_graph may change)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run --out holds (without it, training into another run is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (launches torchrun; train.batch_size stays the global batch)")
@@ -194,11 +259,12 @@ def parser() -> argparse.ArgumentParser:
 
     for name, func, text in (("eval", cmd_eval, "metrics of a trained run on a split"),
                              ("embed", cmd_embed, "write a split's representations to an .npz file")):
-        e = sub.add_parser(name, help=text)
+        e = command(name, text)
         e.add_argument("run", help="run folder written by train")
         e.add_argument("--data", help="data source (default: the one the run was trained on)")
-        e.add_argument("--split", choices=data_mod.SPLITS, default="test")
-        e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+        e.add_argument("--split", choices=SPLITS, default="test", help="which split")
+        e.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                       help="best (by the run's train.select on validation) or last")
         if name == "eval":
             e.add_argument("--json", action="store_true", help="print one JSON object")
         else:
@@ -208,36 +274,42 @@ def parser() -> argparse.ArgumentParser:
                                 "checkpoint, else fitted on the training split) instead of the raw ones")
         e.set_defaults(func=func)
 
-    c = sub.add_parser("cca", help="the linear CCA baseline: the same metrics, same data and preprocessing")
-    c.add_argument("--data", required=True)
-    c.add_argument("--preset", default="mnist", help="whose [data] preprocessing to apply")
-    c.add_argument("--config", action="append", default=[], metavar="FILE")
-    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    c = command("cca", "the linear CCA baseline: the same metrics, same data and preprocessing")
+    c.add_argument("--data", required=True, help="data directory, .npz file, or 'digits'")
+    c.add_argument("--preset", default="mnist", help="whose [data] preprocessing to apply: " + preset_help)
+    c.add_argument("--config", action="append", default=[], metavar="FILE", help=config_help)
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
     c.add_argument("--dims", type=int, default=50, help="canonical dimensions kept")
-    c.add_argument("--split", choices=data_mod.SPLITS, default="test")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--split", choices=SPLITS, default="test", help="which split")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_cca)
 
-    d = sub.add_parser("demo", help="train on the embedded digits halves; compare with linear CCA")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--epochs", type=int)
-    d.add_argument("--no-progress", action="store_true")
+    d = command("demo", "train on the embedded digits halves; compare with linear CCA")
+    d.add_argument("--out", default="runs/demo", help="run folder")
+    d.add_argument("--epochs", type=int, help="training epochs " + from_preset.format("train.epochs (digits: 30)"))
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
     for s in sub.choices.values():
-        s.add_argument("--device", default=default_device(), help="torch device (default: cuda if available)")
+        s.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.device == "auto":
+        args.device = default_device()
+    from .train import NonFiniteLoss
+
     # Expected failures (bad values, files, paths, permissions, no space, a run folder in use) end in
     # one line; anything else is a bug and keeps its traceback.
     try:
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
             torch.set_num_threads(args.threads)
         check_device(args.device)
         return args.func(args)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from .config_types import check_value, hints_of
 
+SPLITS = ("train", "val", "test")  # the splits every data set has
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 PREPROCESS = ("none", "l2_rows", "standardize")
 
@@ -16,7 +17,7 @@ class TrainConfig:
     """The [train] table of a preset."""
     epochs: int = 80
     batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" (Nesterov, SPEC) or any torch.optim class name, e.g. "Adam"
+    optimizer: str = "sgd"  # "sgd" (Nesterov, the original's) or any torch.optim class name, e.g. "Adam"
     lr: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = True

@@ -136,7 +136,7 @@ class TwoWayEstimator(TransformerMixin, BaseEstimator):
 
     def score(self, X, y):
         """Total correlation of the two representations (sum over dimensions of the paired Pearson
-        correlation, SPEC section 5): higher is better, as GridSearchCV expects."""
+        correlation, docs/method.md#evaluation): higher is better, as GridSearchCV expects."""
         zx, zy = self.transform(X, y)
         return metrics.total_correlation(zx, zy)
 

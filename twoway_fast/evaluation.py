@@ -1,4 +1,4 @@
-"""A trained model on a data set: representations of a split and every metric of SPEC section 5."""
+"""A trained model on a data set: representations of a split and every metric of docs/method.md#evaluation."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""TwoWayLoss: the 2-Way loss of SPEC section 2 as a module bound to its model's weights and gammas."""
+"""TwoWayLoss: the 2-Way loss (docs/method.md#the-loss) as a module bound to its model's weights and gammas."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ class TwoWayLoss(nn.Module):
     """criterion(out, x, y) -> LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y,
     weight_decay, gamma_penalty): the weighted total and each term unweighted.
 
-    Defaults are SPEC's faithful settings with the mnist preset's lh and lc; the presets
+    Defaults are the original's (faithful) settings with the mnist preset's lh and lc; the presets
     (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
 
     reconstruction: "sum" (the original: squared error summed over a row's elements) or "mean" (over

@@ -1,4 +1,4 @@
-"""The variants of the 2-Way loss's decorrelation term (SPEC section 2): its form and which
+"""The variants of the 2-Way loss's decorrelation term (docs/method.md#loss-variants): its form and which
 representations it sees, checked once and shared by the oracle, the backends and the training steps."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC sections 5-6).
+"""Evaluation metrics (docs/method.md#evaluation).
 
 Three views of one representation, because the paired figure alone rewards a collapsed representation
 (every dimension carrying the same few directions scores near the maximum while retrieval is poor):

@@ -71,7 +71,7 @@ def running_stats_of(bns: Sequence[BatchNormParams]) -> list[Tensor]:
 
 
 class TwoWayNet(nn.Module):
-    """A 2-Way Net (SPEC section 1): tied X->Y and Y->X channels sharing W_1..W_{n+1}.
+    """A 2-Way Net (docs/method.md#the-network): tied X->Y and Y->X channels sharing W_1..W_{n+1}.
 
     Args:
         dx, dy: widths of the two views.
@@ -82,7 +82,7 @@ class TwoWayNet(nn.Module):
         leak: LeakyReLU slope.
         locally_dense: {weight index: M} for block-diagonal layers (index -1: the output layer W_{n+1}).
         backend: "fused" (the twoway_fast ops), "reference" (plain PyTorch) or "auto".
-        bn_eps: batch-norm epsilon (SPEC: 1e-3 faithful).
+        bn_eps: batch-norm epsilon (1e-3 in the original, 1e-5 in the default presets).
         bn_momentum: weight of the batch value in the running mean/std update.
         repr_affine: False fixes gamma = 1 and beta = 0 in both batch norms at the representation
             position (codes of unit scale: the mid-way loss is then exactly 2 - 2 corr per dimension

@@ -1,7 +1,7 @@
-"""The plain-PyTorch 2-Way Net, written straight from SPEC.md.
+"""The plain-PyTorch 2-Way Net, written straight from the method page (docs/method.md).
 
 It is the oracle for every fused kernel (tests compare against it), the fallback backend and the
-benchmark baseline, so it stays plain: no fusion, no cleverness, one function per SPEC concept.
+benchmark baseline, so it stays plain: no fusion, no cleverness, one function per concept of the method.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 
-# ---------------------------------------------------------------- tied dropout (SPEC section 1)
+# ---------------------------------------------------------------- tied dropout (docs/method.md#the-network)
 
 def _mulhilo32(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
     """High and low 32 bits of a * m for a in [0, 2^32), exactly, with 16-bit halves (no int64 overflow)."""
@@ -74,7 +74,7 @@ def dropout_mask(rng_state: Tensor, rows: int, cols: int, p: float, dtype: torch
     return keep.to(dtype) * (1.0 / math.sqrt(keep_prob))
 
 
-# ---------------------------------------------------------------- hidden block (SPEC section 1)
+# ---------------------------------------------------------------- hidden block (docs/method.md#the-network)
 
 def batch_norm_train(u: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Modified BN with batch statistics: returns (output, mean, std = sqrt(var_biased + eps))."""
@@ -182,7 +182,7 @@ def encode(net, a: Tensor, channel: str) -> Tensor:
     return _channel(net, a, channel, None, stop_at=net.repr_layer)[0]
 
 
-# ---------------------------------------------------------------- the loss (SPEC section 2)
+# ---------------------------------------------------------------- the loss (docs/method.md#the-loss)
 
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).sum(1).mean()
@@ -205,7 +205,7 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
          lg: float = 0.05, decorrelation_form: str = "second_moment",
          decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
-    both channels. Defaults are SPEC's faithful ones (lh, lc of the mnist preset)."""
+    both channels. Defaults are the original's (faithful) ones (lh, lc of the mnist preset)."""
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     recon_x = squared_distance(x, out.x_hat)
     recon_y = squared_distance(y, out.y_hat)

@@ -1,4 +1,4 @@
-"""Correlation statistics of two paired views over more rows than fit at once (SPEC section 5).
+"""Correlation statistics of two paired views over more rows than fit at once (docs/method.md#evaluation).
 
 Running means and centred co-moments in float64, each chunk merged with the pairwise update of Chan,
 Golub and LeVeque: no sums of squares of raw values, so no cancellation when the mean dwarfs the spread.

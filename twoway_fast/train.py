@@ -1,4 +1,4 @@
-"""Training a 2-Way Net (SPEC section 3): optimiser and schedule, validation each epoch, best-checkpoint
+"""Training a 2-Way Net (docs/method.md#training): optimiser and schedule, validation each epoch, best-checkpoint
 selection, atomic checkpoints, resume, progress bar and a JSON-lines metrics log.
 
 Determinism: the model is initialised from torch's generator seeded with `seed`; batch order and

@@ -1,29 +1,43 @@
 """The result types the model, the backends, the loss and the training steps share: what a forward
 gives and what the loss gives. Types only, no computation (the oracle, twoway_fast/reference.py,
 computes them in plain PyTorch)."""
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the fields' types stay objects for the API reference.
 from typing import NamedTuple
 
 from torch import Tensor
 
 
 class TwoWayOutput(NamedTuple):
-    x_hat: Tensor  # y -> x reconstruction (Y channel output)
-    y_hat: Tensor  # x -> y reconstruction (X channel output)
-    hx: Tensor  # X channel at the representation position, after the tied dropout
-    hy: Tensor  # Y channel at the representation position, after the tied dropout
-    hx_pre: Tensor  # the same before the dropout (the decorrelation's "before_dropout" input)
+    """What a forward gives: both reconstructions and the representations of both channels."""
+    x_hat: Tensor
+    """y -> x reconstruction (the Y channel's output)."""
+    y_hat: Tensor
+    """x -> y reconstruction (the X channel's output)."""
+    hx: Tensor
+    """The X channel at the representation position, after the tied dropout."""
+    hy: Tensor
+    """The Y channel at the representation position, after the tied dropout."""
+    hx_pre: Tensor
+    """hx before the dropout (the decorrelation's "before_dropout" input)."""
     hy_pre: Tensor
+    """hy before the dropout."""
 
 
 class LossTerms(NamedTuple):
-    """The weighted total and every term unweighted."""
+    """The weighted total and every term unweighted (docs/method.md#the-loss)."""
     total: Tensor
-    recon_x: Tensor  # mean_rows sum_cols (x - x_hat)^2
+    """The weighted sum of the terms below: what to call backward() on."""
+    recon_x: Tensor
+    """mean_rows sum_cols (x - x_hat)^2."""
     recon_y: Tensor
-    midway: Tensor  # mean_rows sum_cols (hx - hy)^2
-    decorr_x: Tensor  # ||Cx||_F - ||diag Cx||_2
+    """mean_rows sum_cols (y - y_hat)^2."""
+    midway: Tensor
+    """mean_rows sum_cols (hx - hy)^2."""
+    decorr_x: Tensor
+    """||Cx||_F - ||diag Cx||_2."""
     decorr_y: Tensor
-    weight_decay: Tensor  # sum ||W_i||_F^2 + sum gamma^2
-    gamma_penalty: Tensor  # sum 1 / gamma^2
+    """||Cy||_F - ||diag Cy||_2."""
+    weight_decay: Tensor
+    """sum ||W_i||_F^2 + sum gamma^2."""
+    gamma_penalty: Tensor
+    """sum 1 / gamma^2."""

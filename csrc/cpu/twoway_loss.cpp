@@ -1,4 +1,4 @@
-// CPU kernel of the 2-Way loss (SPEC section 2), forward and backward: one pass per distance, the
+// CPU kernel of the 2-Way loss (docs/method.md#the-loss), forward and backward: one pass per distance, the
 // decorrelation's matrix C as one small GEMM, sums in double. terms = (total, recon_x, recon_y,
 // midway, decorr_x, decorr_y, weight_decay, gamma_penalty); coefficients = (lx, ly, lh, lc, wd, lg).
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
 // CPU kernel of the network-level op: forward and backward of both channels of a 2-Way Net in
-// training mode (SPEC section 1), the GEMMs through ATen and everything else in the passes of
+// training mode (docs/method.md#the-network), the GEMMs through ATen and everything else in the passes of
 // block_forward.h and block_backward.h.
 //
 // Notation: n hidden positions, widths s[0] = dx, s[k + 1] = h_k, s[n + 1] = dy; weights[k] maps

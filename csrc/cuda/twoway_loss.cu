@@ -1,4 +1,4 @@
-// CUDA kernel of the 2-Way loss (SPEC section 2), same signatures and results as
+// CUDA kernel of the 2-Way loss (docs/method.md#the-loss), same signatures and results as
 // csrc/cpu/twoway_loss.cpp. Forward: the decorrelation matrices C = H^T H / B (one GEMM each, in float
 // for half and bfloat16 inputs, after the correlation form's column standardisation), then ONE
 // reduction kernel over every sum the terms need and a one-block kernel that combines them

@@ -1,7 +1,6 @@
 """Chooses where the computation runs: the fused ops of twoway_fast._C (fused.py) or the plain-PyTorch
 reference (reference.py)."""
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Backend's field types stay objects for the API reference.
 import warnings
 from typing import Callable, NamedTuple
 

@@ -1,7 +1,7 @@
-"""Data sets of paired views (SPEC section 4): loading, train/val/test splits, preprocessing fitted on the
+"""Data sets of paired views (docs/method.md#data): loading, train/val/test splits, preprocessing fitted on the
 training split only, and batches as index slices of tensors that live on the training device.
 
-    raw.py            the split names and a split as loaded (numpy arrays), with its checks
+    raw.py            a split as loaded (numpy arrays), with its checks
     sources.py        the readers (`load_raw`): digits, MNIST IDX files (idx.py), the cache layout, .npy, .npz
     splits.py         train/val/test: the source's own, or cut from its items with a fixed seed
     preprocessing.py  the per-view pipelines, fitted on train
@@ -14,10 +14,10 @@ Sources (`load(source)`):
 - a directory holding x.npy and y.npy, or an .npz file with arrays x and y (split here with a fixed
   seed) or with the six cache-layout arrays.
 """
-from ..config import PREPROCESS, DataConfig
+from ..config import PREPROCESS, SPLITS, DataConfig
 from .dataset import Dataset, Split, batches, load
 from .preprocessing import fit_preprocessing
-from .raw import CHUNK, SPLITS, RawData, RawSplit
+from .raw import CHUNK, RawData, RawSplit
 from .sources import CACHE_NAMES, MNIST_FILES, UNREADABLE, image_halves, load_cache_dir, load_digits, load_mnist_dir, \
     load_npz, load_raw
 from .splits import standard_splits

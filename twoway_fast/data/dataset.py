@@ -10,9 +10,9 @@ import torch
 from sklearn.pipeline import Pipeline
 from torch import Tensor
 
-from ..config import DataConfig
+from ..config import SPLITS, DataConfig
 from .preprocessing import fit_preprocessing
-from .raw import CHUNK, SPLITS, RawSplit
+from .raw import CHUNK, RawSplit
 from .sources import load_raw
 from .splits import standard_splits
 
@@ -56,7 +56,7 @@ class Split:
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device):
-    """Index tensors of full batches (the incomplete last batch is dropped, SPEC section 3); shuffled
+    """Index tensors of full batches (the incomplete last batch is dropped, docs/method.md#training); shuffled
     with `generator` (a CPU generator, so runs are reproducible across devices), in order when None."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(device)

@@ -1,4 +1,4 @@
-"""Preprocessing of the views (SPEC section 4), fitted on the training split only: row scaling or
+"""Preprocessing of the views (docs/method.md#data), fitted on the training split only: row scaling or
 standardisation, then PCA, as one scikit-learn pipeline per view."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A data set as loaded, before splitting and preprocessing: the split names, one split's numpy arrays
+"""A data set as loaded, before splitting and preprocessing: one split's numpy arrays
 (possibly memory-mapped) and the checks every loaded pair of views passes."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
 CHUNK = 65536  # rows per step when a set is processed piecewise (memory-mapped fitting, encoding)
 
 

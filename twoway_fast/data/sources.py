@@ -1,4 +1,4 @@
-"""Readers of the data sources (SPEC section 4), each giving a RawData (`load_raw(source)` finds the kind):
+"""Readers of the data sources (docs/method.md#data), each giving a RawData (`load_raw(source)` finds the kind):
 - "digits": scikit-learn's 8x8 digits, left 4 columns = x, right 4 = y (embedded, no download);
 - a directory of MNIST-format IDX files (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]);
 - a directory in the original's cache layout (train_x.npy, train_y.npy, validate_x.npy, ... test_y.npy);
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
+from ..config import SPLITS, DataConfig
 from .idx import read_idx
-from .raw import SPLITS, RawData, RawSplit
+from .raw import RawData, RawSplit
 
 CACHE_NAMES = {"train": "train", "val": "validate", "test": "test"}  # the original's file names
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -26,7 +26,7 @@ UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def image_halves(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, h, w) images -> (left, right), each flattened column-major (SPEC section 4)."""
+    """(n, h, w) images -> (left, right), each flattened column-major (docs/method.md#data)."""
     if images.ndim != 3 or images.shape[2] % 2:
         raise ValueError(f"images must be (n, height, even width), got shape {images.shape}")
     flat = images.transpose(0, 2, 1).reshape(len(images), -1)  # column-major per image

@@ -1,11 +1,11 @@
-"""Train/val/test splits of a loaded data set (SPEC section 4): the source's own, or cut from its items
+"""Train/val/test splits of a loaded data set (docs/method.md#data): the source's own, or cut from its items
 (groups of rows) with a fixed seed."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..config import DataConfig
-from .raw import CHUNK, SPLITS, RawData, RawSplit, check_pair
+from ..config import SPLITS, DataConfig
+from .raw import CHUNK, RawData, RawSplit, check_pair
 
 
 def _check_groups(split: RawSplit, group_size: int) -> None:
@@ -42,7 +42,7 @@ def _split_items(raw: RawSplit, config: DataConfig, fraction: float) -> tuple[Ra
 
 def standard_splits(raw: RawData, config: DataConfig) -> dict[str, RawSplit]:
     """train/val/test: those the source has; a missing test split and a missing validation split are
-    cut from the items (validation from the training items, SPEC section 4: 10%, fixed seed)."""
+    cut from the items (validation from the training items, docs/method.md#data: 10%, fixed seed)."""
     splits = dict(raw.splits)
     for s in splits.values():
         check_pair(s.x, s.y, s.source)

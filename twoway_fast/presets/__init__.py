@@ -1,4 +1,4 @@
-"""The presets of SPEC section 3 as TOML files in this folder, each in two forms: the default, tuned so
+"""The presets (docs/method.md#presets) as TOML files in this folder, each in two forms: the default, tuned so
 the representation does not collapse, and `faithful=True`, the original's choices exactly (the
 [faithful.*] tables override the defaults)."""
 from __future__ import annotations
