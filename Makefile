@@ -79,7 +79,8 @@ cuda-check: $(CU_OBJECTS)
 # Python itself is not instrumented: libasan is preloaded so it comes first (with libstdc++, or ASan
 # cannot find the real __cxa_throw when a TORCH_CHECK throws), and leak detection is off (CPython and
 # torch keep allocations alive until exit by design). Any ASan or UBSan report fails the run; pytest
-# captures only sys.stdout/stderr so the report reaches the terminal.
+# captures only sys.stdout/stderr so the report reaches the terminal. torch is imported before _C: the package
+# no longer imports it on import (lazy imports), and _C finds libc10.so only once torch has loaded it.
 SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS ?= tests/test_hidden_block.py tests/test_twoway_net.py tests/test_twoway_loss.py \
   tests/test_training_parity.py tests/test_retrieval_ranks.py tests/test_properties.py tests/test_twoway_step.py \
@@ -103,7 +104,7 @@ sanitize: $(SANITIZE_DIR)/.built
 	find $(SANITIZE_DIR)/twoway_fast -name '*.py' ! -path $(SANITIZE_DIR)/twoway_fast/_build_info.py -delete
 	find twoway_fast -name '*.py' ! -path twoway_fast/_build_info.py -exec cp --parents {} $(SANITIZE_DIR)/ \;
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c \
-	  "import twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
+	  "import torch, twoway_fast._C as c, sys; sys.exit(0 if '/$(SANITIZE_DIR)/' in c.__file__ else 'not the sanitized build: ' + c.__file__)"
 	cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys $(SANITIZE_TESTS)
 
 # The API reference: pdoc renders every public module's docstrings as a static site
