@@ -15,7 +15,7 @@ from twoway_fast import ops, presets, reference
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
 assert Path(twoway_fast.__file__).resolve().is_relative_to(site), f"imported from {twoway_fast.__file__}, not {site}"
 assert resources.files("twoway_fast").joinpath("py.typed").is_file(), "py.typed missing"
-assert presets.get("mnist").model["hidden"] == [392, 50, 392]
+assert presets.get("mnist", faithful=True).model["hidden"] == [392, 50, 392]  # the paper's, read from the .toml
 assert set(presets.names()) >= {"mnist", "xrmb", "flickr8k", "flickr30k", "coco", "digits"}
 
 torch.manual_seed(0)
