@@ -67,9 +67,8 @@ def linear_cca_baseline(data: Dataset, k: int, split: str = "test") -> dict:
     tx, ty = views(data.train)
     ex, ey = views(data.split(split))
     k = min(k, tx.shape[1], ty.shape[1])
-    mean_x, wx, mean_y, wy, _ = metrics.linear_cca(tx, ty, k)
-    zx = torch.from_numpy((ex.cpu().numpy() - mean_x) @ wx)
-    zy = torch.from_numpy((ey.cpu().numpy() - mean_y) @ wy)
+    projection = Projection(*metrics.linear_cca(tx, ty, k))
+    zx, zy = projection.x(ex), projection.y(ey)
     out = {
         "split": split,
         "rows": len(zx),
