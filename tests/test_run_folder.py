@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from twoway_fast import run
@@ -79,7 +80,8 @@ def test_training_into_another_run_is_refused_unless_overwrite(small_run, tmp_pa
     shutil.copytree(small_run, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert main([*TRAIN, "--out", str(folder)]) == 2
-    assert "holds another run (config.json, last.pt, previous.pt, best.pt, metrics.jsonl, eval.json)" in \
+    assert ("holds another run (config.json, last.pt, previous.pt, best.pt, metrics.jsonl, eval.json, "
+            "preprocessing.npz)") in \
         capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
     assert main([*TRAIN, "--out", str(folder), "--overwrite"]) == 0
@@ -135,3 +137,29 @@ def test_folder_without_room_is_refused_before_training(tmp_path, capsys, monkey
     assert main([*TRAIN, "--out", str(folder)]) == 2
     assert "MiB free, the run's checkpoints need about" in capsys.readouterr().err
     assert not (folder / run.METRICS).exists()
+
+
+def test_config_records_an_absolute_data_path_and_files_follow_the_umask(tmp_path, monkeypatch):
+    x = np.random.default_rng(0).random((120, 6), dtype=np.float32)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "pairs.npz", x=x, y=x[:, ::-1] + 0.1)
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "--preset", "digits", "--data", "data/pairs.npz", "--out", "run", "--epochs", "1",
+                     *SMALL_TRAIN]) == 0
+    finally:
+        os.umask(old)
+    config = json.loads((tmp_path / "run" / run.CONFIG).read_text())
+    assert config["data"] == str(tmp_path / "data" / "pairs.npz")
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "run").iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
+    assert {run.CONFIG, run.BEST, run.LAST, run.METRICS, run.PREPROCESSING, "loss.png"} <= set(modes)
+    monkeypatch.chdir(tmp_path / "run")  # eval from elsewhere finds the data
+    assert main(["eval", ".", "--device", "cpu"]) == 0
+    old = os.umask(0o077)
+    try:
+        run.write_atomic(tmp_path / "private", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o600

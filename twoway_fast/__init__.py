@@ -10,11 +10,12 @@ import importlib.util
 
 from ._version import __version__
 
-__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "presets", "reference",
+__all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "load", "presets", "reference",
            "__version__"]
 
 _HOMES = {"TwoWayNet": "model", "TwoWayLoss": "loss", "TwoWayOutput": "types", "LossTerms": "types",
-          "TwoWayEstimator": "estimator"}  # the estimator pulls in scikit-learn
+          "TwoWayEstimator": "estimator",  # the estimator pulls in scikit-learn
+          "load": "run"}  # a run folder as a model with its preprocessing
 
 
 def __getattr__(name):

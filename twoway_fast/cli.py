@@ -3,7 +3,8 @@
     twoway-fast train --preset mnist --data DIR|digits --out RUN [--faithful] [--config FILE] [--set loss.lh=2]
                       [--nproc N] [--no-sync-stats]     (or torchrun --nproc-per-node N -m twoway_fast train ...)
     twoway-fast eval RUN --data DIR [--split test] [--json]
-    twoway-fast embed RUN --data DIR [--split test] --out FILE.npz
+    twoway-fast embed RUN --data DIR [--split test] --out FILE.npz     (the rows of one split of a source)
+    twoway-fast encode RUN [--x FILE] [--y FILE] --out FILE.npz        (every row of new data)
     twoway-fast cca --data DIR [--preset mnist] [--dims 50] [--split test] [--json]    (the linear CCA baseline)
     twoway-fast demo
     twoway-fast --version
@@ -37,14 +38,24 @@ def default_device() -> str:
 
 
 def _load_for_run(args):
-    from . import data as data_mod
     from . import run
 
     model, config = run.load_model(args.run, args.checkpoint, args.device)
-    source = args.data or config["data"]
-    dataset = data_mod.load(source, data_mod.DataConfig(**config["preset"].data), args.device)
+    return model, _run_dataset(args, config)
+
+
+def _run_dataset(args, config):
+    """The data source given (--data), else the run's, split by the run's [data] settings and through
+    the preprocessing the run fitted on its training split (refitted here for a run without one)."""
+    from . import data as data_mod
+    from . import run
+
+    source = getattr(args, "data", None) or config["data"]
+    saved = Path(args.run) / run.PREPROCESSING
+    fitted = data_mod.Preprocessing.load(saved) if saved.exists() else None
+    dataset = data_mod.load(source, data_mod.DataConfig(**config["preset"].data), args.device, fitted)
     run.check_widths(source, dataset.dx, dataset.dy, args.run, config)
-    return model, dataset
+    return dataset
 
 
 def _toml_value(value) -> str:
@@ -123,8 +134,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _projection_for(args, model, dataset):
-    """The run's saved projection for its best checkpoint; else one fitted on the data's training split."""
+def _projection_for(args, model, dataset=None):
+    """The run's saved projection for its best checkpoint; else one fitted on the training split of
+    `dataset` (None: the run's own data)."""
+    from . import run
     from .evaluation import fit_projection
     from .projection import FILE as PROJECTION
     from .projection import Projection
@@ -132,7 +145,7 @@ def _projection_for(args, model, dataset):
     saved = Path(args.run) / PROJECTION
     if args.checkpoint == "best" and saved.exists():
         return Projection.load(saved)
-    return fit_projection(model, dataset)
+    return fit_projection(model, dataset or _run_dataset(args, run.read_config(args.run)))
 
 
 def cmd_eval(args) -> int:
@@ -163,6 +176,43 @@ def cmd_embed(args) -> int:
     run.write_atomic(args.out, buffer.getvalue())
     kind = "CCA-projected" if args.projected else "raw"
     print(f"wrote {args.out}: x {tuple(zx.shape)}, y {tuple(zy.shape)} float32, {kind} ({args.split} split)")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import io
+
+    import numpy as np
+    import torch
+
+    from . import run
+    from .data import CHUNK, load_view
+
+    if args.x is None and args.y is None:
+        raise ValueError("encode needs --x FILE, --y FILE or both")
+    model = run.load(args.run, args.checkpoint, args.device)
+    projection = _projection_for(args, model) if args.projected else None
+    encoded = {}
+    for view in ("x", "y"):
+        path = getattr(args, view)
+        if path is None:
+            continue
+        rows = load_view(path, view)
+        encode = model.encode_x if view == "x" else model.encode_y
+        try:
+            with torch.no_grad():
+                z = torch.cat([encode(rows[s:s + CHUNK]) for s in range(0, len(rows), CHUNK)])
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        if projection is not None:
+            z = projection.x(z) if view == "x" else projection.y(z)
+        encoded[view] = z.cpu().numpy().astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **encoded)
+    run.write_atomic(args.out, buffer.getvalue())
+    kind = "CCA-projected" if args.projected else "raw"
+    shapes = ", ".join(f"{v} {a.shape}" for v, a in encoded.items())
+    print(f"wrote {args.out}: {shapes} float32, {kind}, every row of the input in order")
     return 0
 
 
@@ -258,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     for name, func, text in (("eval", cmd_eval, "metrics of a trained run on a split"),
-                             ("embed", cmd_embed, "write a split's representations to an .npz file")):
+                             ("embed", cmd_embed, "write the representations of one split of a data source (the "
+                                                  "rows that fall in that split only) to an .npz file; for every "
+                                                  "row of new data, use encode")):
         e = command(name, text)
         e.add_argument("run", help="run folder written by train")
         e.add_argument("--data", help="data source (default: the one the run was trained on)")
@@ -273,6 +325,20 @@ def parser() -> argparse.ArgumentParser:
                            help="the CCA-projected representations (the run's projection.npz for the best "
                                 "checkpoint, else fitted on the training split) instead of the raw ones")
         e.set_defaults(func=func)
+
+    n = command("encode", "write the representations of new rows (every row of each file, in order, through the "
+                          "preprocessing the run fitted) to an .npz file")
+    n.add_argument("run", help="run folder written by train")
+    n.add_argument("--x", metavar="FILE", help="rows of the x view: .npy, .npz (array x, or its only array) or an IDX "
+                                               "image file (the left halves)")
+    n.add_argument("--y", metavar="FILE", help="rows of the y view, as --x (an IDX image file: the right halves)")
+    n.add_argument("--out", required=True, help="output .npz (float32 arrays x and/or y)")
+    n.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="best (by the run's train.select on validation) or last")
+    n.add_argument("--projected", action="store_true",
+                   help="the CCA-projected representations (the run's projection.npz for the best checkpoint, "
+                        "else fitted on the training split of the run's data) instead of the raw ones")
+    n.set_defaults(func=cmd_encode)
 
     c = command("cca", "the linear CCA baseline: the same metrics, same data and preprocessing")
     c.add_argument("--data", required=True, help="data directory, .npz file, or 'digits'")

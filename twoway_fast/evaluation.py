@@ -18,8 +18,8 @@ def encode(model, split: Split) -> tuple[Tensor, Tensor]:
         zx, zy = [], []
         for index in split.chunks():
             x, y = split.rows(index)
-            zx.append(model.encode_x(x))
-            zy.append(model.encode_y(y))
+            zx.append(model.encode_x(x, prepared=True))
+            zy.append(model.encode_y(y, prepared=True))
         return torch.cat(zx), torch.cat(zy)
     finally:
         model.train(was_training)

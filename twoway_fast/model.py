@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -96,7 +97,16 @@ class TwoWayNet(nn.Module):
     stats_group: None (batch statistics of the rows given), or a torch.distributed process group whose
     ranks' rows together form the batch: the training batch norms and TwoWayLoss's decorrelation then
     use statistics over all of them (twoway_fast.backends.synced; set by the trainer).
+
+    preprocessing: None, or the twoway_fast.data.Preprocessing fitted on the training split (attached by
+    twoway_fast.load and the estimator): encode_x and encode_y then take raw rows.
+
+    A training batch whose statistics are not finite (NaN or Inf rows, a diverged step) leaves the
+    running statistics as they were, so one bad batch cannot spoil eval mode for good; the loss still
+    shows it (the trainer stops on it, naming the step).
     """
+
+    preprocessing = None
 
     def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
                  order: str = "act_then_bn", dropout: float | Sequence[float] = 0.5, leak: float = 0.3,
@@ -192,18 +202,50 @@ class TwoWayNet(nn.Module):
     def _lerp_running_stats(self, running: Sequence[Tensor], batch: Sequence[Tensor]) -> None:
         """running (running_stats_of's list) moved towards the batch statistics, in their order."""
         batch = [b if b.dtype == r.dtype else b.to(r.dtype) for r, b in zip(running, batch)]
+        batch = self._finite_or_running(running, batch)
         # One foreach call instead of two per batch norm (elementwise the same as lerp_ on each).
         torch._foreach_lerp_(running, batch, self.bn_momentum)
 
-    def encode_x(self, x: Tensor) -> Tensor:
-        """The X view's representation (eval semantics: running statistics, no dropout)."""
+    @staticmethod
+    def _finite_or_running(running: Sequence[Tensor], batch: Sequence[Tensor]) -> Sequence[Tensor]:
+        """`batch`, or `running` itself when any batch statistic is NaN or Inf (the lerp then leaves the
+        running statistics exactly as they are). Decided on the device, without a host read: the step
+        stays free of synchronisation (and capturable in a CUDA graph)."""
+        flat = torch.cat([b.reshape(-1) for b in batch])
+        finite = torch.isfinite(flat).all()
+        chosen = torch.where(finite, flat, torch.cat([r.reshape(-1) for r in running]))
+        return chosen.split([b.numel() for b in batch])
+
+    def encode_x(self, x, *, prepared: bool = False) -> Tensor:
+        """The X view's representation (eval semantics: running statistics, no dropout). With
+        `preprocessing` attached, x is raw rows (see `prepare`); prepared=True: rows already through it."""
+        x = x if prepared else self.prepare("x", x)
         self._check_view("x", x, self.dx, self.weights[0])
         return reference_backend.encode(self, x, "x")
 
-    def encode_y(self, y: Tensor) -> Tensor:
-        """The Y view's representation (eval semantics: running statistics, no dropout)."""
+    def encode_y(self, y, *, prepared: bool = False) -> Tensor:
+        """The Y view's representation (eval semantics: running statistics, no dropout). With
+        `preprocessing` attached, y is raw rows (see `prepare`); prepared=True: rows already through it."""
+        y = y if prepared else self.prepare("y", y)
         self._check_view("y", y, self.dy, self.weights[0])
         return reference_backend.encode(self, y, "y")
+
+    def prepare(self, view: str, rows) -> Tensor:
+        """Rows of one view ("x" or "y") as the network takes them. Without `preprocessing` (a model
+        built in Python) they are returned as given. With it (twoway_fast.load, TwoWayEstimator), `rows`
+        are raw: a tensor or array of the data's own width, put through the preprocessing fitted on the
+        training split, as a float tensor of the parameters' dtype and device."""
+        if self.preprocessing is None:
+            return rows
+        fitted = self.preprocessing.view(view)
+        raw = rows.detach().cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
+        if raw.ndim != 2 or raw.shape[1] != fitted.width:
+            model_width = self.dx if view == "x" else self.dy
+            got = f"{raw.shape[1]} features per row" if raw.ndim == 2 else f"shape {raw.shape}, not (rows, features)"
+            raise ValueError(f"{view} has {got}; the model's {view} view takes raw rows of {fitted.width} features "
+                             f"(preprocessing: {fitted.describe()}; {model_width} into the network)")
+        weight = self.weights[0]
+        return torch.from_numpy(fitted.transform(raw)).to(device=weight.device, dtype=weight.dtype)
 
     def extra_repr(self) -> str:
         return (f"dx={self.dx}, dy={self.dy}, hidden={self.hidden}, repr_layer={self.repr_layer}, "

@@ -69,6 +69,7 @@ def _train_claimed(preset, source, out: Path, device, resume: bool, progress: bo
             print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
     if rank == 0:  # on resume too: the values --resume may change (run.RESUMABLE) are recorded
         run.write_config(out, preset, source, dataset.dx, dataset.dy, config.seed)
+        run.write_atomic(out / run.PREPROCESSING, dataset.preprocessing.to_bytes())
     if rank == 0:  # the projection belongs to the best checkpoint, which training replaces
         (out / PROJECTION).unlink(missing_ok=True)
     trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)

@@ -1,6 +1,7 @@
 """The run folder: what a training run leaves on disk and how a later command finds it again.
 
-    RUN/config.json      preset (resolved: every value used), data source, view widths, seed
+    RUN/config.json      preset (resolved: every value used), data source (an absolute path), view widths, seed
+    RUN/preprocessing.npz  the preprocessing fitted on the training split (twoway_fast.data.Preprocessing)
     RUN/last.pt          checkpoint after the latest epoch (model, optimiser, scheduler, generators, epoch)
     RUN/previous.pt      the checkpoint last.pt replaced: resume falls back to it when last.pt is damaged
     RUN/best.pt          checkpoint of the best validation epoch
@@ -8,7 +9,8 @@
     RUN/*.png            plots
 
 Every file is written atomically (temporary file, flush, fsync, rename), so a run killed at any moment
-leaves the previous version intact. A checkpoint records the twoway_fast version and the model's
+leaves the previous version intact, with the permissions the process's umask gives a new file (0644
+under umask 022). A checkpoint records the twoway_fast version and the model's
 configuration; loading one written by another version or for another model is refused.
 """
 from __future__ import annotations
@@ -33,9 +35,10 @@ from .presets import SECTIONS, Preset
 from .run_lock import RunLock
 
 CONFIG, LAST, PREVIOUS, BEST, METRICS = "config.json", "last.pt", "previous.pt", "best.pt", "metrics.jsonl"
-EVAL = "eval.json"
+EVAL, PREPROCESSING = "eval.json", "preprocessing.npz"
+CHECKPOINTS = ("best", "last")
 # What a run leaves besides its plots: finding any of them means the folder holds a run.
-RUN_FILES = (CONFIG, LAST, PREVIOUS, BEST, METRICS, EVAL)
+RUN_FILES = (CONFIG, LAST, PREVIOUS, BEST, METRICS, EVAL, PREPROCESSING)
 # --resume may change these (the rest would make the checkpoint another run's): how many epochs to
 # run and how each step is computed (the same numbers up to rounding).
 RESUMABLE = {"train.epochs", "train.cuda_graph", "model.backend"}
@@ -62,6 +65,7 @@ def write_atomic(path: str | Path, data: bytes, keep_previous: str | Path | None
         raise FileNotFoundError(errno.ENOENT, f"no folder {path.parent} to write {path.name} into")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -77,6 +81,21 @@ def write_atomic(path: str | Path, data: bytes, keep_previous: str | Path | None
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status); elsewhere
+    set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def claim(run_dir: str | Path, resume: bool, overwrite: bool, outputs: tuple[str, ...] = ()) -> RunLock:
@@ -230,8 +249,14 @@ def load_latest(run_dir: str | Path, device: str | torch.device = "cpu", model=N
         return state
 
 
+def data_path(source: str | Path) -> str:
+    """The data source as config.json records it: an absolute path (so eval and embed find it from any
+    directory), or the name of an embedded set ("digits")."""
+    return "digits" if str(source) == "digits" else str(Path(source).resolve())
+
+
 def write_config(run_dir: Path, preset: Preset, data_source: str, dx: int, dy: int, seed: int) -> None:
-    config = {"preset": preset.to_dict(), "data": str(data_source), "dx": dx, "dy": dy, "seed": seed}
+    config = {"preset": preset.to_dict(), "data": data_path(data_source), "dx": dx, "dy": dy, "seed": seed}
     write_atomic(run_dir / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
 
 
@@ -260,13 +285,37 @@ def check_widths(source: str | Path, dx: int, dy: int, run_dir: str | Path, conf
 
 
 def load_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """(model in eval mode, run config) from RUN/best.pt or RUN/last.pt."""
+    """(model in eval mode, run config) from RUN/best.pt or RUN/last.pt; the model takes preprocessed
+    rows (a data set's splits). `load` gives it with its preprocessing, for raw rows."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     model = config["preset"].build_model(config["dx"], config["dy"]).to(device)
     state = load_checkpoint(run_dir / (BEST if which == "best" else LAST), device, model)
     model.load_state_dict(state["model"])
     return model.eval(), config
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+    """A trained run as a model to apply (`twoway_fast.load`): the TwoWayNet of RUN/best.pt (by the run's
+    train.select on validation) or RUN/last.pt, in eval mode, with the preprocessing fitted on the run's
+    training split attached (RUN/preprocessing.npz), so `encode_x` and `encode_y` take raw rows of the
+    data's own widths and give what `twoway-fast embed` gives for them. Nothing in the folder is
+    unpickled: the checkpoint is read weights-only, the preprocessing as plain arrays."""
+    from .data.preprocessing import Preprocessing
+
+    model, config = load_model(run_dir, checkpoint, device)
+    path = Path(run_dir) / PREPROCESSING
+    if not path.exists():
+        raise ValueError(f"{path}: missing (training writes it when it starts); without it the raw rows' "
+                         "preprocessing is unknown")
+    fitted = Preprocessing.load(path)
+    if (fitted.x.out_width, fitted.y.out_width) != (config["dx"], config["dy"]):
+        raise ValueError(f"{path}: its preprocessing gives widths ({fitted.x.out_width}, {fitted.y.out_width}), "
+                         f"the model of {run_dir} takes ({config['dx']}, {config['dy']})")
+    model.preprocessing = fitted
+    return model
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -2,9 +2,10 @@
 training split only, and batches as index slices of tensors that live on the training device.
 
     raw.py            a split as loaded (numpy arrays), with its checks
-    sources.py        the readers (`load_raw`): digits, MNIST IDX files (idx.py), the cache layout, .npy, .npz
+    sources.py        the readers (`load_raw`): digits, MNIST IDX files (idx.py), the cache layout, .npy, .npz;
+                      `load_view`: one view's rows from one file, for a trained model to encode
     splits.py         train/val/test: the source's own, or cut from its items with a fixed seed
-    preprocessing.py  the per-view pipelines, fitted on train
+    preprocessing.py  the per-view preprocessing, fitted on train, kept as plain arrays
     dataset.py        Split, Dataset, batches and `load`, the whole way from a source to the device
 
 Sources (`load(source)`):
@@ -16,12 +17,13 @@ Sources (`load(source)`):
 """
 from ..config import PREPROCESS, SPLITS, DataConfig
 from .dataset import Dataset, Split, batches, load
-from .preprocessing import fit_preprocessing
+from .preprocessing import Preprocessing, ViewPreprocessing, fit_preprocessing
 from .raw import CHUNK, RawData, RawSplit
 from .sources import CACHE_NAMES, MNIST_FILES, UNREADABLE, image_halves, load_cache_dir, load_digits, load_mnist_dir, \
-    load_npz, load_raw
+    load_npz, load_raw, load_view
 from .splits import standard_splits
 
 __all__ = ["CACHE_NAMES", "CHUNK", "MNIST_FILES", "PREPROCESS", "SPLITS", "UNREADABLE", "DataConfig", "Dataset",
-           "RawData", "RawSplit", "Split", "batches", "fit_preprocessing", "image_halves", "load", "load_cache_dir",
-           "load_digits", "load_mnist_dir", "load_npz", "load_raw", "standard_splits"]
+           "Preprocessing", "RawData", "RawSplit", "Split", "ViewPreprocessing", "batches", "fit_preprocessing",
+           "image_halves", "load", "load_cache_dir", "load_digits", "load_mnist_dir", "load_npz", "load_raw",
+           "load_view", "standard_splits"]

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.pipeline import Pipeline
 from torch import Tensor
 
 from ..config import SPLITS, DataConfig
-from .preprocessing import fit_preprocessing
+from .preprocessing import Preprocessing, fit_preprocessing
 from .raw import CHUNK, RawSplit
 from .sources import load_raw
 from .splits import standard_splits
@@ -25,7 +24,7 @@ class Split:
     y: Tensor | np.ndarray
     group: Tensor | None
     device: torch.device
-    transforms: tuple[Pipeline, Pipeline] | None = None  # only for memory-mapped splits
+    transforms: Preprocessing | None = None  # only for memory-mapped splits
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -36,9 +35,8 @@ class Split:
             return self.x[index], self.y[index]
         rows = index.cpu().numpy()
         views = []
-        for a, pipe in zip((self.x, self.y), self.transforms):
-            part = pipe.transform(np.asarray(a[rows], np.float32))
-            views.append(torch.from_numpy(np.asarray(part, np.float32)).to(self.device))
+        for a, view in zip((self.x, self.y), (self.transforms.x, self.transforms.y)):
+            views.append(torch.from_numpy(view.transform(a[rows])).to(self.device))
         return views[0], views[1]
 
     def chunks(self, size: int = CHUNK):
@@ -74,6 +72,7 @@ class Dataset:
     dy: int
     half_shape: tuple[int, int] | None = None
     config: DataConfig = field(default_factory=DataConfig)
+    preprocessing: Preprocessing | None = None  # fitted on train; what a trained model applies to new rows
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -81,28 +80,32 @@ class Dataset:
         return getattr(self, name)
 
 
-def _to_split(raw: RawSplit, transforms: tuple[Pipeline, Pipeline], group_size: int, device: torch.device,
+def _to_split(raw: RawSplit, transforms: Preprocessing, group_size: int, device: torch.device,
               keep_mapped: bool) -> Split:
     n = raw.x.shape[0]
     group = None if group_size == 1 else torch.arange(n, device=device) // group_size
     if keep_mapped:
         return Split(raw.x, raw.y, group, device, transforms)
     views = []
-    for a, pipe in zip((raw.x, raw.y), transforms):
-        parts = [np.asarray(pipe.transform(np.asarray(a[s:s + CHUNK], np.float32)), np.float32)
-                 for s in range(0, n, CHUNK)]
+    for a, view in zip((raw.x, raw.y), (transforms.x, transforms.y)):
+        parts = [view.transform(a[s:s + CHUNK]) for s in range(0, n, CHUNK)]
         views.append(torch.from_numpy(np.concatenate(parts)).to(device))
     return Split(views[0], views[1], group, device)
 
 
-def load(source: str | Path, config: DataConfig = DataConfig(), device: str | torch.device = "cpu") -> Dataset:
-    """Loads, splits, fits the preprocessing on train and puts every split on `device`."""
+def load(source: str | Path, config: DataConfig = DataConfig(), device: str | torch.device = "cpu",
+         preprocessing: Preprocessing | None = None) -> Dataset:
+    """Loads, splits, fits the preprocessing on train (or applies `preprocessing`, a trained run's) and
+    puts every split on `device`."""
     device = torch.device(device)
     raw = load_raw(source, config)
     splits = standard_splits(raw, config)
-    transforms = fit_preprocessing(splits["train"], config)
+    transforms = fit_preprocessing(splits["train"], config) if preprocessing is None else preprocessing
+    widths = (splits["train"].x.shape[1], splits["train"].y.shape[1])
+    if (transforms.x.width, transforms.y.width) != widths:
+        raise ValueError(f"{source}: view widths {widths} do not match the model this preprocessing was fitted "
+                         f"for, which takes ({transforms.x.width}, {transforms.y.width})")
     mapped = any(isinstance(a, np.memmap) for s in splits.values() for a in (s.x, s.y))
     ready = {s: _to_split(r, transforms, config.group_size, device, mapped) for s, r in splits.items()}
-    dx = config.pca or splits["train"].x.shape[1]
-    dy = config.pca or splits["train"].y.shape[1]
-    return Dataset(raw.name, ready["train"], ready["val"], ready["test"], dx, dy, raw.half_shape, config)
+    dx, dy = transforms.x.out_width, transforms.y.out_width
+    return Dataset(raw.name, ready["train"], ready["val"], ready["test"], dx, dy, raw.half_shape, config, transforms)

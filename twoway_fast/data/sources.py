@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import SPLITS, DataConfig
 from .idx import read_idx
-from .raw import RawData, RawSplit
+from .raw import RawData, RawSplit, check_view
 
 CACHE_NAMES = {"train": "train", "val": "validate", "test": "test"}  # the original's file names
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -125,13 +125,18 @@ def load_cache_dir(directory: Path, mmap: str | bool) -> RawData:
     return RawData(directory.name, splits)
 
 
+def _check_npz_sizes(path: Path) -> None:
+    """check_npy_size on every array of an .npz archive."""
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.filename.endswith(".npy"):
+                with archive.open(member) as f:
+                    check_npy_size(f, member.file_size, f"{path} ({member.filename})")
+
+
 def load_npz(path: Path) -> RawData:
     try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                if member.filename.endswith(".npy"):
-                    with archive.open(member) as f:
-                        check_npy_size(f, member.file_size, f"{path} ({member.filename})")
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except UNREADABLE as err:
@@ -145,6 +150,41 @@ def load_npz(path: Path) -> RawData:
     else:
         raise ValueError(f"{path}: expected arrays x and y, or {sorted(cache)}; found {sorted(arrays)}")
     return RawData(path.stem, splits)
+
+
+def load_view(path: str | Path, view: str) -> np.ndarray:
+    """Every row of one view ("x" or "y") from one file, in order, for a trained model to encode: an .npy
+    array (rows, features); an .npz holding an array named after the view, or a single array; or an IDX
+    file of images (gzipped or not), of which the view's half is taken as the MNIST loader takes it (x
+    the left half, y the right, flattened column-major, uint8 scaled to [0, 1])."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (give an .npy, an .npz or an IDX file)")
+    if path.suffix == ".npy":
+        a = _npy(path, mmap=False)
+    elif path.suffix == ".npz":
+        a = _npz_view(path, view)
+    elif "idx" in path.name:
+        a = read_idx(path)
+        if a.ndim == 3:
+            scale = 255.0 if a.dtype == np.uint8 else 1.0
+            a = image_halves(np.asarray(a, np.float32) / scale)[0 if view == "x" else 1]
+    else:
+        raise ValueError(f"{path}: a view file must be .npy, .npz or IDX (its name holding 'idx')")
+    check_view(a, view, str(path))
+    return a
+
+
+def _npz_view(path: Path, view: str) -> np.ndarray:
+    try:
+        _check_npz_sizes(path)
+        with np.load(path, allow_pickle=False) as archive:
+            names = archive.files
+            if view in names or len(names) == 1:
+                return archive[view if view in names else names[0]]
+    except UNREADABLE as err:
+        raise ValueError(f"{path}: cannot read as .npz: {type(err).__name__}: {err}") from err
+    raise ValueError(f"{path}: expected an array named {view!r} or a single array; found {sorted(names)}")
 
 
 def load_raw(source: str | Path, config: DataConfig = DataConfig()) -> RawData:
