@@ -1,7 +1,7 @@
 """The command line: `twoway-fast` or `python -m twoway_fast`.
 
     twoway-fast train --preset mnist --data DIR|digits --out RUN [--faithful] [--config FILE] [--set loss.lh=2]
-                      [--nproc N] [--no-sync-stats]     (or torchrun --nproc-per-node N -m twoway_fast train ...)
+                      [--log csv|tensorboard] [--nproc N] [--no-sync-stats]     (or torchrun --nproc-per-node N -m twoway_fast train ...)
     twoway-fast eval RUN --data DIR [--split test] [--json]
     twoway-fast embed RUN --data DIR [--split test] --out FILE.npz     (the rows of one split of a source)
     twoway-fast encode RUN [--x FILE] [--y FILE] --out FILE.npz        (every row of new data)
@@ -27,6 +27,8 @@ from pathlib import Path
 from . import presets
 from ._version import __version__
 from .config import SPLITS
+
+LOGGERS = ("csv", "tensorboard")  # train --log: twoway_fast.callbacks's writers (imported with torch)
 
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N, or auto (cuda when available)"
 
@@ -94,7 +96,7 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import run
+    from . import heap, run
     from .pipeline import format_results, train_run
 
     if args.nproc < 1:
@@ -126,7 +128,9 @@ def cmd_train(args) -> int:
             raise ValueError("train needs --data (a directory, an .npz file, or 'digits')")
         preset = presets.resolve(args.preset or "mnist", args.faithful, args.config, overrides)
         source = args.data
-    results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress, args.overwrite)
+    heap.keep_freed_memory()  # a training process: each step reuses the last one's memory (twoway_fast.heap)
+    results = train_run(preset, source, args.out, args.device, args.resume, not args.no_progress, args.overwrite,
+                        args.log)
     if results is None:  # a rank other than 0
         return 0
     print(format_results({"2-Way Net": results}))
@@ -229,8 +233,10 @@ def cmd_cca(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from . import heap
     from .demo import demo
 
+    heap.keep_freed_memory()
     demo(args.out, args.device, args.epochs, progress=not args.no_progress)
     return 0
 
@@ -300,7 +306,11 @@ def parser() -> argparse.ArgumentParser:
                         "are refused; --epochs, --backend and train.cuda_graph may change)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (without it, training into another run is refused)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway where stderr is not a terminal; the line per epoch stays)")
+    t.add_argument("--log", action="append", default=[], choices=LOGGERS,
+                   help="also write the metrics as RUN/metrics.csv (csv) or TensorBoard scalars in RUN/tensorboard "
+                        "(tensorboard, needs the tensorboard package); repeatable")
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (launches torchrun; train.batch_size stays the global batch)")
     t.add_argument("--no-sync-stats", action="store_true",

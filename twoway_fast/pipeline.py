@@ -6,9 +6,10 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
+from . import callbacks, distributed, plots, presets, run
 from . import data as data_mod
-from . import distributed, plots, presets, run
 from .evaluation import encode, evaluate, fit_projection
 from .projection import FILE as PROJECTION
 from .train import Trainer, TrainConfig, build
@@ -33,29 +34,39 @@ def format_results(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _epoch_line(row: dict) -> str:
-    val = row["val"]
-    return (f"epoch {row['epoch']:>3}: train loss {row['train']['total']:.4g}, val loss {val['total']:.4g}, "
-            f"val total corr {val['total_correlation']:.2f}, val R@1 {val['x2y']['r1']:.1f}/{val['y2x']['r1']:.1f}"
-            f"{'  (best)' if row['best'] else ''}  [{row['samples_per_s']:.0f} samples/s]")
-
-
 def train_run(preset: presets.Preset, source: str, out: str | Path, device: str, resume: bool = False,
-              progress: bool = True, overwrite: bool = False) -> dict | None:
+              progress: bool = True, overwrite: bool = False, log: Sequence[str] = ()) -> dict | None:
     """Trains, keeps the best checkpoint, evaluates it on test, writes the plots; returns the results.
     Launched by torchrun, every rank trains and rank 0 alone evaluates and writes (the others return None).
     Rank 0 holds the run folder's lock throughout (run.claim): a folder another training writes to, or
-    that holds another run (unless resume or overwrite), is refused before any data is read."""
+    that holds another run (unless resume or overwrite), is refused before any data is read.
+    log: writers besides metrics.jsonl, "csv" (RUN/metrics.csv) and "tensorboard" (RUN/tensorboard)."""
     out = Path(out)
+    unknown = sorted(set(log) - {"csv", "tensorboard"})
+    if unknown:
+        raise ValueError(f"log must name csv or tensorboard, got {unknown}")
+    if "tensorboard" in log:
+        callbacks.tensorboard_writer()  # its package missing: refused before any work
     device = distributed.init_from_env(device)
     rank = distributed.Ranks.current().rank
     config = TrainConfig(**preset.train)
-    with run.claim(out, resume, overwrite, (*plots.FILES, PROJECTION)) if rank == 0 else contextlib.nullcontext():
-        return _train_claimed(preset, source, out, device, resume, progress, config, rank)
+    outputs = (*plots.FILES, PROJECTION, callbacks.CSV, callbacks.TENSORBOARD)
+    with run.claim(out, resume, overwrite, outputs) if rank == 0 else contextlib.nullcontext():
+        return _train_claimed(preset, source, out, device, resume, progress, config, rank, log)
+
+
+def _loggers(log: Sequence[str], out: Path, trainer: Trainer) -> list:
+    """The writers `log` names, continuing the run's log where the trainer resumed."""
+    loggers = [callbacks.EpochLines()]
+    if "csv" in log:
+        loggers.append(callbacks.CSVLogger(out / callbacks.CSV, trainer.log))
+    if "tensorboard" in log:
+        loggers.append(callbacks.TensorBoardLogger(out / callbacks.TENSORBOARD, trainer.epoch))
+    return loggers
 
 
 def _train_claimed(preset, source, out: Path, device, resume: bool, progress: bool, config: TrainConfig,
-                   rank: int) -> dict | None:
+                   rank: int, log: Sequence[str]) -> dict | None:
     dataset = data_mod.load(source, data_mod.DataConfig(**preset.data), device)
     if resume:
         run.check_widths(source, dataset.dx, dataset.dy, out, run.read_config(out))
@@ -72,7 +83,14 @@ def _train_claimed(preset, source, out: Path, device, resume: bool, progress: bo
         run.write_atomic(out / run.PREPROCESSING, dataset.preprocessing.to_bytes())
     if rank == 0:  # the projection belongs to the best checkpoint, which training replaces
         (out / PROJECTION).unlink(missing_ok=True)
-    trainer.fit(on_epoch=lambda row: print(_epoch_line(row), file=sys.stderr, flush=True) if rank == 0 else None)
+    if rank == 0:
+        trainer.callbacks += _loggers(log, out, trainer)
+    try:
+        trainer.fit()
+    finally:
+        for logger in trainer.callbacks:
+            if hasattr(logger, "close"):
+                logger.close()
     if rank != 0:
         return None
     model.load_state_dict(run.load_checkpoint(out / run.BEST, device, model)["model"])

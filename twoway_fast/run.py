@@ -115,7 +115,11 @@ def claim(run_dir: str | Path, resume: bool, overwrite: bool, outputs: tuple[str
                 raise ValueError(f"{run_dir} holds another run ({', '.join(found)}); --resume continues it, "
                                  "--overwrite replaces it, or choose another --out")
             for name in (*RUN_FILES, *outputs):
-                (run_dir / name).unlink(missing_ok=True)
+                path = run_dir / name
+                if path.is_dir() and not path.is_symlink():  # a writer's folder (RUN/tensorboard)
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             remove_temporaries(run_dir)
     except BaseException:
         lock.release()

@@ -1,5 +1,6 @@
 """Training a 2-Way Net (docs/method.md#training): optimiser and schedule, validation each epoch, best-checkpoint
-selection, atomic checkpoints, resume, progress bar and a JSON-lines metrics log.
+selection, atomic checkpoints, resume, progress bar (on a terminal), a JSON-lines metrics log and
+callbacks (twoway_fast.callbacks: on_step, on_epoch).
 
 Determinism: the model is initialised from torch's generator seeded with `seed`; batch order and
 dropout seeds come from two CPU generators seeded from it and saved in every checkpoint (with torch's
@@ -12,12 +13,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from . import heap, metrics, run
+from . import metrics, run
+from .callbacks import Callback
 from .config import LOWER_IS_BETTER, TrainConfig
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
@@ -61,19 +63,24 @@ class Trainer:
     folder `run_dir` (see twoway_fast.run). Without `val` every epoch counts as the best; without
     `run_dir` nothing is written (the estimator's in-memory use).
 
+    progress: a progress bar per epoch, where stderr is a terminal (none in a log file or a pipe).
+    callbacks: twoway_fast.callbacks.Callback objects (on_step after each step, on_epoch after each
+    epoch); `trainer.callbacks` is a list, so more can be added before fit.
+    The process's allocator is left alone: the command line opts in to twoway_fast.heap.
+
     Under torch.distributed (twoway_fast.distributed) each rank takes its slice of every global batch
     (config.batch_size rows), gradients are averaged, and rank 0 alone writes the run folder."""
 
     def __init__(self, model, criterion, train: Split, val: Split | None, config: TrainConfig,
-                 run_dir: str | Path | None, progress: bool = True):
+                 run_dir: str | Path | None, progress: bool = True, callbacks: Sequence[Callback] = ()):
         if config.batch_size > len(train):
             raise ValueError(f"train.batch_size {config.batch_size} exceeds the {len(train)} training rows")
         self.model, self.criterion, self.config = model, criterion, config
         self.train_split, self.val_split = train, val
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
+        self.callbacks = list(callbacks)
         self.optimizer = make_optimizer(model.parameters(), config)
-        heap.keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.lr_milestones, config.lr_gamma)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed)
         self.dropout_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -127,7 +134,8 @@ class Trainer:
     # -------------------------------------------------------------- loop
 
     def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-        """Runs the remaining epochs, calling on_epoch(row) after each; returns the metrics log."""
+        """Runs the remaining epochs, calling each callback's on_epoch(row) (process 0) and on_epoch(row)
+        (every process) after each; returns the metrics log."""
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.config.epochs:
@@ -159,9 +167,14 @@ class Trainer:
                 run.write_metrics(self.run_dir, self.log)
                 run.save_checkpoint(state, self.run_dir / run.LAST, self.model, keep_previous=True)
             self.ranks.barrier()  # no rank reads or resumes past an unwritten checkpoint
+            for callback in self._callbacks_with("on_epoch"):
+                callback.on_epoch(row)
             if on_epoch is not None:
                 on_epoch(row)
         return self.log
+
+    def _callbacks_with(self, method: str) -> list:
+        return [c for c in self.callbacks if hasattr(c, method)] if self.ranks.rank == 0 else []
 
     def _selection_value(self, val: dict) -> float:
         if self.config.select == "r1":
@@ -176,8 +189,10 @@ class Trainer:
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         bad_value = torch.zeros((), dtype=torch.float64, device=device)
         order = batches(len(split), cfg.batch_size, self.shuffle_gen if cfg.shuffle else None, device)
+        on_step = [c.on_step for c in self._callbacks_with("on_step")]
+        # disable=None: tqdm's own test, off where its stream (stderr) is not a terminal.
         bar = tqdm(total=steps * cfg.batch_size, unit="sample", unit_scale=True, leave=False,
-                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress)
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None if self.progress else True)
         with bar:
             for b, index in enumerate(order):
                 index = self.ranks.shard(index)
@@ -189,6 +204,10 @@ class Trainer:
                 first_bad = torch.where(newly_bad, b, first_bad)
                 bad_value = torch.where(newly_bad, total, bad_value)
                 sums += torch.stack(tuple(terms)).detach().double()  # one stack and one cast, not eight
+                if on_step:
+                    detached = LossTerms(*(t.detach() for t in terms))
+                    for call in on_step:
+                        call(self.epoch * steps + b + 1, detached)
                 bar.update(cfg.batch_size)
                 if (b + 1) % CHECK_EVERY == 0 or b + 1 == steps:
                     self._stop_if_bad(*self.ranks.first_bad(first_bad, bad_value), steps)
