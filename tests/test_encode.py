@@ -160,3 +160,17 @@ def test_preprocessing_file_holds_plain_arrays_and_is_checked(moved_run, tmp_pat
         twoway_fast.load(bad)
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         twoway_fast.load(moved_run, "first")
+
+
+def test_preprocessing_undoes_itself_where_it_can():
+    from twoway_fast.config import DataConfig
+    from twoway_fast.data import RawSplit, fit_preprocessing
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(3, 2, size=(200, 6)), rng.normal(size=(200, 4))
+    fitted = fit_preprocessing(RawSplit(a, b, "test"), DataConfig(preprocess="standardize", pca=4))
+    assert fitted.x.transform(a).dtype == np.float32 and fitted.x.transform(a).shape == (200, 4)
+    full = fit_preprocessing(RawSplit(a[:, :4], b, "test"), DataConfig(preprocess="standardize", pca=4)).x
+    np.testing.assert_allclose(full.inverse_transform(full.transform(a[:, :4])), a[:, :4], rtol=1e-5, atol=1e-5)
+    rows = fit_preprocessing(RawSplit(a, b, "test"), DataConfig(preprocess="l2_rows")).x
+    np.testing.assert_allclose(np.linalg.norm(rows.inverse_transform(rows.transform(a)), axis=1), 1, rtol=1e-6)

@@ -1,5 +1,12 @@
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -8,6 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from twoway_fast import TwoWayEstimator
 
+REPO = Path(__file__).resolve().parents[1]
 FAST = dict(hidden=[8, 4, 8], epochs=1)
 # Like sklearn's CCA (which sklearn's checks exempt by name): fit_transform(X, y) returns both views'
 # representations, transform(X) only X's.
@@ -68,3 +76,133 @@ def test_random_state_none_generator_and_bad_values():
     TwoWayEstimator(**FAST, random_state=np.random.default_rng(1)).fit(x, y)
     with pytest.raises(ValueError, match="random_state must be an int, None or a numpy RandomState"):
         TwoWayEstimator(**FAST, random_state="seven").fit(x, y)
+
+
+# The digits preset as of this test's writing, pinned here so that tuning the packaged one does not
+# move the ground under the collapse test: at lc 0.05 its representation collapses.
+DIGITS = """
+[model]
+hidden = [256, 16, 256]
+repr_layer = 1
+dropout = 0.0
+bn_eps = 1e-5
+repr_affine = false
+[loss]
+lh = 4.0
+lc = 10.0
+wd = 1e-4
+reconstruction = "mean"
+decorrelation = "correlation"
+decorrelation_input = "before_dropout"
+[train]
+batch_size = 32
+optimizer = "Adam"
+lr = 1e-3
+lr_milestones = [20]
+select = "r1"
+[data]
+preprocess = "l2_rows"
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_halves():
+    from twoway_fast.data import load_digits
+
+    raw = load_digits().splits["all"]
+    return raw.x.astype(np.float64), raw.y.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def pinned_preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("preset") / "digits_pinned.toml"
+    path.write_text(DIGITS)
+    return str(path)
+
+
+def test_grid_search_does_not_pick_a_collapsed_setting(digits_halves, pinned_preset):
+    from twoway_fast import metrics
+
+    x, y = digits_halves
+    # The trap: at lc 0.05 the code collapses onto a few directions, and the paired total correlation
+    # (the old score) rates it above the healthy lc 10 on held-out rows.
+    held = slice(1400, None)
+    fits = {lc: TwoWayEstimator(preset=pinned_preset, lc=lc, epochs=10).fit(x[:1400], y[:1400]) for lc in (0.05, 10.0)}
+    codes = {lc: est.transform(x[held], y[held]) for lc, est in fits.items()}
+    rank = {lc: metrics.effective_rank(zx) for lc, (zx, _) in codes.items()}
+    assert rank[0.05] < 5 < 8 < rank[10.0], rank
+    assert metrics.total_correlation(*codes[0.05]) > metrics.total_correlation(*codes[10.0])
+    search = GridSearchCV(TwoWayEstimator(preset=pinned_preset, epochs=10), {"lc": [0.05, 10.0]}, cv=3).fit(x, y)
+    assert search.best_params_ == {"lc": 10.0}, search.cv_results_["mean_test_score"]
+    assert metrics.effective_rank(search.best_estimator_.transform(x)) > 8
+
+
+def test_predict_transform_round_trip_shapes_and_dtypes(digits_halves, pinned_preset):
+    x, y = digits_halves
+    est = TwoWayEstimator(preset=pinned_preset, n_components=6, epochs=2).fit(x[:300], y[:300, :20])
+    assert est.model_.hidden == [256, 6, 256] and est.n_components_ == 6  # the preset's architecture around it
+    assert list(est.get_feature_names_out()) == [f"twowayestimator{i}" for i in range(6)]
+    for dtype in (np.float64, np.float32):
+        xs, ys = x[300:340].astype(dtype), y[300:340, :20].astype(dtype)
+        assert est.transform(xs).dtype == dtype and est.transform(xs).shape == (40, 6)
+        zx, zy = est.transform(xs, ys)
+        assert zx.dtype == zy.dtype == dtype and zy.shape == (40, 6)
+        assert est.predict(xs).shape == (40, 20) and est.predict(xs).dtype == dtype
+        assert est.predict_x(ys).shape == (40, 32) and est.predict_x(ys).dtype == dtype
+    # predict is the X channel's output, mapped back through the fitted preprocessing.
+    model = est.model_
+    with torch.no_grad():
+        out = model(model.prepare("x", x[:8]), model.prepare("y", y[:8, :20]))
+    np.testing.assert_allclose(est.predict(x[:8]), out.y_hat.double().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(est.predict_x(y[:8, :20]), out.x_hat.double().numpy(), rtol=1e-6, atol=1e-7)
+    # The preset's preprocessing (l2_rows) is applied inside: rows scaled by 4 give the same codes.
+    np.testing.assert_array_equal(est.transform(4 * x[:50]), est.transform(x[:50]))
+    with pytest.raises(ValueError, match="X has 31 features, but TwoWayEstimator is expecting 32"):
+        est.predict(x[:5, :31])
+    with pytest.raises(ValueError, match="y has 32 features, but TwoWayEstimator was fitted with 20"):
+        est.predict_x(y[:5])
+
+
+def test_best_epoch_on_the_internal_validation_split(digits_halves, pinned_preset):
+    from twoway_fast import metrics
+    from twoway_fast.config import DataConfig
+    from twoway_fast.data import RawSplit
+    from twoway_fast.data.splits import split_items
+
+    x, y = digits_halves
+    est = TwoWayEstimator(preset=pinned_preset, lr=1e-2, epochs=8).fit(x, y)  # a fast rate: R@1 goes up and down
+    r1 = [(row["val"]["x2y"]["r1"] + row["val"]["y2x"]["r1"]) / 2 for row in est.log_]  # select = "r1"
+    assert est.best_epoch_ == 1 + int(np.argmax(r1)) < 8  # not the last: the test tells them apart
+    # The model returned is that epoch's: its validation R@1 is the one logged then.
+    val, _ = split_items(RawSplit(x, y, "test"), DataConfig(), 0.1)
+    zx, zy = est.transform(val.x, val.y)
+    got = metrics.retrieval(torch.from_numpy(zx), torch.from_numpy(zy))
+    assert got["x2y"]["r1"] == est.log_[est.best_epoch_ - 1]["val"]["x2y"]["r1"]
+    last = TwoWayEstimator(preset=pinned_preset, lc=10.0, epochs=3, validation_fraction=0).fit(x, y)
+    assert last.best_epoch_ == 3 and "val" not in last.log_[0]
+
+
+def test_verbose_prints_a_line_per_epoch(capsys):
+    x, y = two_views(60)
+    TwoWayEstimator(hidden=[8, 4, 8], epochs=2, verbose=True).fit(x, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch   1", "epoch   2"] and "val R@1" in lines[0]
+
+
+def test_pickled_estimator_gives_identical_outputs_in_a_fresh_process(tmp_path):
+    x, y = two_views(120)
+    est = TwoWayEstimator(hidden=[16, 4, 16], epochs=2).fit(x, y)
+    with open(tmp_path / "est.pkl", "wb") as f:
+        pickle.dump(est, f)
+    np.savez(tmp_path / "here.npz", z=est.transform(x), p=est.predict(x), q=est.predict_x(y))
+    program = ("import pickle, sys, numpy as np; d = sys.argv[1]; x = np.load(d + '/x.npy'); y = np.load(d + '/y.npy');"
+               "est = pickle.load(open(d + '/est.pkl', 'rb'));"
+               "np.savez(d + '/there.npz', z=est.transform(x), p=est.predict(x), q=est.predict_x(y))")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    here, there = np.load(tmp_path / "here.npz"), np.load(tmp_path / "there.npz")
+    for name in ("z", "p", "q"):
+        np.testing.assert_array_equal(there[name], here[name])

@@ -232,6 +232,26 @@ class TwoWayNet(nn.Module):
         self._check_view("y", y, self.dy, self.weights[0])
         return reference_backend.encode(self, y, "y")
 
+    def predict_y(self, x, *, prepared: bool = False) -> Tensor:
+        """The X channel's output, y_hat (eval semantics). With `preprocessing` attached, x is raw rows and
+        y_hat comes back in the raw y view's space (the fitted PCA and standardisation undone; rows scaled
+        by l2_rows stay at unit norm); prepared=True: rows in and out as the network takes them."""
+        return self._predict("x", x, prepared)
+
+    def predict_x(self, y, *, prepared: bool = False) -> Tensor:
+        """The Y channel's output, x_hat: predict_y the other way."""
+        return self._predict("y", y, prepared)
+
+    def _predict(self, view: str, rows, prepared: bool) -> Tensor:
+        a = rows if prepared else self.prepare(view, rows)
+        self._check_view(view, a, self.dx if view == "x" else self.dy, self.weights[0])
+        out = reference_backend.predict(self, a, view)
+        if prepared or self.preprocessing is None:
+            return out
+        other = self.preprocessing.view("y" if view == "x" else "x")
+        raw = other.inverse_transform(out.detach().cpu().numpy())
+        return torch.from_numpy(raw).to(device=out.device, dtype=out.dtype)
+
     def prepare(self, view: str, rows) -> Tensor:
         """Rows of one view ("x" or "y") as the network takes them. Without `preprocessing` (a model
         built in Python) they are returned as given. With it (twoway_fast.load, TwoWayEstimator), `rows`

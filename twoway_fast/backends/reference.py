@@ -11,6 +11,11 @@ forward = oracle.forward
 loss = oracle.loss
 # (net, a, channel) -> the eval-mode representation of one view
 encode = oracle.encode
+
+
+def predict(net, a, channel: str):
+    """The eval-mode output of one channel: x -> y_hat (channel "x") or y -> x_hat ("y")."""
+    return oracle._channel(net, a, channel, None)[0]
 # The pieces of a network walk (synced.py's, with statistics over several processes).
 tied_linear = oracle.tied_linear
 hidden_block_with_stats = oracle.hidden_block_with_stats

@@ -80,8 +80,10 @@ class Dataset:
         return getattr(self, name)
 
 
-def _to_split(raw: RawSplit, transforms: Preprocessing, group_size: int, device: torch.device,
-              keep_mapped: bool) -> Split:
+def prepared_split(raw: RawSplit, transforms: Preprocessing, group_size: int, device: torch.device,
+                   keep_mapped: bool = False) -> Split:
+    """`raw` through the fitted preprocessing, on `device` (memory-mapped: kept on disk, transformed
+    batch by batch)."""
     n = raw.x.shape[0]
     group = None if group_size == 1 else torch.arange(n, device=device) // group_size
     if keep_mapped:
@@ -106,6 +108,6 @@ def load(source: str | Path, config: DataConfig = DataConfig(), device: str | to
         raise ValueError(f"{source}: view widths {widths} do not match the model this preprocessing was fitted "
                          f"for, which takes ({transforms.x.width}, {transforms.y.width})")
     mapped = any(isinstance(a, np.memmap) for s in splits.values() for a in (s.x, s.y))
-    ready = {s: _to_split(r, transforms, config.group_size, device, mapped) for s, r in splits.items()}
+    ready = {s: prepared_split(r, transforms, config.group_size, device, mapped) for s, r in splits.items()}
     dx, dy = transforms.x.out_width, transforms.y.out_width
     return Dataset(raw.name, ready["train"], ready["val"], ready["test"], dx, dy, raw.half_shape, config, transforms)

@@ -24,7 +24,7 @@ def _check_groups(split: RawSplit, group_size: int) -> None:
                              f"{group_size} times (data.group_size = {group_size})")
 
 
-def _split_items(raw: RawSplit, config: DataConfig, fraction: float) -> tuple[RawSplit, RawSplit]:
+def split_items(raw: RawSplit, config: DataConfig, fraction: float) -> tuple[RawSplit, RawSplit]:
     """A random `fraction` of the items (groups of rows) and the rest, with the fixed config.split_seed;
     rows keep their order within each part."""
     g = config.group_size
@@ -48,9 +48,9 @@ def standard_splits(raw: RawData, config: DataConfig) -> dict[str, RawSplit]:
         check_pair(s.x, s.y, s.source)
         _check_groups(s, config.group_size)
     if "all" in splits:
-        splits["test"], splits["train"] = _split_items(splits.pop("all"), config, config.test_fraction)
+        splits["test"], splits["train"] = split_items(splits.pop("all"), config, config.test_fraction)
     if "val" not in splits:
-        splits["val"], splits["train"] = _split_items(splits["train"], config, config.val_fraction)
+        splits["val"], splits["train"] = split_items(splits["train"], config, config.val_fraction)
     widths = {s: (v.x.shape[1], v.y.shape[1]) for s, v in splits.items()}
     if len(set(widths.values())) != 1:
         raise ValueError(f"{raw.name}: the splits have different widths (dx, dy): {widths}")
