@@ -22,8 +22,9 @@ def trained(tmp_path_factory):
 
 def test_train_writes_the_run_folder(trained, capsys):
     names = {p.name for p in trained.iterdir()}
-    assert {"config.json", "best.pt", "last.pt", "metrics.jsonl", "eval.json", "loss.png", "correlation.png",
-            "cross_correlation.png", "reconstructions.png", "projection.npz"} <= names
+    assert {"config.json", "best.pt", "last.pt", "metrics.jsonl", "eval.json", "preprocessing.npz", "projection.npz",
+            "loss.png", "validation.png", "spectrum.png", "recall.png", "cross_correlation.png",
+            "reconstructions.png"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert len(run.read_metrics(trained)) == 2
 

@@ -5,18 +5,20 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .data import Dataset, Split
+from .data import CHUNK, Dataset, Split
 from .projection import Projection
 
 
 @torch.no_grad()
-def encode(model, split: Split) -> tuple[Tensor, Tensor]:
-    """Eval-mode representations (X channel on x, Y channel on y) of every row, in the split's order."""
+def encode(model, split: Split, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Eval-mode representations (X channel on x, Y channel on y) of every row, in the split's order
+    (or of the rows `rows`, an index tensor)."""
     was_training = model.training
     model.eval()
     try:
         zx, zy = [], []
-        for index in split.chunks():
+        chunks = split.chunks() if rows is None else rows.split(CHUNK)
+        for index in chunks:
             x, y = split.rows(index)
             zx.append(model.encode_x(x, prepared=True))
             zy.append(model.encode_y(y, prepared=True))
@@ -57,18 +59,26 @@ def evaluate(model, data: Dataset, split: str = "test", projection: Projection |
     return out | retrieval_of(data.split(split), zx, zy) | {"projected": retrieval_of(data.split(split), px, py)}
 
 
+def views(split: Split) -> tuple[Tensor, Tensor]:
+    """Both (preprocessed) views of every row of the split, float64."""
+    parts = [split.rows(i) for i in split.chunks()]
+    return torch.cat([p[0] for p in parts]).double(), torch.cat([p[1] for p in parts]).double()
+
+
+def linear_cca_on(data: Dataset, k: int, split: str = "test") -> tuple[Tensor, Tensor]:
+    """Linear CCA of the (preprocessed) views fitted on the training split, k canonical dimensions
+    (at most the smaller view width), applied to `split`: its projected x and y views."""
+    tx, ty = views(data.train)
+    ex, ey = views(data.split(split))
+    projection = Projection(*metrics.linear_cca(tx, ty, min(k, tx.shape[1], ty.shape[1])))
+    return projection.x(ex), projection.y(ey)
+
+
 def linear_cca_baseline(data: Dataset, k: int, split: str = "test") -> dict:
     """The same metrics for linear CCA on the raw (preprocessed) views, k canonical dimensions:
     the baseline every 2-Way Net result should be read against."""
-    def views(s: Split):
-        parts = [s.rows(i) for i in s.chunks()]
-        return torch.cat([p[0] for p in parts]).double(), torch.cat([p[1] for p in parts]).double()
-
-    tx, ty = views(data.train)
-    ex, ey = views(data.split(split))
-    k = min(k, tx.shape[1], ty.shape[1])
-    projection = Projection(*metrics.linear_cca(tx, ty, k))
-    zx, zy = projection.x(ex), projection.y(ey)
+    zx, zy = linear_cca_on(data, k, split)
+    k = zx.shape[1]
     out = {
         "split": split,
         "rows": len(zx),
@@ -78,5 +88,6 @@ def linear_cca_baseline(data: Dataset, k: int, split: str = "test") -> dict:
         "effective_rank": metrics.effective_rank(zx),
         "effective_rank_y": metrics.effective_rank(zy),
     }
-    ranks = retrieval_of(data.split(split), zx.to(ex.device), zy.to(ex.device))
+    device = data.split(split).device
+    ranks = retrieval_of(data.split(split), zx.to(device), zy.to(device))
     return out | ranks | {"projected": ranks}  # already projected

@@ -98,6 +98,6 @@ def _train_claimed(preset, source, out: Path, device, resume: bool, progress: bo
     run.write_atomic(out / PROJECTION, projection.to_bytes())
     results = evaluate(model, dataset, "test", projection)
     zx, zy = encode(model, dataset.test)
-    plots.write_all(out, model, dataset, trainer.log, zx, zy)
+    plots.write_all(out, model, dataset, trainer.log, zx, zy, projection, criterion.coefficients)
     run.write_atomic(out / run.EVAL, (json.dumps(results, indent=2) + "\n").encode())
     return results

@@ -25,12 +25,14 @@ from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
 from .presets import Preset
+from .projection import Projection
 from .step.direct import DirectStep, direct_step_applies
 from .step.graph import CapturedStep
 from .types import LossTerms
 
 TERMS = LossTerms._fields
 CHECK_EVERY = 20  # steps between reads of the loss on the host (each read waits for the device)
+CCA_FIT_ROWS = 10000  # training rows whose representations fit each epoch's CCA projection (validate)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -238,7 +240,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self, split: Split) -> dict:
         """Every loss term (eval mode, averaged over batches of the training batch size), the total
-        correlation and R@K of the split."""
+        correlation, the CCA protocol (cca_correlation: the projection fitted on the representations of
+        the first CCA_FIT_ROWS training rows, a cheap stand-in for all of them), the effective rank of
+        the x representation and R@K of the split."""
         model, cfg = self.model, self.config
         was_training = model.training
         model.eval()
@@ -251,9 +255,13 @@ class Trainer:
             sums += torch.stack([t.double().cpu() for t in terms]) * len(index)
             count += len(index)
         zx, zy = encode(model, split)
+        fit = self.train_split
+        projection = Projection.fit(*encode(model, fit, torch.arange(min(len(fit), CCA_FIT_ROWS), device=fit.device)))
         model.train(was_training)
         out = {name: float(v) / count for name, v in zip(TERMS, sums.tolist())}
         out["total_correlation"] = metrics.total_correlation(zx, zy)
+        out["cca_correlation"] = metrics.total_correlation(projection.x(zx), projection.y(zy))
+        out["effective_rank"] = metrics.effective_rank(zx)
         if not math.isfinite(out["total"]):
             out["total"] = float("inf")  # a diverged validation loss never wins selection
         return out | retrieval_of(split, zx, zy)
