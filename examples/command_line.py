@@ -1,5 +1,6 @@
-"""The command line's whole workflow from Python: train on your own arrays, evaluate, embed, and
-compare with linear CCA. Each call is the same as `twoway-fast ...` in a shell.
+"""The command line's whole workflow from Python: train on your own arrays, evaluate, embed a split,
+encode new rows of one view, and compare with linear CCA. Each call is the same as `twoway-fast ...`
+in a shell.
 
 Run: python examples/command_line.py [--epochs 30] [--out runs/example]
 """
@@ -33,6 +34,9 @@ def main(epochs: int, out: Path) -> dict:
                         "--set", "data.preprocess=standardize", "--no-progress", *common]) == 0
     assert twoway_fast(["eval", str(run), "--split", "val", "--json", *common]) == 0
     assert twoway_fast(["embed", str(run), "--split", "test", "--out", str(out / "test.npz"), *common]) == 0
+    # New rows of one view alone, through the standardisation the run fitted on its training split.
+    np.save(out / "new_x.npy", np.random.default_rng(1).standard_normal((5, 20)).astype(np.float32))
+    assert twoway_fast(["encode", str(run), "--x", str(out / "new_x.npy"), "--out", str(out / "new.npz"), *common]) == 0
     assert twoway_fast(["cca", "--data", str(views), "--dims", "4", "--set", "data.preprocess=standardize",
                         *common]) == 0
     with np.load(out / "test.npz") as z:

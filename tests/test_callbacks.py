@@ -97,6 +97,14 @@ def test_tensorboard_log_writes_what_metrics_jsonl_holds(tmp_path):
                 assert scalar == pytest.approx(value, rel=1e-6), key
 
 
+def test_the_command_line_offers_every_writer_and_only_those():
+    from twoway_fast import cli, pipeline
+
+    assert cli.LOGGERS == callbacks.WRITERS
+    with pytest.raises(ValueError, match=r"log may name csv, tensorboard; got \['json'\]"):
+        pipeline.train_run(presets.get("digits"), "digits", "unused", "cpu", log=["json"])
+
+
 def test_tensorboard_without_its_package_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     assert main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), "--log", "tensorboard"]) == 2

@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,5 @@ def test_command_line(tmp_path, capsys):
     results = load("command_line").main(epochs=2, out=tmp_path)
     assert results["dims"] == 4 and results["cca_correlation"] > 2  # 3.3 of 4 measured after 2 epochs
     assert (tmp_path / "test.npz").exists() and "test representations" in capsys.readouterr().out
+    with np.load(tmp_path / "new.npz") as new:
+        assert new.files == ["x"] and new["x"].shape == (5, 4)

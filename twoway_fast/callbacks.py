@@ -15,6 +15,7 @@ from . import run
 from .types import LossTerms
 
 CSV, TENSORBOARD = "metrics.csv", "tensorboard"  # in the run folder
+WRITERS = ("csv", "tensorboard")  # what train --log may name
 
 
 class Callback(Protocol):

@@ -28,7 +28,7 @@ from . import presets
 from ._version import __version__
 from .config import SPLITS
 
-LOGGERS = ("csv", "tensorboard")  # train --log: twoway_fast.callbacks's writers (imported with torch)
+LOGGERS = ("csv", "tensorboard")  # train --log: callbacks.WRITERS, named here so --help need not import torch
 
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N, or auto (cuda when available)"
 
@@ -266,7 +266,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="twoway-fast", formatter_class=HelpFormatter,
-                                description="2-Way Nets (Eisenschtat and Wolf, CVPR 2017): train, evaluate, embed.")
+                                description="2-Way Nets (Eisenschtat and Wolf, CVPR 2017): train, evaluate, encode.")
     p.add_argument("--version", action="version", version=f"twoway-fast {__version__}")
     global_options(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",

@@ -150,6 +150,9 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _held_out(self, pairs: RawSplit, data: DataConfig) -> tuple[RawSplit, RawSplit | None]:
         """(training rows, validation rows or None)."""
+        if pairs.x.shape[0] % data.group_size:
+            raise ValueError(f"the preset groups rows by {data.group_size} (data.group_size: one item's rows in a "
+                             f"row), but fit got {pairs.x.shape[0]} rows")
         n = pairs.x.shape[0] // data.group_size
         fraction = self.validation_fraction or 0.0
         if not 0.0 <= fraction < 1.0:

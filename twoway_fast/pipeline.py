@@ -42,9 +42,9 @@ def train_run(preset: presets.Preset, source: str, out: str | Path, device: str,
     that holds another run (unless resume or overwrite), is refused before any data is read.
     log: writers besides metrics.jsonl, "csv" (RUN/metrics.csv) and "tensorboard" (RUN/tensorboard)."""
     out = Path(out)
-    unknown = sorted(set(log) - {"csv", "tensorboard"})
+    unknown = sorted(set(log) - set(callbacks.WRITERS))
     if unknown:
-        raise ValueError(f"log must name csv or tensorboard, got {unknown}")
+        raise ValueError(f"log may name {', '.join(callbacks.WRITERS)}; got {unknown}")
     if "tensorboard" in log:
         callbacks.tensorboard_writer()  # its package missing: refused before any work
     device = distributed.init_from_env(device)
