@@ -115,6 +115,18 @@ def test_sgd_schedule_is_spec_default(digits):
     assert lrs[19] == 1e-4
 
 
+def test_cosine_schedule_falls_to_zero_and_resumes_on_it(digits, tmp_path):
+    lrs = [row["lr"] for row in trainer(digits, tmp_path / "a", epochs=4, lr_schedule="cosine").fit()]
+    # the rate each row logs is the next epoch's: base * (1 + cos(pi * epoch / epochs)) / 2
+    assert np.allclose(lrs, [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3, 4)])
+    trainer(digits, tmp_path / "b", epochs=2, lr_schedule="cosine").fit()
+    longer = trainer(digits, tmp_path / "b", epochs=4, lr_schedule="cosine")  # resumed with more epochs
+    longer.resume()
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 2 / 4)) / 2)
+    with pytest.raises(ValueError, match="train.lr_schedule must be one of"):
+        TrainConfig(lr_schedule="linear")
+
+
 def test_select_by_validation_r1(digits, tmp_path):
     t = trainer(digits, tmp_path, epochs=3, select="r1")
     log = t.fit()

@@ -9,6 +9,7 @@ from .config_types import check_value, hints_of
 
 SPLITS = ("train", "val", "test")  # the splits every data set has
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
+LR_SCHEDULES = ("multistep", "cosine")
 PREPROCESS = ("none", "l2_rows", "standardize")
 
 
@@ -21,6 +22,7 @@ class TrainConfig:
     lr: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = True
+    lr_schedule: str = "multistep"  # "multistep" (lr_milestones, lr_gamma) or "cosine" (to 0 at the last epoch)
     lr_milestones: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
     lr_gamma: float = 0.5
     shuffle: bool = True
@@ -36,6 +38,8 @@ class TrainConfig:
                              f"{self.batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"train.lr must be a positive finite number, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.select not in LOWER_IS_BETTER:
             raise ValueError(f"train.select must be one of {sorted(LOWER_IS_BETTER)}, got {self.select!r}")
 

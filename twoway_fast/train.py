@@ -53,6 +53,16 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=config.lr)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate per epoch: halved (lr_gamma) at each of lr_milestones, or a half cosine from lr
+    down to 0 after the last epoch. The cosine is a closed form of the epoch and config.epochs, so a run
+    resumed with more epochs stretches it instead of climbing back up a restarted cosine."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, config.epochs) / config.epochs)))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones, config.lr_gamma)
+
+
 def build(preset: Preset, dx: int, dy: int, seed: int, device: str | torch.device = "cpu"):
     """(model, criterion) for the preset, initialised deterministically from `seed`."""
     torch.manual_seed(seed)
@@ -83,7 +93,7 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks)
         self.optimizer = make_optimizer(model.parameters(), config)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.lr_milestones, config.lr_gamma)
+        self.scheduler = make_scheduler(self.optimizer, config)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed)
         self.dropout_gen = torch.Generator().manual_seed(config.seed + 1)
         self.epoch = 0  # epochs completed
@@ -127,6 +137,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):  # the cosine of this run's epochs
+            for group, base, rate in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                group["lr"] = base * rate(self.scheduler.last_epoch)
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.dropout_gen.set_state(state["dropout_gen"])
         torch.set_rng_state(state["torch_rng"])
