@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from twoway_fast import data, distributed, presets
+from twoway_fast.heap import keep_freed_memory
 from twoway_fast.train import Trainer, TrainConfig, build
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -36,6 +37,7 @@ BATCH = 128
 def _worker(rank: int, world: int, port: int, threads: int, steps: int, epochs: int, backend: str, sync: bool,
             out: str):
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as `twoway-fast train` does in each process it starts
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=120))

@@ -21,7 +21,7 @@ import torch
 import twoway_fast
 from twoway_fast.heap import keep_freed_memory
 
-keep_freed_memory()  # as twoway_fast's Trainer does; process-wide, so every provider runs with it
+keep_freed_memory()  # as `twoway-fast train` does; process-wide, so every provider runs with it
 
 BATCH = 128
 SHAPES = {
