@@ -16,6 +16,11 @@ constexpr int kTerms = 8;
 // terms[i] (i >= 1) enters the total with coefficients[kCoefficientOf[i]].
 constexpr std::array<int, kTerms> kCoefficientOf = {-1, 0, 1, 2, 3, 3, 4, 5};
 
+// The log mid-way term's eps, sum_i log(d_i + eps) (docs/method.md#loss-variants): it bounds the
+// gradient 1 / (d_i + eps) of a dimension whose two representations match exactly (d_i = 0). Python's
+// copy: twoway_fast.loss_variants.MIDWAY_LOG_EPS.
+constexpr double kMidwayLogEps = 1e-3;
+
 // Column mean and 1 / sqrt(var_biased + eps) of h: the correlation form's standardisation.
 inline std::pair<at::Tensor, at::Tensor> column_moments(const at::Tensor& h, double eps) {
   const auto hd = h.to(at::kDouble);

@@ -22,12 +22,14 @@ def digits_split(name: str, dtype: torch.dtype, rows: int | None = None) -> data
     return data.Split(split.x[:rows].to(dtype), split.y[:rows].to(dtype), None, split.device)
 
 
-def trainer(run_dir=None, *, backend="fused", order="act_then_bn", form="second_moment", sync_stats=True,
-            epochs=2, dtype=torch.float64, val=False, lr=0.01) -> Trainer:
+def trainer(run_dir=None, *, backend="fused", order="act_then_bn", form="second_moment", midway="sum",
+            repr_affine=True, sync_stats=True, epochs=2, dtype=torch.float64, val=False, lr=0.01) -> Trainer:
     """A small 2-Way Net on the first ROWS digits rows; 2 epochs of 10 steps of 16 rows (global)."""
     torch.manual_seed(0)
-    model = TwoWayNet(32, 32, [24, 8, 24], order=order, backend=backend, dropout=[0.5, 0.0, 0.5]).to(dtype)
-    criterion = TwoWayLoss(model, lh=2.0, lc=2.0, decorrelation=form, decorrelation_input="before_dropout")
+    model = TwoWayNet(32, 32, [24, 8, 24], order=order, backend=backend, dropout=[0.5, 0.0, 0.5],
+                      repr_affine=repr_affine).to(dtype)
+    criterion = TwoWayLoss(model, lh=2.0, lc=2.0, decorrelation=form, decorrelation_input="before_dropout",
+                           midway=midway)
     config = TrainConfig(epochs=epochs, batch_size=16, lr=lr, lr_milestones=[], sync_stats=sync_stats)
     train = digits_split("train", dtype, ROWS)
     validation = digits_split("val", dtype) if val else None

@@ -1,7 +1,8 @@
 """The network op's passes, the loss op's sums and the SGD step op's update have two CPU builds, the
 baseline (x86-64-v2) and AVX-512, chosen at run time (csrc/cpu/cpu_builds.h); both must give the same
 bits. One forward and backward of the network and the loss, then two direct SGD steps, per preset
-order, run in two processes, one kept to the baseline with TWOWAY_FAST_BASELINE_ONLY=1."""
+order and with the log mid-way term, run in two processes, one kept to the baseline with
+TWOWAY_FAST_BASELINE_ONLY=1."""
 import os
 import subprocess
 import sys
@@ -21,20 +22,22 @@ from twoway_fast import TwoWayNet
 from twoway_fast.step.direct import DirectStep
 from twoway_fast.loss import TwoWayLoss
 results = {}
-for order, decorrelation in (("act_then_bn", "correlation"), ("bn_then_act", "second_moment")):
+for order, decorrelation, midway in (("act_then_bn", "correlation", "sum"), ("bn_then_act", "second_moment", "sum"),
+                                     ("act_then_bn", "correlation", "log")):
     torch.manual_seed(0)
     model = TwoWayNet(50, 1000, [7, 392, 1], order=order, dropout=0.5, backend="fused")
     x = torch.randn(129, 50, requires_grad=True)
     y = torch.randn(129, 1000, requires_grad=True)
     out = model(x, y, seed=5)
-    terms = TwoWayLoss(model, decorrelation=decorrelation)(out, x, y)
+    terms = TwoWayLoss(model, decorrelation=decorrelation, midway=midway)(out, x, y)
     torch.autograd.backward([*out, terms.total], [*(torch.randn_like(o) for o in out), torch.ones(())])
-    results[order] = [*out, *terms, x.grad, y.grad, *(p.grad for p in model.parameters()), *model.buffers()]
+    key = f"{order}, midway {midway}"
+    results[key] = [*out, *terms, x.grad, y.grad, *(p.grad for p in model.parameters()), *model.buffers()]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    step = DirectStep(model, TwoWayLoss(model, decorrelation=decorrelation), opt)
+    step = DirectStep(model, TwoWayLoss(model, decorrelation=decorrelation, midway=midway), opt)
     for seed in range(2):  # the second step is the twoway_sgd_step op's
         step(x.detach(), y.detach(), seed)
-    results[order] += [*model.parameters(), *(opt.state[p]["momentum_buffer"] for p in model.parameters())]
+    results[key] += [*model.parameters(), *(opt.state[p]["momentum_buffer"] for p in model.parameters())]
 torch.save(results, sys.argv[1])
 """
 

@@ -5,7 +5,8 @@ and the hidden block's passes) against the CPU passes (csrc/cpu/block_forward.h,
 same arguments: every flag combination, shapes with partial 4-column groups and partial thread blocks, float64 and
 float32 tight, bfloat16/float16 against float32 within a stated tolerance. The loss's reduction
 kernels (csrc/cuda/loss_sums.cuh) against the CPU loss op and sums in torch: empty and multi-tile
-segments, more tiles than thread blocks, half precision.
+segments, more tiles than thread blocks, half precision; the log mid-way term's column sums (partial
+column blocks, rows in stripes) and their logs in the finishing kernel.
 What this checks on a machine without a GPU: the kernels' index math, the one Philox draw per 4
 columns, the column sums across row stripes, the tile-to-segment walk and the reductions, and the
 barrier structure. What it cannot: anything of the GPU itself (memory model, warp scheduling, launch
@@ -101,24 +102,30 @@ def test_emulated_half_precision_kernels_match_float32_cpu_passes(kernels, act_f
         torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol * scale, msg=lambda m: f"{dtype} {name}: {m}")
 
 
-def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, weights, gammas):
-    """The kernel's sums (loss_sums.cuh's Sum order) in float64 torch."""
+def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, weights, gammas, midway_log=False):
+    """The kernel's sums (loss_sums.cuh's Sum order) in float64 torch (the midway sum 0 in the log form,
+    which takes column sums instead)."""
     d = lambda t: t.double()  # noqa: E731
     square = lambda t: d(t).pow(2).sum()  # noqa: E731
-    return torch.stack([square(d(x) - d(x_hat)), square(d(y) - d(y_hat)), square(d(hx) - d(hy)), square(cx),
+    midway = torch.zeros((), dtype=torch.float64) if midway_log else square(d(hx) - d(hy))
+    return torch.stack([square(d(x) - d(x_hat)), square(d(y) - d(y_hat)), midway, square(cx),
                         square(cx.diagonal()), square(cy), square(cy.diagonal()),
                         sum(square(t) for t in [*weights, *gammas]), sum(d(g).pow(-2).sum() for g in gammas)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("batch, dx, dy, k, correlation", [(2, 7, 1, 4, False), (129, 392, 1000, 50, True)])
-def test_emulated_loss_kernels_match_cpu_op(loss_kernels, batch, dx, dy, k, correlation, dtype):
+@pytest.mark.parametrize("midway_log", [False, True])
+@pytest.mark.parametrize("batch, dx, dy, k, correlation", [(2, 7, 1, 4, False), (129, 392, 1000, 50, True),
+                                                           (3, 5, 2, 5, True), (257, 40, 9, 70, False)])
+def test_emulated_loss_kernels_match_cpu_op(loss_kernels, batch, dx, dy, k, correlation, midway_log, dtype):
     out, x, y, weights, gammas = loss_inputs(batch, dx, dy, k, dtype, blocks=k % 2 == 0)
     out, weights, gammas = [t.detach() for t in out], [w.detach() for w in weights], [g.detach() for g in gammas]
     coefficients = list(COEFFICIENTS.values())
-    terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, correlation, 1e-5)  # the CPU op
-    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, coefficients, 0)
-    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
+    terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, midway_log, correlation,
+                                    1e-5)  # the CPU op
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, coefficients, midway_log, 0)
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas, midway_log), rtol=1e-12,
+                               atol=1e-12)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(got, terms, rtol=tol, atol=tol)
 
@@ -131,7 +138,7 @@ def test_emulated_loss_kernels_with_more_tiles_than_blocks(loss_kernels):
     weights = [w.detach() for w in weights] + [torch.empty(0, 7), torch.randn(300, 200)]  # an empty segment too
     cx, cy = (h.T @ h / h.shape[0] for h in out[2:4])
     sums, _, table_blocks = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas,
-                                                   list(COEFFICIENTS.values()), 3)
+                                                   list(COEFFICIENTS.values()), False, 3)
     assert table_blocks > 3 * 4, "the table has several tiles per block"
     torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
 
@@ -142,10 +149,33 @@ def test_emulated_half_precision_loss_kernels_match_float32_reference(loss_kerne
     half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
     out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
     cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])  # the op's C: float32
-    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()), 0)
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()),
+                                          False, 0)
     assert got.dtype == torch.float32  # terms in float32: this weight decay passes float16's range
     torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
     f = lambda ts: [t.float() for t in ts]  # noqa: E731
     want = reference.loss(reference.TwoWayOutput(*f(out)), x.float(), y.float(), f(weights), f(gammas),
                           **COEFFICIENTS, decorrelation_form="second_moment", decorrelation_eps=1e-5)
     torch.testing.assert_close(got, torch.stack(list(want)), rtol=1e-5, atol=0)  # both from the same values
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 5), (9, 70), (257, 50)])  # partial blocks; stripes unfilled
+def test_emulated_midway_column_sums_match_torch(loss_kernels, rows, cols, dtype):
+    torch.manual_seed(rows + cols)
+    a, b = torch.randn(rows, cols).to(dtype), torch.randn(rows, cols).to(dtype)
+    want = (a.double() - b.double()).pow(2).sum(0)  # from the same (rounded) values: only the order differs
+    torch.testing.assert_close(loss_kernels.column_sums(a, b), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", HALF_TOLERANCE)
+def test_emulated_half_precision_log_midway_matches_float32_reference(loss_kernels, dtype):
+    out, x, y, weights, gammas = loss_inputs(129, 40, 30, 50, torch.float32, blocks=True)
+    half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
+    out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
+    cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])
+    _, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()), True, 0)
+    f = lambda ts: [t.float() for t in ts]  # noqa: E731
+    want = reference.loss(reference.TwoWayOutput(*f(out)), x.float(), y.float(), f(weights), f(gammas),
+                          **COEFFICIENTS, midway_form="log")
+    torch.testing.assert_close(got, torch.stack(list(want)), rtol=1e-5, atol=1e-5)

@@ -143,12 +143,14 @@ def loss_terms_and_grads(loss, out, x, y, weights, gammas, kwargs, term_weights)
 
 
 @pytest.mark.parametrize("dtype", HALF_TOLERANCE)
+@pytest.mark.parametrize("midway", ["sum", "log"])
 @pytest.mark.parametrize("form, where", VARIANTS)
-def test_loss_in_half_precision_matches_float32_reference(form, where, dtype):
+def test_loss_in_half_precision_matches_float32_reference(form, where, midway, dtype):
     """The loss op on bfloat16/float16 inputs (float32 terms and decorrelation matrices, sums in double)
     against the float32 reference on the same rounded inputs."""
     out, x, y, weights, gammas = rounded_to(loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True), dtype)
-    kwargs = dict(**COEFFICIENTS, decorrelation_form=form, decorrelation_input=where, decorrelation_eps=1e-5)
+    kwargs = dict(**COEFFICIENTS, midway_form=midway, decorrelation_form=form, decorrelation_input=where,
+                  decorrelation_eps=1e-5)
     term_weights = torch.randn(len(reference.LossTerms._fields))
     half = [tuple(t.to(dtype) for t in out), x.to(dtype), y.to(dtype), [w.to(dtype) for w in weights],
             [g.to(dtype) for g in gammas]]
@@ -163,11 +165,14 @@ def test_loss_in_half_precision_matches_float32_reference(form, where, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("midway", ["sum", "log"])
 @pytest.mark.parametrize("form, where", VARIANTS)
-@pytest.mark.parametrize("batch, dx, dy, k", [(2, 7, 1, 4), (129, 392, 1000, 50), (127, 50, 7, 392)])
-def test_loss_matches_cpu_op_and_reference(batch, dx, dy, k, form, where, dtype):
+@pytest.mark.parametrize("batch, dx, dy, k", [(2, 7, 1, 4), (129, 392, 1000, 50), (127, 50, 7, 392), (3, 4, 6, 5),
+                                              (257, 33, 9, 50)])
+def test_loss_matches_cpu_op_and_reference(batch, dx, dy, k, form, where, midway, dtype):
     out, x, y, weights, gammas = loss_inputs(batch, dx, dy, k, dtype, blocks=k % 2 == 0)
-    kwargs = dict(**COEFFICIENTS, decorrelation_form=form, decorrelation_input=where, decorrelation_eps=1e-5)
+    kwargs = dict(**COEFFICIENTS, midway_form=midway, decorrelation_form=form, decorrelation_input=where,
+                  decorrelation_eps=1e-5)
     term_weights = torch.randn(len(reference.LossTerms._fields), dtype=dtype)
     got = loss_terms_and_grads(fused.loss, *to_cuda((tuple(out), x, y, weights, gammas)), kwargs, term_weights)
     for what, loss in (("CPU op", fused.loss), ("reference", reference.loss)):
@@ -179,11 +184,12 @@ def test_loss_matches_cpu_op_and_reference(batch, dx, dy, k, form, where, dtype)
                 close(a, b, dtype, f"{'terms' if i == 0 else f'gradient {i}'} vs the {what}")
 
 
-def test_loss_sums_are_deterministic():
-    """The reduction kernel adds fixed partials in a fixed order (no atomics): the same inputs give the
+@pytest.mark.parametrize("midway_log", [False, True])
+def test_loss_sums_are_deterministic(midway_log):
+    """The reduction kernels add fixed partials in a fixed order (no atomics): the same inputs give the
     same bits."""
     out, x, y, weights, gammas = to_cuda(loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True))
-    args = (x, y, *[t.detach() for t in out], weights, gammas, list(COEFFICIENTS.values()), True, 1e-5)
+    args = (x, y, *[t.detach() for t in out], weights, gammas, list(COEFFICIENTS.values()), midway_log, True, 1e-5)
     first, second = ops.twoway_loss(*args)[0], ops.twoway_loss(*args)[0]
     assert torch.equal(first, second)
 
@@ -193,7 +199,7 @@ def test_loss_refuses_more_tensors_than_its_sum_table_holds():
     many_gammas = [g.detach() for g in gammas] * 30  # 2 sums each: beyond the table's 64 entries
     with pytest.raises(RuntimeError, match="the CUDA twoway_loss takes at most 64 sums"):
         ops.twoway_loss(x, y, *[t.detach() for t in out], [w.detach() for w in weights], many_gammas,
-                        list(COEFFICIENTS.values()), False, 1e-5)
+                        list(COEFFICIENTS.values()), False, False, 1e-5)
 
 
 @pytest.mark.parametrize("act_first", [True, False])
@@ -209,18 +215,19 @@ def test_network_opcheck(act_first):
                            repr_layer, leak, act_first, *outs[6:], True))
 
 
+@pytest.mark.parametrize("midway_log", [False, True])
 @pytest.mark.parametrize("correlation", [False, True])
-def test_loss_opcheck(correlation):
+def test_loss_opcheck(correlation, midway_log):
     out, x, y, weights, gammas = to_cuda(loss_inputs(4, 3, 5, 6, torch.float32))
     coefficients = list(COEFFICIENTS.values())
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss.default,
-                          (x, y, *out, weights, gammas, coefficients, correlation, 1e-5))
+                          (x, y, *out, weights, gammas, coefficients, midway_log, correlation, 1e-5))
     detached = [t.detach() for t in out]
     weights, gammas = [w.detach() for w in weights], [g.detach() for g in gammas]
-    _, cx, cy = ops.twoway_loss(x, y, *detached, weights, gammas, coefficients, correlation, 1e-5)
+    _, cx, cy = ops.twoway_loss(x, y, *detached, weights, gammas, coefficients, midway_log, correlation, 1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss_backward.default,
                           (torch.randn(8, device="cuda"), x, y, *detached, weights, gammas, cx, cy, coefficients,
-                           correlation, 1e-5))
+                           midway_log, correlation, 1e-5))
 
 
 def test_graph_captured_step_equals_eager_step():

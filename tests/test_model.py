@@ -20,7 +20,10 @@ CONFIGS = {
     "locally-dense": dict(dx=8, dy=12, hidden=[6, 4], locally_dense={0: 2, -1: 2}, dropout=0.3),
     "fixed-repr-scale": dict(dx=12, dy=10, hidden=[16, 5, 16], dropout=[0.5, 0.0, 0.5], repr_affine=False),
 }
-LOSS = [dict(), dict(lh=2.0, lc=2.0, decorrelation="correlation", decorrelation_input="before_dropout")]
+LOSS = [dict(), dict(lh=2.0, lc=2.0, decorrelation="correlation", decorrelation_input="before_dropout"),
+        dict(midway="log"),
+        dict(lh=2.0, lc=2.0, decorrelation="correlation", decorrelation_input="before_dropout", reconstruction="mean",
+             midway="log")]
 
 
 def step(model, criterion, x, y, seed):
@@ -33,7 +36,7 @@ def step(model, criterion, x, y, seed):
 
 @needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("loss_kw", LOSS, ids=["faithful-loss", "tuned-loss"])
+@pytest.mark.parametrize("loss_kw", LOSS, ids=["faithful-loss", "tuned-loss", "log-midway", "tuned-log-midway"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_fused_training_step_matches_reference(config, loss_kw, dtype):
     kw = dict(CONFIGS[config])
@@ -156,6 +159,15 @@ def test_loss_refuses_unknown_variants():
         twoway_fast.TwoWayLoss(model, decorrelation="covariance")
     with pytest.raises(ValueError, match="decorrelation_input"):
         twoway_fast.TwoWayLoss(model, decorrelation_input="during")
+    with pytest.raises(ValueError, match=r"midway must be one of \('sum', 'log'\) \(the mid-way term's form\), got 'l2'"):
+        twoway_fast.TwoWayLoss(model, midway="l2")
+
+
+def test_loss_repr_names_its_variants():
+    model = twoway_fast.TwoWayNet(4, 4, [8])
+    assert "midway='sum'" in repr(twoway_fast.TwoWayLoss(model))
+    assert "reconstruction='mean', midway='log', decorrelation='second_moment'" in repr(
+        twoway_fast.TwoWayLoss(model, reconstruction="mean", midway="log"))
 
 
 def test_import_refuses_another_torch(monkeypatch):

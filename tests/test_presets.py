@@ -65,3 +65,15 @@ def test_overrides_and_user_files(tmp_path):
 def test_round_trip_through_dict():
     p = presets.resolve("xrmb", faithful=True, overrides=["loss.lh=1.5"])
     assert presets.Preset.from_dict(p.to_dict()) == p
+
+
+def test_loss_midway_is_a_preset_key():
+    from twoway_fast import TwoWayNet
+
+    model = TwoWayNet(4, 4, [8, 2, 8])
+    assert presets.resolve("mnist").build_loss(model).midway == "sum"  # the presets keep the original form
+    assert presets.resolve("mnist", overrides=["loss.midway=log"]).build_loss(model).midway == "log"
+    with pytest.raises(ValueError, match=r"loss\.midway must be a string, got 1 \(int\)"):
+        presets.resolve("mnist", overrides=["loss.midway=1"])
+    with pytest.raises(ValueError, match="midway must be one of"):
+        presets.resolve("mnist", overrides=["loss.midway=median"]).build_loss(model)

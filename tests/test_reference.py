@@ -161,6 +161,10 @@ def test_loss_terms_by_hand():
     # before_dropout: diagonal second moments, nothing off the diagonal to penalise
     t = reference.loss(out, x, y, w, g, decorrelation_input="before_dropout")
     assert t.decorr_x.item() == pytest.approx(0) and t.decorr_y.item() == pytest.approx(0)
+    # the log mid-way term: d = (0, (4 + 1) / 2) per dimension, the first matched exactly
+    t = reference.loss(out, x, y, w, g, lx=1, ly=2, lh=3, lc=4, wd=5, lg=6, midway_form="log")
+    assert t.midway.item() == pytest.approx(math.log(1e-3) + math.log(2.5 + 1e-3))
+    assert t.total.item() == pytest.approx(want + 3 * (t.midway.item() - 2.5))
 
 
 def test_correlation_decorrelation_against_numpy():

@@ -25,16 +25,19 @@ def train(model, criterion, x, y, steps, lr=0.005):
     return torch.tensor(losses, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("preset", ["mnist", "flickr8k"])
+@pytest.mark.parametrize("preset", ["mnist", "flickr8k", "mnist-log-midway"])
 def test_fifty_sgd_steps_follow_the_reference(preset):
     """The mnist preset's structure (act_then_bn, correlation decorrelation before dropout, no dropout at
-    the representation) and flickr8k's (bn_then_act, faithful loss), at small widths, float32. The
-    curves agree to 1e-5 relative per step (measured: about 2e-7): float32 rounding of two orders of
-    summation over 50 steps, against a loss that falls by more than 30%."""
+    the representation; also with fixed-scale codes and the log mid-way term) and flickr8k's (bn_then_act,
+    faithful loss), at small widths, float32. The curves agree to 1e-5 relative per step (measured: about
+    2e-7): float32 rounding of two orders of summation over 50 steps, against a loss that falls by more
+    than 30%."""
     torch.manual_seed(6)
-    if preset == "mnist":
+    if preset.startswith("mnist"):
         model_kw = dict(order="act_then_bn", dropout=[0.5, 0.0, 0.5], bn_eps=1e-5)
         loss_kw = dict(lh=2.0, lc=2.0, decorrelation="correlation", decorrelation_input="before_dropout")
+        if preset == "mnist-log-midway":
+            model_kw["repr_affine"], loss_kw["midway"] = False, "log"
     else:
         model_kw = dict(order="bn_then_act", dropout=0.5, locally_dense={-1: 2})
         loss_kw = dict(lh=0.25, lc=0.5)

@@ -13,6 +13,7 @@ from twoway_fast.train import Trainer, TrainConfig, build
 
 pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
+from fused_pairs import close  # noqa: E402
 from twoway_fast.step.direct import DirectStep, direct_step_applies  # noqa: E402
 
 STEPS, FIRST_ROW = 4, 5
@@ -24,7 +25,7 @@ def optimizer(name, model):
     return torch.optim.Adam(model.parameters(), lr=0.01)
 
 
-def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, repr_affine=True):
+def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, repr_affine=True, midway="sum"):
     torch.manual_seed(3)
     model = TwoWayNet(10, 12, [8, 6, 8], order=order, dropout=dropout, locally_dense={-1: 2},
                       repr_affine=repr_affine, backend="fused").to(dtype)
@@ -33,7 +34,7 @@ def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, re
             if isinstance(p, torch.nn.Parameter):  # not the fixed ones (repr_affine=False)
                 p.normal_(0, 0.1)
     criterion = TwoWayLoss(model, lh=0.7, lc=0.3, wd=0.02, lg=0.04, decorrelation=decorrelation,
-                           decorrelation_input=decorrelation_input)
+                           decorrelation_input=decorrelation_input, midway=midway)
     return model, criterion, optimizer(opt_name, model)
 
 
@@ -59,6 +60,26 @@ def assert_same(actual, expected, dtype, what, update_rounding=False):
     torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
 
 
+def compare_steps(args, sgd_op, **kwargs):
+    """STEPS direct steps against the autograd steps of a twin, both made by make(*args, **kwargs); sgd_op:
+    whether the SGD op takes the steps (from the second). Returns the direct step's model."""
+    dtype = args[0]
+    model, criterion, opt = make(*args, **kwargs)
+    twin, twin_criterion, twin_opt = make(*args, **kwargs)
+    direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(STEPS):
+        x, y = torch.randn(16, 10, generator=gen, dtype=dtype), torch.randn(16, 12, generator=gen, dtype=dtype)
+        expected = autograd_step(model, criterion, opt, x, y, 100 + step)
+        got = direct(x, y, torch.tensor(100 + step))
+        # SGD: the first step is the optimiser's own (it makes the momentum buffers), then the op's.
+        assert (direct._sgd_settings() is not None) == sgd_op
+        for name, a, e in zip(expected._fields, got, expected):
+            assert_same(a, e.detach(), dtype, f"step {step} term {name}", update_rounding=sgd_op)
+    assert_same_state(twin, twin_opt, model, opt, dtype, update_rounding=sgd_op)
+    return twin
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
@@ -66,20 +87,7 @@ def assert_same(actual, expected, dtype, what, update_rounding=False):
 @pytest.mark.parametrize("decorrelation_input", ["after_dropout", "before_dropout"])
 @pytest.mark.parametrize("dropout", [0.0, [0.5, 0.0, 0.3]])
 def test_direct_steps_equal_autograd_steps(dtype, opt_name, order, decorrelation, decorrelation_input, dropout):
-    model, criterion, opt = make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name)
-    twin, twin_criterion, twin_opt = make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name)
-    direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
-    gen = torch.Generator().manual_seed(1)
-    sgd = opt_name == "sgd"
-    for step in range(STEPS):
-        x, y = torch.randn(16, 10, generator=gen, dtype=dtype), torch.randn(16, 12, generator=gen, dtype=dtype)
-        expected = autograd_step(model, criterion, opt, x, y, 100 + step)
-        got = direct(x, y, torch.tensor(100 + step))
-        # SGD: the first step is the optimiser's own (it makes the momentum buffers), then the op's.
-        assert (direct._sgd_settings() is not None) == sgd
-        for name, a, e in zip(expected._fields, got, expected):
-            assert_same(a, e.detach(), dtype, f"step {step} term {name}", update_rounding=sgd)
-    assert_same_state(twin, twin_opt, model, opt, dtype, update_rounding=sgd)
+    compare_steps((dtype, order, dropout, decorrelation, decorrelation_input, opt_name), sgd_op=opt_name == "sgd")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -89,20 +97,42 @@ def test_direct_step_with_a_fixed_repr_scale_equals_autograd_step(dtype, opt_nam
     """repr_affine=False: the fixed gamma and beta reach the ops as constants and take no update; the SGD
     op (which updates every slot in place) stands aside for the gradients op and the optimiser."""
     args = (dtype, order, [0.5, 0.0, 0.3], "correlation", "before_dropout", opt_name)
-    model, criterion, opt = make(*args, repr_affine=False)
-    twin, twin_criterion, twin_opt = make(*args, repr_affine=False)
-    direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(STEPS):
-        x, y = torch.randn(16, 10, generator=gen, dtype=dtype), torch.randn(16, 12, generator=gen, dtype=dtype)
-        expected = autograd_step(model, criterion, opt, x, y, 100 + step)
-        got = direct(x, y, torch.tensor(100 + step))
-        assert direct._sgd_settings() is None
-        for name, a, e in zip(expected._fields, got, expected):
-            assert_same(a, e.detach(), dtype, f"step {step} term {name}")
-    assert_same_state(twin, twin_opt, model, opt, dtype)
+    twin = compare_steps(args, sgd_op=False, repr_affine=False)
     for bn in (twin.bn_x[1], twin.bn_y[1]):
         assert torch.equal(bn.gamma, torch.ones(6, dtype=dtype)) and torch.equal(bn.beta, torch.zeros(6, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("repr_affine", [True, False])
+@pytest.mark.parametrize("decorrelation", ["second_moment", "correlation"])
+def test_direct_steps_with_log_midway_equal_autograd_steps(dtype, opt_name, repr_affine, decorrelation):
+    """The log mid-way term in both step ops (twoway_sgd_step from the second SGD step where the op applies,
+    repr_affine=True; twoway_step_gradients otherwise) against the autograd step on the loss op."""
+    args = (dtype, "act_then_bn", [0.5, 0.0, 0.3], decorrelation, "before_dropout", opt_name)
+    compare_steps(args, sgd_op=opt_name == "sgd" and repr_affine, repr_affine=repr_affine, midway="log")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("repr_affine", [True, False])
+@pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
+def test_step_gradients_with_log_midway_equal_the_reference_step(dtype, repr_affine, order):
+    """twoway_step_gradients (DirectStep with Adam) against autograd through the plain-PyTorch reference:
+    the terms and every gradient of one step, the log mid-way term with a learned or a fixed scale at the
+    representation."""
+    model, criterion, opt = make(dtype, order, [0.5, 0.0, 0.3], "correlation", "before_dropout", "adam",
+                                 repr_affine=repr_affine, midway="log")
+    ref = copy.deepcopy(model)
+    ref.backend = "reference"
+    x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
+    want = TwoWayLoss(ref, lh=0.7, lc=0.3, wd=0.02, lg=0.04, decorrelation="correlation",
+                      decorrelation_input="before_dropout", midway="log")(ref(x, y, seed=9, first_row=FIRST_ROW), x, y)
+    want.total.backward()
+    got = DirectStep(model, criterion, opt, first_row=FIRST_ROW)(x, y, 9)
+    for name, a, e in zip(want._fields, got, want):
+        close(a, e.detach(), dtype, f"term {name}")
+    for (name, p), r in zip(model.named_parameters(), ref.parameters()):
+        close(p.grad, r.grad, dtype, f"grad {name}")
 
 
 def assert_same_state(twin, twin_opt, model, opt, dtype, update_rounding=False):
@@ -191,26 +221,28 @@ def test_sgd_the_op_cannot_stand_for_takes_the_optimiser(change):
         assert torch.equal(twin.x_bias[0], frozen)
 
 
-def sgd_step_args(dtype=torch.float32):
-    model, criterion, _ = make(dtype, "act_then_bn", [0.5, 0.0, 0.3], "correlation", "before_dropout", "sgd")
+def sgd_step_args(dtype=torch.float32, midway="sum"):
+    model, criterion, _ = make(dtype, "act_then_bn", [0.5, 0.0, 0.3], "correlation", "before_dropout", "sgd",
+                               midway=midway)
     step = DirectStep(model, criterion, torch.optim.SGD(model.parameters(), lr=0.1))
     params = [[p.detach().clone() for p in ps] for ps in (step.weights, step.bias, step.gamma, step.beta)]
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
     buffers = [torch.randn_like(p) for ps in params for p in ps]
     return [x, y, *params, step.states, model.dropout, model.repr_layer, model.leak, model.bn_eps, model.act_first,
-            step.coefficients, step.correlation, step.eps, step.before_dropout, buffers, 0.1, 0.9, 0.1, True, 0.01,
-            False]
+            step.coefficients, step.midway_log, step.correlation, step.eps, step.before_dropout, buffers, 0.1, 0.9, 0.1,
+            True, 0.01, False]
 
 
-def test_step_gradients_opcheck():
-    args = sgd_step_args()[:16]
+@pytest.mark.parametrize("midway", ["sum", "log"])
+def test_step_gradients_opcheck(midway):
+    args = sgd_step_args(midway=midway)[:17]
     torch.library.opcheck(torch.ops.twoway_fast.twoway_step_gradients.default, args)
 
 
 def test_step_gradients_of_a_non_contiguous_weight():
     # The gradients op reads the weights for the weight decay too: a transposed view must count as the
     # same values, not its storage order.
-    args = sgd_step_args(torch.float64)[:16]
+    args = sgd_step_args(torch.float64)[:17]
     weights = [w.clone() for w in args[2]]
     expected = torch.ops.twoway_fast.twoway_step_gradients.default(*args)
     args[2] = [w.T.contiguous().T if w.dim() == 2 else w for w in weights]
@@ -221,11 +253,12 @@ def test_step_gradients_of_a_non_contiguous_weight():
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
-def test_sgd_step_opcheck():
+@pytest.mark.parametrize("midway", ["sum", "log"])
+def test_sgd_step_opcheck(midway):
     # Not test_aot_dispatch_*: functionalisation does not take a custom op mutating tensor lists, and the
     # op is DirectStep's, which runs eagerly (the compiled step is the autograd one).
     with torch.no_grad():  # the op updates in place, outside autograd (it says so otherwise)
-        torch.library.opcheck(torch.ops.twoway_fast.twoway_sgd_step.default, sgd_step_args(),
+        torch.library.opcheck(torch.ops.twoway_fast.twoway_sgd_step.default, sgd_step_args(midway=midway),
                               test_utils=("test_schema", "test_faketensor"))
 
 
@@ -239,16 +272,16 @@ def test_sgd_step_op_rejects_grad_mode_bad_buffers_and_parameters():
 
 def check_bad_buffers_and_parameters(op):
     args = sgd_step_args()
-    args[16] = args[16][:-1]
+    args[17] = args[17][:-1]
     with pytest.raises(RuntimeError, match=r"momentum_buffers must hold one buffer per parameter \(24\), got 23"):
         op(*args)
     args = sgd_step_args()
-    args[16][3] = args[16][3].double()
+    args[17][3] = args[17][3].double()
     with pytest.raises(RuntimeError, match="momentum buffer 3 must be a contiguous tensor like its parameter"):
         op(*args)
     args = sgd_step_args()
     with pytest.raises(RuntimeError, match="momentum_buffers must be empty when momentum is 0"):
-        op(*args[:18], 0.0, *args[19:])
+        op(*args[:19], 0.0, *args[20:])
     args = sgd_step_args()
     args[2][0] = args[2][0].T.contiguous().T  # same shape, not contiguous
     with pytest.raises(RuntimeError, match="parameter 0 must be contiguous to be updated in place"):

@@ -21,18 +21,24 @@ class TwoWayLoss(nn.Module):
     its elements: lx and ly are divided by the view widths, so a reconstruction weighs the same
     whatever the width, instead of outweighing the mid-way and decorrelation terms by the width).
     `coefficients` holds the weights as the kernels apply them (lx, ly already divided for "mean").
+
+    midway: "sum" (the original: ||hx - hy||^2 summed over the k dimensions, averaged over the rows) or
+    "log" (sum_i log(d_i + 1e-3), d_i the mean over the rows of (hx - hy)_i^2: the best-matched dimensions
+    pushed further, close to maximising the mutual information of Gaussian codes). Meant for fixed-scale
+    codes (model repr_affine=False): with a learned gamma at the representation the log form can also be
+    lowered by shrinking gamma, which only the gamma penalty resists.
     """
 
     def __init__(self, model, lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05,
                  wd: float = 0.05, lg: float = 0.05, decorrelation: str = "second_moment",
                  decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
-                 reconstruction: str = "sum"):
+                 reconstruction: str = "sum", midway: str = "sum"):
         super().__init__()
-        check_loss_variant(decorrelation, decorrelation_input)
+        check_loss_variant(decorrelation, decorrelation_input, midway)
         if reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
         self.model = [model]  # a plain list: the loss must not re-register the model's parameters
-        self.reconstruction = reconstruction
+        self.reconstruction, self.midway = reconstruction, midway
         if reconstruction == "mean":
             lx, ly = lx / model.dx, ly / model.dy
         self.coefficients = dict(lx=lx, ly=ly, lh=lh, lc=lc, wd=wd, lg=lg)
@@ -42,9 +48,9 @@ class TwoWayLoss(nn.Module):
     def forward(self, out: TwoWayOutput, x: Tensor, y: Tensor) -> LossTerms:
         model = self.model[0]
         backend_loss = resolve_backend(model.backend, x.device).loss
-        variant = dict(decorrelation_form=self.decorrelation, decorrelation_input=self.decorrelation_input,
-                       decorrelation_eps=self.decorrelation_eps)
-        if model.training and model.stats_group is not None:  # decorrelation over every rank's rows
+        variant = dict(midway_form=self.midway, decorrelation_form=self.decorrelation,
+                       decorrelation_input=self.decorrelation_input, decorrelation_eps=self.decorrelation_eps)
+        if model.training and model.stats_group is not None:  # decorrelation, log mid-way over every rank's rows
             from .backends import synced
 
             return synced.loss(backend_loss, out, x, y, list(model.weights), model.gammas(), **self.coefficients,
@@ -53,4 +59,5 @@ class TwoWayLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (", ".join(f"{k}={v}" for k, v in self.coefficients.items())
-                + f", reconstruction={self.reconstruction!r}, decorrelation={self.decorrelation!r}, decorrelation_input={self.decorrelation_input!r}")
+                + f", reconstruction={self.reconstruction!r}, midway={self.midway!r}"
+                + f", decorrelation={self.decorrelation!r}, decorrelation_input={self.decorrelation_input!r}")

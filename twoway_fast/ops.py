@@ -192,16 +192,17 @@ def _(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, 
 
 def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, hy: Tensor, hx_dec: Tensor,
                 hy_dec: Tensor, weights: list[Tensor], gammas: list[Tensor], coefficients: list[float],
-                correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                midway_log: bool, correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The 2-Way loss: terms (8,) = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay,
     gamma_penalty) and the decorrelation matrices Cx, Cy, all in stats_dtype (float32 for half inputs: a
-    sum of squares soon passes float16's range). coefficients = (lx, ly, lh, lc, wd, lg)."""
+    sum of squares soon passes float16's range). coefficients = (lx, ly, lh, lc, wd, lg); midway_log: the
+    log form of the mid-way term (docs/method.md#loss-variants)."""
     return torch.ops.twoway_fast.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas,
-                                                     coefficients, correlation, eps)
+                                                     coefficients, midway_log, correlation, eps)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss")
-def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, correlation, eps):
+def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, midway_log, correlation, eps):
     _one_device("twoway_loss", x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy, hx_dec=hx_dec, hy_dec=hy_dec,
                 weights=weights, gammas=gammas)
     _columns("twoway_loss", x=x, y=y, hx=hx)
@@ -210,8 +211,8 @@ def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss_backward")
-def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, correlation,
-      eps):
+def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, midway_log,
+      correlation, eps):
     _one_device("twoway_loss_backward", grad_terms=grad_terms, x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy,
                 hx_dec=hx_dec, hy_dec=hy_dec, weights=weights, gammas=gammas, cx=cx, cy=cy)
     _columns("twoway_loss_backward", x=x, y=y, hx=hx)
@@ -224,7 +225,7 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
 
 @torch.library.register_fake("twoway_fast::twoway_step_gradients")
 def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-               correlation, decorrelation_eps, before_dropout):
+               midway_log, correlation, decorrelation_eps, before_dropout):
     _net_args("twoway_step", x, y, weights, bias=bias, gamma=gamma, beta=beta, rng_states=rng_states)
     widths = [_weight_out(w) for w in weights[:len(gamma) // 2]]
     stats = [x.new_empty(widths[k % len(widths)], dtype=stats_dtype(x.dtype)) for k in range(len(gamma))]
@@ -233,11 +234,12 @@ def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak
 
 
 @torch.library.register_fake("twoway_fast::twoway_sgd_step")
-def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, correlation,
-      decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, midway_log,
+      correlation, decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
+      maximize):
     _one_device("twoway_sgd_step", x=x, momentum_buffers=momentum_buffers)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-                      correlation, decorrelation_eps, before_dropout)
+                      midway_log, correlation, decorrelation_eps, before_dropout)
 
 
 # ---------------------------------------------------------------- retrieval ranks

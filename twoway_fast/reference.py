@@ -17,7 +17,7 @@ from torch import Tensor
 from .dropout import rng_states
 from .init import glorot_uniform_  # noqa: F401
 from .loss_variants import (DECORRELATION_FORMS, DECORRELATION_INPUTS, check_loss_variant,  # noqa: F401
-                            decorrelation_inputs)
+                            decorrelation_inputs, log_midway)
 from .types import LossTerms, TwoWayOutput
 
 MASK32 = 0xFFFFFFFF
@@ -188,6 +188,16 @@ def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).sum(1).mean()
 
 
+def midway(hx: Tensor, hy: Tensor, form: str = "sum") -> Tensor:
+    """The mid-way term: squared_distance ("sum", the original), or log_midway of d_i, the mean over the rows
+    of (hx - hy)^2 in dimension i ("log": sum_i log(d_i + MIDWAY_LOG_EPS))."""
+    if form == "log":
+        return log_midway((hx - hy).pow(2).mean(0))
+    if form != "sum":
+        check_loss_variant("second_moment", "after_dropout", form)
+    return squared_distance(hx, hy)
+
+
 def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> Tensor:
     """||C||_F - ||diag(C)||_2 with C the uncentred second moment h^T h / B ("second_moment") or the
     batch correlation matrix ("correlation": columns centred, scaled to unit variance with eps)."""
@@ -202,18 +212,18 @@ def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> 
 
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,
          lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05, wd: float = 0.05,
-         lg: float = 0.05, decorrelation_form: str = "second_moment",
+         lg: float = 0.05, midway_form: str = "sum", decorrelation_form: str = "second_moment",
          decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
     both channels. Defaults are the original's (faithful) ones (lh, lc of the mnist preset)."""
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     recon_x = squared_distance(x, out.x_hat)
     recon_y = squared_distance(y, out.y_hat)
-    midway = squared_distance(out.hx, out.hy)
+    mid = midway(out.hx, out.hy, midway_form)
     decorr_x = decorrelation(hx, decorrelation_form, decorrelation_eps)
     decorr_y = decorrelation(hy, decorrelation_form, decorrelation_eps)
     weight_decay = sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas)
     gamma_penalty = sum(g.pow(-2).sum() for g in gammas)
-    total = (lx * recon_x + ly * recon_y + lh * midway + lc * (decorr_x + decorr_y) + wd * weight_decay
+    total = (lx * recon_x + ly * recon_y + lh * mid + lc * (decorr_x + decorr_y) + wd * weight_decay
              + lg * gamma_penalty)
-    return LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty)
+    return LossTerms(total, recon_x, recon_y, mid, decorr_x, decorr_y, weight_decay, gamma_penalty)

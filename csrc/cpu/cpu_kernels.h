@@ -49,7 +49,8 @@ struct LossAndGrads {
 LossAndGrads twoway_loss_and_grads_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                                        const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
                                        const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList gammas,
-                                       at::ArrayRef<double> coefficients, bool correlation, double eps);
+                                       at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
+                                       double eps);
 
 // The terms tensor the loss op returns: the total summed from terms[1..], in x's dtype.
 at::Tensor loss_terms_tensor(std::array<double, kTerms> terms, at::ArrayRef<double> coefficients,

@@ -13,7 +13,7 @@
 
 #include "cpu/cpu_builds.h"  // run_fastest
 #include "cpu/cpu_kernels.h"
-#include "cpu/parallel_chunks.h"  // kParallelMinElements
+#include "cpu/parallel_chunks.h"  // kParallelMinElements, grain_for
 #include "cpu/side_by_side.h"
 #include "twoway_loss_common.h"
 
@@ -114,6 +114,35 @@ double squared_distance(const Tensor& a_in, const Tensor& b_in) {
   return sum / a.size(0);
 }
 
+// The log mid-way term's d_i = (1/B) sum_b (a[b,i] - b[b,i])^2 of each column i, in double: one pass
+// over the rows, each column summed in row order (one order, so both builds give the same bits).
+std::vector<double> column_distances(const Tensor& a_in, const Tensor& b_in) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t rows = a.size(0), cols = a.size(1);
+  std::vector<double> d(cols, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_column_distances", [&] {
+    const scalar_t* __restrict pa = a.data_ptr<scalar_t>();
+    const scalar_t* __restrict pb = b.data_ptr<scalar_t>();
+    double* __restrict sums = d.data();
+    run_fastest([=] {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+          const double e = static_cast<double>(pa[r * cols + j]) - pb[r * cols + j];
+          sums[j] += e * e;
+        }
+    });
+  });
+  for (double& v : d) v /= rows;
+  return d;
+}
+
+// The log mid-way term from column_distances' d: sum_i log(d_i + kMidwayLogEps).
+double log_midway(const std::vector<double>& d) {
+  double sum = 0.0;
+  for (const double v : d) sum += std::log(v + kMidwayLogEps);
+  return sum;
+}
+
 // The decorrelation's input H (twoway_loss_common.h's decorrelation_input: h, or its columns
 // standardised) and, in the correlation form, inv_std = 1 / sqrt(var_biased + eps) per column: the
 // same arithmetic as column_moments (moments in double, H in h's dtype) in two passes over h, where
@@ -160,13 +189,13 @@ Tensor loss_terms_tensor(std::array<double, kTerms> t, at::ArrayRef<double> coef
 LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
                            const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                            TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
-                           bool correlation, double eps) {
+                           bool midway_log, bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
   std::array<double, kTerms> t{};
   Tensor c[2];
   side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
     t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
-    if (ch == 1) t[3] = squared_distance(hx, hy);
+    if (ch == 1) t[3] = midway_log ? log_midway(column_distances(hx, hy)) : squared_distance(hx, hy);
     c[ch] = second_moment(decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps).first);
     const auto [fro, diag] = norms(c[ch]);
     t[4 + ch] = fro - diag;
@@ -274,6 +303,35 @@ std::pair<Tensor, Tensor> scaled_difference(const Tensor& a_in, const Tensor& b_
   return {out, negation};
 }
 
+// The log mid-way term's gradient with respect to a, times w, and its negation (b's): in column i,
+// (a - b) * 2 w / (B (d_i + kMidwayLogEps)), d from column_distances(a, b), each column's factor
+// rounded to a's dtype as scaled_difference rounds its scale.
+std::pair<Tensor, Tensor> log_midway_grad(const Tensor& a_in, const Tensor& b_in, const std::vector<double>& d,
+                                          double w) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t rows = a.size(0), cols = a.size(1);
+  auto out = at::empty_like(a), negation = at::empty_like(a);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_log_midway_grad", [&] {
+    std::vector<scalar_t> factors(cols);
+    for (int64_t j = 0; j < cols; ++j)
+      factors[j] = static_cast<scalar_t>(2.0 * w / (static_cast<double>(rows) * (d[j] + kMidwayLogEps)));
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    const scalar_t* f = factors.data();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    scalar_t* pn = negation.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain_for(cols), [=](int64_t r0, int64_t r1) { run_fastest([=] {
+      for (int64_t i = r0 * cols; i < r1 * cols; i += cols)
+        for (int64_t j = 0; j < cols; ++j) {
+          const scalar_t g = (pa[i + j] - pb[i + j]) * f[j];
+          po[i + j] = g;
+          pn[i + j] = -g;
+        }
+    }); });
+  });
+  return {out, negation};
+}
+
 // d/dg of (decay / 2) g^2 + (penalty / 2) g^-2, the gamma's weight-decay and gamma-penalty terms
 // scaled: one pass instead of four ops per gamma.
 Tensor gamma_grad(const Tensor& g_in, double decay, double penalty) {
@@ -294,8 +352,8 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
                                             const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
                                             const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                                             TensorList weights, TensorList gammas, const Tensor& cx,
-                                            const Tensor& cy, at::ArrayRef<double> coefficients, bool correlation,
-                                            double eps) {
+                                            const Tensor& cy, at::ArrayRef<double> coefficients, bool midway_log,
+                                            bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
   TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
               "), got ", grad_terms.sizes());
@@ -315,7 +373,8 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   side_by_side([&](int ch) {  // as in the forward: a channel each, the midway pair with X
     if (ch == 0) {
       grad_x_hat = scaled_difference(x_hat, x, 2.0 * w[1] / B, false).first;
-      std::tie(grad_hx, grad_hy) = scaled_difference(hx, hy, 2.0 * w[3] / B, true);
+      std::tie(grad_hx, grad_hy) = midway_log ? log_midway_grad(hx, hy, column_distances(hx, hy), w[3])
+                                              : scaled_difference(hx, hy, 2.0 * w[3] / B, true);
       grad_hx_dec = decorrelation_grad(hx_dec, cx, w[4], correlation, eps);
     } else {
       grad_y_hat = scaled_difference(y_hat, y, 2.0 * w[2] / B, false).first;
@@ -331,7 +390,7 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
 LossAndGrads twoway_loss_and_grads_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
                                        const Tensor& hx, const Tensor& hy, const Tensor& hx_dec,
                                        const Tensor& hy_dec, TensorList gammas, at::ArrayRef<double> coefficients,
-                                       bool correlation, double eps) {
+                                       bool midway_log, bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, gammas, coefficients);
   LossAndGrads r;
   auto& t = r.terms;
@@ -342,7 +401,13 @@ LossAndGrads twoway_loss_and_grads_cpu(const Tensor& x, const Tensor& y, const T
   side_by_side([&](int ch) {  // a channel each, the midway pair with Y
     t[1 + ch] = distance_and_scaled_difference(ch == 0 ? x_hat : y_hat, ch == 0 ? x : y, 2.0 * w[1 + ch] / B,
                                                ch == 0 ? r.grad_x_hat : r.grad_y_hat, nullptr);
-    if (ch == 1) t[3] = distance_and_scaled_difference(hx, hy, 2.0 * w[3] / B, r.grad_hx, &r.grad_hy);
+    if (ch == 1 && midway_log) {
+      const auto d = column_distances(hx, hy);
+      t[3] = log_midway(d);
+      std::tie(r.grad_hx, r.grad_hy) = log_midway_grad(hx, hy, d, w[3]);
+    } else if (ch == 1) {
+      t[3] = distance_and_scaled_difference(hx, hy, 2.0 * w[3] / B, r.grad_hx, &r.grad_hy);
+    }
     const auto [H, inv_std] = decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps);
     const Tensor c = second_moment(H);
     const auto [fro, diag] = norms(c);

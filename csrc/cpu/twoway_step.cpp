@@ -136,7 +136,7 @@ struct StepArgs {
   double leak, eps;
   bool act_first;
   at::ArrayRef<double> coefficients;
-  bool correlation;
+  bool midway_log, correlation;
   double decorrelation_eps;
   bool before_dropout;
 };
@@ -164,7 +164,7 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   // No weights: the sum of their squares (the loss's weight-decay term) and its gradient come from the
   // pass that completes their gradients, which reads them anyway; the total is summed after it.
   auto loss = twoway_loss_and_grads_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, a.gamma, a.coefficients,
-                                        a.correlation, a.decorrelation_eps);
+                                        a.midway_log, a.correlation, a.decorrelation_eps);
   Tensor g_hx = loss.grad_hx, g_hy = loss.grad_hy;
   c10::optional<Tensor> g_hx_pre, g_hy_pre;
   if (a.before_dropout) {
@@ -197,24 +197,25 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                      TensorList gamma, TensorList beta, const Tensor& rng_states,
                                      at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
-                                     at::ArrayRef<double> coefficients, bool correlation, double decorrelation_eps,
-                                     bool before_dropout) {
+                                     at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
+                                     double decorrelation_eps, bool before_dropout) {
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   correlation, decorrelation_eps, before_dropout};
+                   midway_log, correlation, decorrelation_eps, before_dropout};
   return training_step(a, nullptr, {});
 }
 
 StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
                                int64_t repr, double leak, double eps, bool act_first,
-                               at::ArrayRef<double> coefficients, bool correlation, double decorrelation_eps,
-                               bool before_dropout, TensorList momentum_buffers, double lr, double momentum,
-                               double dampening, bool nesterov, double weight_decay, bool maximize) {
+                               at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
+                               double decorrelation_eps, bool before_dropout, TensorList momentum_buffers,
+                               double lr, double momentum, double dampening, bool nesterov, double weight_decay,
+                               bool maximize) {
   // The parameters change in place, outside autograd (the Autograd key falls through, below).
   TORCH_CHECK(!c10::GradMode::is_enabled(),
               "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   correlation, decorrelation_eps, before_dropout};
+                   midway_log, correlation, decorrelation_eps, before_dropout};
   const Sgd sgd{lr, momentum, dampening, weight_decay, nesterov, maximize};
   return training_step(a, &sgd, momentum_buffers);
 }

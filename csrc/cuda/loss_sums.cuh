@@ -4,7 +4,9 @@
 // writing its partial sums; and a one-block kernel that adds the partials in a fixed order (no
 // atomics: the same inputs give the same bits) and combines them into the terms. The work is a table
 // of segments (one tensor's contribution each) cut into tiles of kTile elements; thread blocks take
-// tiles in turn. Host-side table building is here too, so tests/cuda_emulation can run the kernels.
+// tiles in turn. The log mid-way term (docs/method.md#loss-variants) needs per-column sums instead, of
+// (hx - hy)^2: a column-sum kernel writes them and the finishing kernel takes their logs. Host-side table
+// building is here too, so tests/cuda_emulation can run the kernels.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -92,12 +94,41 @@ struct TermCoefficients {
   double c[kTerms];
 };
 
-// One block of kSums threads: sums[j] = the partials of sum j added in block order; then, when terms
-// is set, terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty).
+// The log mid-way term's column sums: sums[i] = sum over the rows of (a[r][i] - b[r][i])^2 in double, for
+// row-major (rows, cols) a and b of dtype T. A block is kColumnWidth columns (a warp reads 32 adjacent
+// elements of a row) by kColumnStripes row stripes, whose sums are added in stripe order: one order, so
+// the same inputs give the same bits. Grid: ceil(cols / kColumnWidth) blocks.
+constexpr int kColumnWidth = 32;
+constexpr int kColumnStripes = 8;
+
+template <typename T>
+__global__ void column_sums_kernel(const T* __restrict__ a, const T* __restrict__ b, int64_t rows, int64_t cols,
+                                   double* __restrict__ sums) {
+  __shared__ double stripes[kColumnStripes][kColumnWidth];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kColumnWidth + threadIdx.x;
+  double part = 0;
+  if (col < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += kColumnStripes) {
+      const double d = static_cast<double>(a[r * cols + col]) - static_cast<double>(b[r * cols + col]);
+      part += d * d;
+    }
+  stripes[threadIdx.y][threadIdx.x] = part;
+  __syncthreads();
+  if (threadIdx.y != 0 || col >= cols) return;
+  double total = 0;
+  for (int s = 0; s < kColumnStripes; ++s) total += stripes[s][threadIdx.x];
+  sums[col] = total;
+}
+
+// One block of 32 threads (one warp, at least kSums): sums[j] = the partials of sum j added in block
+// order; then, when terms is set, terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y,
+// weight_decay, gamma_penalty). With midway_columns (cols column sums of column_sums_kernel) the midway
+// term is the log form, sum_i log(midway_columns[i] / rows + kMidwayLogEps), each lane adding every 32nd
+// column and the lanes added in a fixed tree; without, ||hx - hy||_F^2 / rows from sums[kMidway].
 template <typename T>
 __global__ void loss_finish_kernel(const double* __restrict__ partials, int blocks, double rows,
-                                   const TermCoefficients coefficients, double* __restrict__ sums,
-                                   T* __restrict__ terms) {
+                                   const TermCoefficients coefficients, const double* __restrict__ midway_columns,
+                                   int64_t cols, double* __restrict__ sums, T* __restrict__ terms) {
   __shared__ double s[kSums];
   const int j = threadIdx.x;
   if (j < kSums) {
@@ -106,12 +137,17 @@ __global__ void loss_finish_kernel(const double* __restrict__ partials, int bloc
     s[j] = total;
     sums[j] = total;
   }
+  double log_midway = 0;
+  if (midway_columns != nullptr) {  // uniform over the block: every lane reaches the shuffles
+    for (int64_t i = j; i < cols; i += 32) log_midway += log(midway_columns[i] / rows + kMidwayLogEps);
+    for (int offset = 16; offset > 0; offset /= 2) log_midway += __shfl_down_sync(0xffffffffu, log_midway, offset);
+  }
   __syncthreads();
   if (j != 0 || terms == nullptr) return;
   double t[kTerms];
   t[1] = s[kReconX] / rows;
   t[2] = s[kReconY] / rows;
-  t[3] = s[kMidway] / rows;
+  t[3] = midway_columns != nullptr ? log_midway : s[kMidway] / rows;
   t[4] = sqrt(s[kFroX]) - sqrt(s[kDiagX]);
   t[5] = sqrt(s[kFroY]) - sqrt(s[kDiagY]);
   t[6] = s[kWeightDecay];
@@ -154,16 +190,18 @@ inline TermCoefficients term_coefficients(at::ArrayRef<double> coefficients) {
   return c;
 }
 
-// The forward's table: every sum of the terms. All tensors contiguous; cx and cy in the accumulation
-// type (float for half and bfloat16), the others in x's dtype.
+// The forward's table: every sum of the terms (sums[kMidway] stays 0 with midway_log: the log form takes
+// column sums). All tensors contiguous; cx and cy in the accumulation type (float for half and bfloat16),
+// the others in x's dtype.
 inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                                        const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
                                        const at::Tensor& cx, const at::Tensor& cy,
-                                       const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& gammas) {
+                                       const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& gammas,
+                                       bool midway_log) {
   SegmentTable table;
   table.add(x, x_hat, x.numel(), 1, kSquaredDifference, kReconX, false);
   table.add(y, y_hat, y.numel(), 1, kSquaredDifference, kReconY, false);
-  table.add(hx, hy, hx.numel(), 1, kSquaredDifference, kMidway, false);
+  if (!midway_log) table.add(hx, hy, hx.numel(), 1, kSquaredDifference, kMidway, false);
   table.add_norms(cx, kFroX, kDiagX);
   table.add_norms(cy, kFroY, kDiagY);
   for (const auto& t : weights) table.add_all(t, kSquare, kWeightDecay);

@@ -2,8 +2,9 @@
 // csrc/cpu/twoway_loss.cpp. Forward: the decorrelation matrices C = H^T H / B (one GEMM each, in float
 // for half and bfloat16 inputs, after the correlation form's column standardisation), then ONE
 // reduction kernel over every sum the terms need and a one-block kernel that combines them
-// (csrc/cuda/loss_sums.cuh). Backward reuses the two kernels for the norms of C. Nothing is read on
-// the host, so a training step can be captured in a CUDA graph.
+// (csrc/cuda/loss_sums.cuh); the log mid-way term adds a column-sum kernel before them. Backward reuses
+// the kernels for the norms of C (and the column sums). Nothing is read on the host, so a training step
+// can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -25,9 +26,9 @@ using at::Tensor;
 using at::TensorList;
 
 // sums (kSums,) in double and, when terms is set (in the accumulation type), the terms, on the
-// current stream.
+// current stream; the midway term in the log form from midway_columns (midway_column_sums) when defined.
 void reduce(const SegmentTable& table, const Tensor& sums, const Tensor& terms, double rows,
-            const TermCoefficients& coefficients, at::ScalarType dtype) {
+            const TermCoefficients& coefficients, at::ScalarType dtype, const Tensor& midway_columns = Tensor()) {
   const int blocks = table.blocks();
   auto partials = at::empty({blocks, kSums}, sums.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -36,8 +37,11 @@ void reduce(const SegmentTable& table, const Tensor& sums, const Tensor& terms, 
         table.segments(), partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     using A = at::opmath_type<scalar_t>;
-    loss_finish_kernel<A><<<1, 32, 0, stream>>>(partials.data_ptr<double>(), blocks, rows, coefficients,
-                                                  sums.data_ptr<double>(), terms.defined() ? terms.data_ptr<A>() : nullptr);
+    const bool log_form = midway_columns.defined();
+    loss_finish_kernel<A><<<1, 32, 0, stream>>>(
+        partials.data_ptr<double>(), blocks, rows, coefficients,
+        log_form ? midway_columns.data_ptr<double>() : nullptr, log_form ? midway_columns.numel() : 0,
+        sums.data_ptr<double>(), terms.defined() ? terms.data_ptr<A>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -46,6 +50,21 @@ std::vector<Tensor> contiguous_all(TensorList list) {
   std::vector<Tensor> out;
   for (const auto& t : list) out.push_back(t.contiguous());
   return out;
+}
+
+// The log mid-way term's column sums of (hx - hy)^2 (column_sums_kernel), (k,) in double, on the current
+// stream: the forward takes their logs, the backward its per-column factors from them. hx, hy contiguous.
+Tensor midway_column_sums(const Tensor& hx, const Tensor& hy) {
+  const int64_t rows = hx.size(0), cols = hx.size(1);
+  auto sums = at::empty({cols}, hx.options().dtype(at::kDouble));
+  const auto blocks = static_cast<unsigned>((cols + kColumnWidth - 1) / kColumnWidth);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hx.scalar_type(), "twoway_loss_midway_cuda", [&] {
+    column_sums_kernel<scalar_t><<<blocks, dim3(kColumnWidth, kColumnStripes), 0,
+                                   c10::cuda::getCurrentCUDAStream()>>>(
+        hx.data_ptr<scalar_t>(), hy.data_ptr<scalar_t>(), rows, cols, sums.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sums;
 }
 
 // C = H^T H / B in the accumulation type (float for half and bfloat16).
@@ -57,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Te
                                                     const Tensor& y_hat_in, const Tensor& hx_in, const Tensor& hy_in,
                                                     const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
                                                     TensorList gammas, at::ArrayRef<double> coefficients,
-                                                    bool correlation, double eps) {
+                                                    bool midway_log, bool correlation, double eps) {
   check_loss_inputs(x_in, y_in, x_hat_in, y_hat_in, hx_in, hy_in, hx_dec, hy_dec, weights, gammas, coefficients);
   const c10::cuda::CUDAGuard guard(x_in.device());
   // The covariance GEMM runs in float for half and bfloat16 inputs: autocast must not recast it.
@@ -67,11 +86,12 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Te
   const auto cx = decorrelation_matrix(hx_dec, correlation, eps);
   const auto cy = decorrelation_matrix(hy_dec, correlation, eps);
   const auto w = contiguous_all(weights), g = contiguous_all(gammas);
-  const SegmentTable table = loss_forward_table(x, y, x_hat, y_hat, hx, hy, cx, cy, w, g);
+  const SegmentTable table = loss_forward_table(x, y, x_hat, y_hat, hx, hy, cx, cy, w, g, midway_log);
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
   // The terms in float for half and bfloat16 inputs: a sum of squares soon passes float16's 65504.
   auto terms = at::empty({kTerms}, x.options().dtype(stats_dtype(x.scalar_type())));
-  reduce(table, sums, terms, static_cast<double>(x.size(0)), term_coefficients(coefficients), x.scalar_type());
+  reduce(table, sums, terms, static_cast<double>(x.size(0)), term_coefficients(coefficients), x.scalar_type(),
+         midway_log ? midway_column_sums(hx, hy) : Tensor());
   return {terms, cx, cy};
 }
 
@@ -98,7 +118,7 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
                                              const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                                              TensorList weights, TensorList gammas, const Tensor& cx_in,
                                              const Tensor& cy_in, at::ArrayRef<double> coefficients,
-                                             bool correlation, double eps) {
+                                             bool midway_log, bool correlation, double eps) {
   check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
   TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
               "), got ", grad_terms.sizes());
@@ -126,7 +146,12 @@ LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Ten
   const double B = static_cast<double>(x.size(0));
   auto grad_x_hat = (x_hat - x) * (w[1] * (2.0 / B));
   auto grad_y_hat = (y_hat - y) * (w[2] * (2.0 / B));
-  auto grad_hx = (hx - hy) * (w[3] * (2.0 / B));
+  auto midway_scale = w[3] * (2.0 / B);  // 0-dim; in the log form per column, divided by d_i + eps
+  if (midway_log) {
+    const auto d = midway_column_sums(hx.contiguous(), hy.contiguous()) / B;
+    midway_scale = (midway_scale / (d + kMidwayLogEps)).to(hx.scalar_type());
+  }
+  auto grad_hx = (hx - hy) * midway_scale;
   auto grad_hy = -grad_hx;
   auto grad_hx_dec = decorrelation_grad(hx_dec.to(acc).contiguous(), cx, norms[kFroX], norms[kDiagX], w[4],
                                         correlation, eps);

@@ -1,9 +1,10 @@
 """The synced backend: TwoWayNet's training forward and TwoWayLoss with batch statistics over the rows
 of every rank of a process group (TwoWayNet.stats_group, set by the trainer under torch.distributed), on
-the fused ops or the reference. The batch norms and the decorrelation covariance see the rows of every
-rank: their sums are all-reduced by a differentiable all-reduce whose backward all-reduces the incoming
-gradient (as torch.distributed.nn.functional's, now deprecated, did), so N ranks of B rows compute the
-gradient of one batch of N*B rows (tests/test_distributed.py).
+the fused ops or the reference. The batch norms, the decorrelation covariance and the log mid-way term's
+per-dimension distances see the rows of every rank: their sums are all-reduced by a differentiable
+all-reduce whose backward all-reduces the incoming gradient (as torch.distributed.nn.functional's, now
+deprecated, did), so N ranks of B rows compute the gradient of one batch of N*B rows
+(tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from .._extension import has_kernel
 from ..distributed import count_all_reduce
 from ..dropout import rng_states
-from ..loss_variants import decorrelation_inputs
+from ..loss_variants import decorrelation_inputs, log_midway
 from ..types import LossTerms, TwoWayOutput
 from . import reference
 
@@ -131,16 +132,30 @@ def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple
     return tuple(torch.linalg.matrix_norm(ci) - torch.linalg.vector_norm(torch.diagonal(ci)) for ci in c)
 
 
-def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, lc: float,
-         decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
+def midway_log(hx: Tensor, hy: Tensor, group) -> Tensor:
+    """reference.midway's log form over every rank's rows: d_i from the all-reduced column sums of
+    (hx - hy)^2 over N*B rows."""
+    d = _all_reduce((hx - hy).pow(2).sum(0), group) / global_rows(hx.shape[0], group)
+    return log_midway(d)
+
+
+def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, lh: float, lc: float,
+         midway_form: str, decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
          **coefficients) -> LossTerms:
     """This rank's share of the 2-Way loss under synchronised statistics: the per-row terms over its own
     rows (their gradients, averaged over ranks, are those of the mean over all rows), the decorrelation
-    of the global covariance, and the parameter terms; each rank's total is the one-batch loss when the
-    per-row terms of the ranks are averaged."""
-    local = backend_loss(out, x, y, weights, gammas, lc=0.0, decorrelation_form=decorrelation_form,
+    of the global covariance, the log mid-way term (not a mean of per-row terms) of the global per-dimension
+    distances, and the parameter terms; each rank's total is the one-batch loss when the per-row terms of
+    the ranks are averaged."""
+    global_midway = midway_form == "log"
+    local = backend_loss(out, x, y, weights, gammas, lh=0.0 if global_midway else lh, lc=0.0,
+                         midway_form=midway_form, decorrelation_form=decorrelation_form,
                          decorrelation_input=decorrelation_input, decorrelation_eps=decorrelation_eps,
                          **coefficients)
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     decorr_x, decorr_y = decorrelation(hx, hy, decorrelation_form, decorrelation_eps, group)
-    return local._replace(total=local.total + lc * (decorr_x + decorr_y), decorr_x=decorr_x, decorr_y=decorr_y)
+    terms = local._replace(total=local.total + lc * (decorr_x + decorr_y), decorr_x=decorr_x, decorr_y=decorr_y)
+    if global_midway:
+        midway = midway_log(out.hx, out.hy, group)
+        terms = terms._replace(total=terms.total + lh * midway, midway=midway)
+    return terms

@@ -45,11 +45,12 @@ class DirectStep:
 
     def __init__(self, model: TwoWayNet, criterion: TwoWayLoss, optimizer: torch.optim.Optimizer,
                  first_row: int = 0, reduce_gradients: Callable[[Iterable[nn.Parameter]], None] | None = None):
-        check_loss_variant(criterion.decorrelation, criterion.decorrelation_input)
+        check_loss_variant(criterion.decorrelation, criterion.decorrelation_input, criterion.midway)
         self.model, self.optimizer = model, optimizer
         self.reduce_gradients = reduce_gradients
         c = criterion.coefficients
         self.coefficients = [c["lx"], c["ly"], c["lh"], c["lc"], c["wd"], c["lg"]]
+        self.midway_log = criterion.midway == "log"
         self.correlation = criterion.decorrelation == "correlation"
         self.before_dropout = criterion.decorrelation_input == "before_dropout"
         self.eps = criterion.decorrelation_eps
@@ -81,7 +82,8 @@ class DirectStep:
             for p in self.params:
                 p.grad = None
         args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
-                net.leak, net.bn_eps, net.act_first, self.coefficients, self.correlation, self.eps, self.before_dropout)
+                net.leak, net.bn_eps, net.act_first, self.coefficients, self.midway_log, self.correlation, self.eps,
+                self.before_dropout)
         ops = torch.ops.twoway_fast
         terms, grads, mean, std = (ops.twoway_step_gradients.default(*args) if sgd is None
                                    else ops.twoway_sgd_step.default(*args, *sgd))
