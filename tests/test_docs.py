@@ -65,7 +65,8 @@ def test_method_page_presets_table_matches_the_preset_files(name):
     model, loss, train = preset.model, preset.loss, preset.train
     if row["hidden"] != "as flickr30k":
         assert _number_list(row["hidden"].split(";")[0]) == model["hidden"]
-    assert int(row["r"]) == model["repr_layer"] and row["order"] == model["order"]
+    r = model.get("repr_layer", len(model["hidden"]) // 2)  # unset: TwoWayNet's middle position
+    assert int(row["r"]) == r and row["order"] == model["order"]
     dropout = model["dropout"] if isinstance(model["dropout"], list) else [model["dropout"]]
     assert _number_list(row["dropout"]) == dropout
     assert float(row["bn_eps"]) == model["bn_eps"]
@@ -75,7 +76,8 @@ def test_method_page_presets_table_matches_the_preset_files(name):
     assert optimizer == train["optimizer"] and float(lr) == train["lr"]
     assert int(row["epochs"]) == train["epochs"] and row["preprocess"] == preset.data["preprocess"]
     other = {"repr_affine false": model.get("repr_affine") is False,
-             "reconstruction mean": loss.get("reconstruction") == "mean", "select r1": train.get("select") == "r1"}
+             "reconstruction mean": loss.get("reconstruction") == "mean", "midway log": loss.get("midway") == "log",
+             "cosine rate": train.get("lr_schedule") == "cosine", "select r1": train.get("select") == "r1"}
     assert {k for k, v in other.items() if v} == {k for k in row["other"].split(", ") if k}
 
 

@@ -24,6 +24,8 @@ def test_faithful_form_is_the_original(name):
     assert (t["epochs"], t["batch_size"], t["optimizer"], t["lr"], t["momentum"], t["nesterov"]) == (
         epochs, 128, "sgd", 1e-4, 0.9, True)
     assert (t["lr_milestones"], t["lr_gamma"], t["shuffle"]) == ([20, 40, 60, 80], 0.5, False)
+    assert t.get("lr_schedule", "multistep") == "multistep" and loss.get("midway", "sum") == "sum"
+    assert loss.get("reconstruction", "sum") == "sum" and p.model.get("repr_affine", True) is True
 
 
 @pytest.mark.parametrize("name", presets.names())
@@ -37,6 +39,8 @@ def test_default_form_differs_where_collapse_was_fixed():
     assert p.model["bn_eps"] == 1e-5 and p.model["dropout"] == 0.0 and p.model["repr_affine"] is False
     assert p.loss["decorrelation"] == "correlation" and p.loss["decorrelation_input"] == "before_dropout"
     assert p.loss["reconstruction"] == "mean" and p.loss["wd"] == 1e-4
+    assert p.loss["midway"] == "log" and p.train["lr_schedule"] == "cosine" and p.data["preprocess"] == "none"
+    assert presets.get("mnist", faithful=True).data["preprocess"] == "l2_rows"  # the paper's rows
     for name in ("xrmb", "flickr8k", "flickr30k", "coco"):  # the changes that do not depend on the architecture
         other = presets.get(name)
         assert other.model["repr_affine"] is False and other.loss["reconstruction"] == "mean", name
@@ -71,8 +75,9 @@ def test_loss_midway_is_a_preset_key():
     from twoway_fast import TwoWayNet
 
     model = TwoWayNet(4, 4, [8, 2, 8])
-    assert presets.resolve("mnist").build_loss(model).midway == "sum"  # the presets keep the original form
-    assert presets.resolve("mnist", overrides=["loss.midway=log"]).build_loss(model).midway == "log"
+    assert presets.resolve("mnist").build_loss(model).midway == "log"
+    assert presets.resolve("mnist", faithful=True).build_loss(model).midway == "sum"  # the original form
+    assert presets.resolve("digits", overrides=["loss.midway=log"]).build_loss(model).midway == "log"
     with pytest.raises(ValueError, match=r"loss\.midway must be a string, got 1 \(int\)"):
         presets.resolve("mnist", overrides=["loss.midway=1"])
     with pytest.raises(ValueError, match="midway must be one of"):
