@@ -2,7 +2,7 @@
 computation comes from a backend: the plain-PyTorch reference or the fused ops."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -66,9 +66,14 @@ def _locally_dense(spec: Mapping[int | str, int] | None, sizes: list[int]) -> di
     return blocks
 
 
-def running_stats_of(bns: Sequence[BatchNormParams]) -> list[Tensor]:
-    """The running means of bns, then their running stds: the order of TwoWayNet._lerp_running_stats."""
-    return [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+class OpParameters(NamedTuple):
+    """The network's parameters as the network and step ops take them: weights W_1..W_{n+1}, then per
+    slot (X's hidden positions, then Y's; Y's bias list ends with its output layer's) the biases, the
+    batch norms' gammas and betas."""
+    weights: list[Tensor]
+    bias: list[Tensor]
+    gamma: list[Tensor]
+    beta: list[Tensor]
 
 
 class TwoWayNet(nn.Module):
@@ -147,6 +152,12 @@ class TwoWayNet(nn.Module):
     def gammas(self) -> list[Tensor]:
         return [bn.gamma for bn in [*self.bn_x, *self.bn_y]]
 
+    def op_parameters(self) -> OpParameters:
+        """The parameters in the ops' argument order (the fused backend and the direct step pass these)."""
+        bns = [*self.bn_x, *self.bn_y]
+        return OpParameters(list(self.weights), [*self.x_bias, *self.y_bias], [bn.gamma for bn in bns],
+                            [bn.beta for bn in bns])
+
     @staticmethod
     def _check_view(name: str, v: Tensor, width: int, weight: Tensor) -> None:
         if v.dim() != 2 or v.shape[1] != width:
@@ -159,7 +170,8 @@ class TwoWayNet(nn.Module):
         if v.device != weight.device:
             raise ValueError(f"{name} is on {v.device} but the model's parameters are on {weight.device}")
 
-    def _check_views(self, x: Tensor, y: Tensor) -> None:
+    def check_views(self, x: Tensor, y: Tensor) -> None:
+        """Refuses a batch the network cannot take (shape, widths, rows, dtype, device), naming the problem."""
         weight = self.weights[0]  # the parameters' dtype and device
         self._check_view("x", x, self.dx, weight)
         self._check_view("y", y, self.dy, weight)
@@ -172,7 +184,7 @@ class TwoWayNet(nn.Module):
         """Both channels. In training mode the tied-dropout masks come from `seed` (an int64; drawn
         from torch's generator when None) and the rows' global indices first_row, first_row + 1, ...
         (a rank's slice of a larger batch), and the BN running statistics are updated."""
-        self._check_views(x, y)
+        self.check_views(x, y)
         if not self.training:
             return reference_backend.forward(self, x, y, None)[0]
         if seed is None:  # drawn on the data's device: no host round trip, capturable in a CUDA graph
@@ -189,18 +201,19 @@ class TwoWayNet(nn.Module):
         return out
 
     def _update_running_stats(self, stats) -> None:
-        """stats: {("x" or "y", position): (batch mean, batch std)}."""
-        bns = [(self.bn_x if channel == "x" else self.bn_y)[k] for channel, k in stats]
-        self._update_running_stats_of(bns, [m for m, _ in stats.values()], [s for _, s in stats.values()])
-
-    def _update_running_stats_of(self, bns: Sequence[BatchNormParams], mean: Sequence[Tensor],
-                                 std: Sequence[Tensor]) -> None:
-        """running = (1 - bn_momentum) running + bn_momentum batch, for the means and stds of bns."""
-        self._lerp_running_stats(running_stats_of(bns), [*mean, *std])
+        """stats: {("x" or "y", position): (batch mean, batch std)}, every slot, as the backends give them."""
+        n = len(self.hidden)
+        slots = [("x", k) for k in range(n)] + [("y", k) for k in range(n)]
+        self.update_running_stats([stats[s][0] for s in slots], [stats[s][1] for s in slots])
 
     @torch.no_grad()
-    def _lerp_running_stats(self, running: Sequence[Tensor], batch: Sequence[Tensor]) -> None:
-        """running (running_stats_of's list) moved towards the batch statistics, in their order."""
+    def update_running_stats(self, mean: Sequence[Tensor], std: Sequence[Tensor]) -> None:
+        """running = (1 - bn_momentum) running + bn_momentum batch, for every batch norm: `mean` and `std`
+        per slot in the ops' order (X's hidden positions, then Y's), the means as the running means take
+        them (with the bias, which the ops add back where they skip it)."""
+        bns = [*self.bn_x, *self.bn_y]
+        running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
+        batch = [*mean, *std]
         batch = [b if b.dtype == r.dtype else b.to(r.dtype) for r, b in zip(running, batch)]
         batch = self._finite_or_running(running, batch)
         # One foreach call instead of two per batch norm (elementwise the same as lerp_ on each).

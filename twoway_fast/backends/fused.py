@@ -34,13 +34,11 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
     """Training-mode forward of both channels in one op; returns (TwoWayOutput, batch statistics
     {("x" or "y", position): (mean, std)}) like reference.forward."""
     n = len(net.hidden)
-    bias = [*net.x_bias, *net.y_bias]
-    bns = [*net.bn_x, *net.bn_y]
+    p = net.op_parameters()
     low = _cuda_autocast_dtype(x.device)
     x_hat, y_hat, hx, hy, hx_pre, hy_pre, _, mean, std = ops.twoway_net(
-        *_cast([x, y], low), _cast(net.weights, low), _cast(bias, low), _cast([bn.gamma for bn in bns], low),
-        _cast([bn.beta for bn in bns], low), rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak,
-        net.bn_eps, net.act_first)
+        *_cast([x, y], low), _cast(p.weights, low), _cast(p.bias, low), _cast(p.gamma, low), _cast(p.beta, low),
+        rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak, net.bn_eps, net.act_first)
     return TwoWayOutput(x_hat, y_hat, hx, hy, hx_pre, hy_pre), batch_stats(net, mean, std)
 
 

@@ -21,7 +21,7 @@ from ..backends import resolve_backend
 from ..dropout import rng_states
 from ..loss import TwoWayLoss
 from ..loss_variants import check_loss_variant
-from ..model import TwoWayNet, running_stats_of
+from ..model import TwoWayNet
 from ..types import LossTerms
 
 # Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
@@ -54,14 +54,10 @@ class DirectStep:
         self.correlation = criterion.decorrelation == "correlation"
         self.before_dropout = criterion.decorrelation_input == "before_dropout"
         self.eps = criterion.decorrelation_eps
-        self.weights = list(model.weights)
-        self.bias = [*model.x_bias, *model.y_bias]
-        bns = [*model.bn_x, *model.bn_y]  # slot order of the ops: X's positions, then Y's
-        self.gamma, self.beta = [bn.gamma for bn in bns], [bn.beta for bn in bns]
+        self.weights, self.bias, self.gamma, self.beta = model.op_parameters()
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
         self.param_ids = {id(p) for p in self.params}
         self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
-        self.running = running_stats_of(bns)  # taken once, as the parameters
         # rng_states built once; each step writes its seed into the first column in place.
         self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
                                  first_row)
@@ -72,7 +68,7 @@ class DirectStep:
         net = self.model
         if not net.training:
             raise ValueError("DirectStep is a training step: call model.train() first")
-        net._check_views(x, y)
+        net.check_views(x, y)
         self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
         sgd = self._sgd_settings()
         # The last step's gradients freed before this one's exist.
@@ -90,7 +86,7 @@ class DirectStep:
         for p, g in zip(self.params, grads):
             if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
                 p.grad = g
-        net._lerp_running_stats(self.running, [*mean, *std])
+        net.update_running_stats(mean, std)  # the op's means come with the bias it skips added back
         if sgd is None:
             if self.reduce_gradients is not None:
                 self.reduce_gradients(self.params)
