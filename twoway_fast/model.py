@@ -2,7 +2,7 @@
 computation comes from a backend: the plain-PyTorch reference or the fused ops."""
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .backends import reference as reference_backend
 from .backends import resolve_backend
 from .init import glorot_uniform_
-from .types import TwoWayOutput
+from .types import OpParameters, TwoWayOutput
 
 ORDERS = ("act_then_bn", "bn_then_act")
 
@@ -64,16 +64,6 @@ def _locally_dense(spec: Mapping[int | str, int] | None, sizes: list[int]) -> di
         if m > 1:
             blocks[i] = m
     return blocks
-
-
-class OpParameters(NamedTuple):
-    """The network's parameters as the network and step ops take them: weights W_1..W_{n+1}, then per
-    slot (X's hidden positions, then Y's; Y's bias list ends with its output layer's) the biases, the
-    batch norms' gammas and betas."""
-    weights: list[Tensor]
-    bias: list[Tensor]
-    gamma: list[Tensor]
-    beta: list[Tensor]
 
 
 class TwoWayNet(nn.Module):

@@ -1,5 +1,5 @@
-"""The result types the model, the backends, the loss and the training steps share: what a forward
-gives and what the loss gives. Types only, no computation (the oracle, twoway_fast/reference.py,
+"""The types the model, the backends, the loss and the training steps share: what a forward gives, what
+the loss gives and the parameters as the ops take them. Types only, no computation (the oracle, twoway_fast/reference.py,
 computes them in plain PyTorch)."""
 # No `from __future__ import annotations`: the fields' types stay objects for the API reference.
 from typing import NamedTuple
@@ -41,3 +41,15 @@ class LossTerms(NamedTuple):
     """sum ||W_i||_F^2 + sum gamma^2."""
     gamma_penalty: Tensor
     """sum 1 / gamma^2."""
+
+
+class OpParameters(NamedTuple):
+    """The network's parameters as the network and step ops take them (TwoWayNet.op_parameters)."""
+    weights: list[Tensor]
+    """W_1..W_{n+1}."""
+    bias: list[Tensor]
+    """Per slot: X's hidden positions, then its output layer's, then Y's likewise."""
+    gamma: list[Tensor]
+    """The batch norms' gammas, per slot: X's hidden positions, then Y's."""
+    beta: list[Tensor]
+    """The batch norms' betas, in gamma's order."""
