@@ -18,13 +18,17 @@ DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
 MIDWAY_LOG_EPS = 1e-3
 
 
+def check_midway(midway: str) -> None:
+    if midway not in MIDWAY_FORMS:
+        raise ValueError(f"midway must be one of {MIDWAY_FORMS} (the mid-way term's form), got {midway!r}")
+
+
 def check_loss_variant(form: str, where: str, midway: str = "sum") -> None:
     if form not in DECORRELATION_FORMS:
         raise ValueError(f"decorrelation must be one of {DECORRELATION_FORMS} (the decorrelation form), got {form!r}")
     if where not in DECORRELATION_INPUTS:
         raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {where!r}")
-    if midway not in MIDWAY_FORMS:
-        raise ValueError(f"midway must be one of {MIDWAY_FORMS} (the mid-way term's form), got {midway!r}")
+    check_midway(midway)
 
 
 def decorrelation_inputs(out: TwoWayOutput, form: str, where: str) -> tuple[Tensor, Tensor]:

@@ -224,16 +224,12 @@ class TwoWayNet(nn.Module):
     def encode_x(self, x, *, prepared: bool = False) -> Tensor:
         """The X view's representation (eval semantics: running statistics, no dropout). With
         `preprocessing` attached, x is raw rows (see `prepare`); prepared=True: rows already through it."""
-        x = x if prepared else self.prepare("x", x)
-        self._check_view("x", x, self.dx, self.weights[0])
-        return reference_backend.encode(self, x, "x")
+        return reference_backend.encode(self, self._network_rows("x", x, prepared), "x")
 
     def encode_y(self, y, *, prepared: bool = False) -> Tensor:
         """The Y view's representation (eval semantics: running statistics, no dropout). With
         `preprocessing` attached, y is raw rows (see `prepare`); prepared=True: rows already through it."""
-        y = y if prepared else self.prepare("y", y)
-        self._check_view("y", y, self.dy, self.weights[0])
-        return reference_backend.encode(self, y, "y")
+        return reference_backend.encode(self, self._network_rows("y", y, prepared), "y")
 
     def predict_y(self, x, *, prepared: bool = False) -> Tensor:
         """The X channel's output, y_hat (eval semantics). With `preprocessing` attached, x is raw rows and
@@ -245,10 +241,14 @@ class TwoWayNet(nn.Module):
         """The Y channel's output, x_hat: predict_y the other way."""
         return self._predict("y", y, prepared)
 
-    def _predict(self, view: str, rows, prepared: bool) -> Tensor:
+    def _network_rows(self, view: str, rows, prepared: bool) -> Tensor:
+        """Rows of `view` through the preprocessing (unless `prepared`), checked against the network's width."""
         a = rows if prepared else self.prepare(view, rows)
         self._check_view(view, a, self.dx if view == "x" else self.dy, self.weights[0])
-        out = reference_backend.predict(self, a, view)
+        return a
+
+    def _predict(self, view: str, rows, prepared: bool) -> Tensor:
+        out = reference_backend.predict(self, self._network_rows(view, rows, prepared), view)
         if prepared or self.preprocessing is None:
             return out
         other = self.preprocessing.view("y" if view == "x" else "x")

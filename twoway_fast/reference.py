@@ -17,7 +17,7 @@ from torch import Tensor
 from .dropout import rng_states
 from .init import glorot_uniform_  # noqa: F401
 from .loss_variants import (DECORRELATION_FORMS, DECORRELATION_INPUTS, check_loss_variant,  # noqa: F401
-                            decorrelation_inputs, log_midway)
+                            check_midway, decorrelation_inputs, log_midway)
 from .types import LossTerms, TwoWayOutput
 
 MASK32 = 0xFFFFFFFF
@@ -191,11 +191,8 @@ def squared_distance(a: Tensor, b: Tensor) -> Tensor:
 def midway(hx: Tensor, hy: Tensor, form: str = "sum") -> Tensor:
     """The mid-way term: squared_distance ("sum", the original), or log_midway of d_i, the mean over the rows
     of (hx - hy)^2 in dimension i ("log": sum_i log(d_i + MIDWAY_LOG_EPS))."""
-    if form == "log":
-        return log_midway((hx - hy).pow(2).mean(0))
-    if form != "sum":
-        check_loss_variant("second_moment", "after_dropout", form)
-    return squared_distance(hx, hy)
+    check_midway(form)
+    return log_midway((hx - hy).pow(2).mean(0)) if form == "log" else squared_distance(hx, hy)
 
 
 def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> Tensor:
