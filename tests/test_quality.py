@@ -18,10 +18,11 @@ EPOCHS = 15
 RANK_BOUND = 8.0
 
 
-def trained_rank(faithful: bool) -> float:
-    preset = presets.get("digits", faithful=faithful)
-    dataset = data.load("digits", data.DataConfig(**preset.data))
-    config = TrainConfig(**(preset.train | {"epochs": EPOCHS}))
+def trained_rank(name: str, source, faithful: bool, epochs: int) -> float:
+    """Effective rank of the test representation after `epochs` of preset `name` on `source` (seed 0)."""
+    preset = presets.get(name, faithful=faithful)
+    dataset = data.load(source, data.DataConfig(**preset.data))
+    config = TrainConfig(**(preset.train | {"epochs": epochs}))
     model, criterion = build(preset, dataset.dx, dataset.dy, 0)
     Trainer(model, criterion, dataset.train, None, config, None, progress=False).fit()
     zx, _ = encode(model, dataset.test)
@@ -30,10 +31,8 @@ def trained_rank(faithful: bool) -> float:
 
 @pytest.mark.parametrize("faithful", [False, True], ids=["default", "faithful"])
 def test_default_keeps_the_representation_full_and_faithful_collapses(faithful):
-    rank = trained_rank(faithful)
+    rank = trained_rank("digits", "digits", faithful, EPOCHS)
     assert (rank > RANK_BOUND) != faithful, f"effective rank {rank:.2f} of 16 (bound {RANK_BOUND})"
-
-
 
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # the real images, where CI has them
@@ -50,12 +49,5 @@ MNIST_RANK_BOUND = 35.0
 def test_mnist_default_keeps_its_directions_on_real_images(tmp_path, faithful):
     x, y = image_halves(read_idx(MNIST / "train-images-idx3-ubyte.gz")[:MNIST_ROWS].astype(np.float32) / 255)
     np.savez(tmp_path / "halves.npz", x=x, y=y)
-    preset = presets.get("mnist", faithful=faithful)
-    dataset = data.load(tmp_path / "halves.npz", data.DataConfig(**preset.data))
-    config = TrainConfig(**(preset.train | {"epochs": MNIST_EPOCHS}))
-    model, criterion = build(preset, dataset.dx, dataset.dy, 0)
-    Trainer(model, criterion, dataset.train, None, config, None, progress=False).fit()
-    zx, _ = encode(model, dataset.test)
-    rank = metrics.effective_rank(zx)
-    print(f"effective rank {rank:.1f}")
+    rank = trained_rank("mnist", tmp_path / "halves.npz", faithful, MNIST_EPOCHS)
     assert (rank > MNIST_RANK_BOUND) != faithful, f"effective rank {rank:.2f} of 50 (bound {MNIST_RANK_BOUND})"
