@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path):
     t = trainer(digits, tmp_path, epochs=3, criterion_wrapper=poison)
     with pytest.raises(NonFiniteLoss, match=rf"loss is nan at step {steps + 3} \(epoch 2, batch 3 of {steps}\).*"
                                             r"last good checkpoint is .*last\.pt \(epoch 1\)"):
-        t.fit(on_epoch=lambda row: None)
+        t.fit()
     good = run.load_checkpoint(tmp_path / "last.pt")
     assert good["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -148,9 +148,9 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
 
-    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-        """Runs the remaining epochs, calling each callback's on_epoch(row) (process 0) and on_epoch(row)
-        (every process) after each; returns the metrics log."""
+    def fit(self) -> list[dict]:
+        """Runs the remaining epochs, calling each callback's on_epoch(row) (process 0) after each;
+        returns the metrics log."""
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.config.epochs:
@@ -184,8 +184,6 @@ class Trainer:
             self.ranks.barrier()  # no rank reads or resumes past an unwritten checkpoint
             for callback in self._callbacks_with("on_epoch"):
                 callback.on_epoch(row)
-            if on_epoch is not None:
-                on_epoch(row)
         return self.log
 
     def _callbacks_with(self, method: str) -> list:
