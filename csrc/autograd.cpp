@@ -114,22 +114,21 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, const Tensor& x_hat,
                                const Tensor& y_hat, const Tensor& hx, const Tensor& hy, const Tensor& hx_dec,
                                const Tensor& hy_dec, TensorList weights, TensorList gammas,
-                               at::ArrayRef<double> coefficients, bool midway_log, bool correlation, double eps) {
+                               at::ArrayRef<double> coefficients, int64_t options, double eps) {
     static const auto loss =
         op<LossResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                      const Tensor&, const Tensor&, TensorList, TensorList, at::ArrayRef<double>, bool, bool,
+                      const Tensor&, const Tensor&, TensorList, TensorList, at::ArrayRef<double>, int64_t,
                       double)>("twoway_fast::twoway_loss");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [terms, cx, cy] = loss.call(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
-                                     midway_log, correlation, eps);
+                                     options, eps);
     variable_list saved = {x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, cx, cy};
     append(saved, weights);
     append(saved, gammas);
     ctx->save_for_backward(std::move(saved));
     ctx->saved_data["n_weights"] = static_cast<int64_t>(weights.size());
     ctx->saved_data["coefficients"] = coefficients.vec();
-    ctx->saved_data["midway_log"] = midway_log;
-    ctx->saved_data["correlation"] = correlation;
+    ctx->saved_data["options"] = options;
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({cx, cy});
     return {terms, cx, cy};
@@ -139,7 +138,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     static const auto loss_backward = op<LossBackwardResult(
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
         const Tensor&, const Tensor&, TensorList, TensorList, const Tensor&, const Tensor&, at::ArrayRef<double>,
-        bool, bool, double)>("twoway_fast::twoway_loss_backward");
+        int64_t, double)>("twoway_fast::twoway_loss_backward");
     const auto s = ctx->get_saved_variables();
     const auto n_weights = static_cast<size_t>(ctx->saved_data["n_weights"].toInt());
     size_t at = 10;
@@ -147,14 +146,13 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     const auto coefficients = ctx->saved_data["coefficients"].toDoubleVector();
     auto [g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd, g_w, g_g] = loss_backward.call(
         grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], weights, gammas, s[8], s[9], coefficients,
-        ctx->saved_data["midway_log"].toBool(), ctx->saved_data["correlation"].toBool(),
-        ctx->saved_data["eps"].toDouble());
+        ctx->saved_data["options"].toInt(), ctx->saved_data["eps"].toDouble());
     // x and y enter the reconstruction distances with the opposite sign of x_hat and y_hat.
     variable_list out = {ctx->needs_input_grad(0) ? -g_xh : Tensor(), ctx->needs_input_grad(1) ? -g_yh : Tensor(),
                          g_xh, g_yh, g_hx, g_hy, g_hxd, g_hyd};
     append(out, g_w);
     append(out, g_g);
-    pad_undefined(out, 4);  // coefficients, midway_log, correlation, eps
+    pad_undefined(out, 3);  // coefficients, loss_options, eps
     return out;
   }
 };
@@ -162,9 +160,9 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
 LossResult twoway_loss_autograd(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
                                 const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                                 TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
-                                bool midway_log, bool correlation, double eps) {
+                                int64_t options, double eps) {
   const auto out = LossFunction::apply(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients,
-                                       midway_log, correlation, eps);
+                                       options, eps);
   return {out[0], out[1], out[2]};
 }
 

@@ -53,35 +53,32 @@ TORCH_LIBRARY(twoway_fast, m) {
         "Tensor[] mean, Tensor[] std, bool input_grads) -> (Tensor grad_x, Tensor grad_y, Tensor[] grad_weights, "
         "Tensor[] grad_bias, Tensor[] grad_gamma, Tensor[] grad_beta)");
 
-  // One training step's gradients (CPU): the network op, the loss op (the log mid-way term when midway_log;
-  // decorrelation of hx/hy after their dropout, or of hx_pre/hy_pre when before_dropout) and both backward
-  // ops in one call. Returns the loss terms, the gradients of weights, bias, gamma, beta in that order, and
+  // One training step's gradients (CPU): the network op, the loss op (loss_options as the loss op's, with
+  // the bit kBeforeDropout for the decorrelation of hx_pre/hy_pre, else of hx/hy) and both backward ops in
+  // one call. Returns the loss terms, the gradients of weights, bias, gamma, beta in that order, and
   // per slot the batch mean and std as the running statistics take them (the mean with the bias that
   // twoway_net's mean excludes).
   m.def("twoway_step_gradients(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, "
         "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
-        "float[] coefficients, bool midway_log, bool correlation, float decorrelation_eps, bool before_dropout) -> "
+        "float[] coefficients, int loss_options, float decorrelation_eps) -> "
         "(Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
   // The same, then every parameter takes torch.optim.SGD's update in place (momentum_buffers in the
   // parameters' order, empty when momentum is 0; the gradients are the loss's, without SGD's weight decay).
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
-        "float[] coefficients, bool midway_log, bool correlation, float decorrelation_eps, bool before_dropout, "
-        "Tensor(e!)[] momentum_buffers, float lr, float momentum, float dampening, bool nesterov, "
-        "float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
+        "float[] coefficients, int loss_options, float decorrelation_eps, Tensor(e!)[] momentum_buffers, float lr, "
+        "float momentum, float dampening, bool nesterov, float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
 
-  // The 2-Way loss (docs/method.md#the-loss). hx_dec/hy_dec are the decorrelation's inputs; coefficients =
-  // (lx, ly, lh, lc, wd, lg); midway_log: the mid-way term's log form, sum_i log(d_i + kMidwayLogEps) with
-  // d_i = mean over rows of (hx - hy)_i^2 (docs/method.md#loss-variants), else ||hx - hy||_F^2 / B. Returns
-  // terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty) and the two
-  // (k, k) matrices C whose norms give the decorrelation.
+  // The 2-Way loss (docs/method.md#the-loss). hx_dec/hy_dec are the decorrelation's inputs; the terms,
+  // coefficients and loss_options (the variants' bits) are described in csrc/loss_terms.h. Returns the
+  // terms (the total first) and the two (k, k) matrices C whose norms give the decorrelation.
   m.def("twoway_loss(Tensor x, Tensor y, Tensor x_hat, Tensor y_hat, Tensor hx, Tensor hy, Tensor hx_dec, "
-        "Tensor hy_dec, Tensor[] weights, Tensor[] gammas, float[] coefficients, bool midway_log, bool correlation, "
-        "float eps) -> (Tensor terms, Tensor cx, Tensor cy)");
-  // Its backward from grad_terms (8,), the gradient of every entry of terms.
+        "Tensor hy_dec, Tensor[] weights, Tensor[] gammas, float[] coefficients, int loss_options, float eps) -> "
+        "(Tensor terms, Tensor cx, Tensor cy)");
+  // Its backward from grad_terms, the gradient of every entry of terms.
   m.def("twoway_loss_backward(Tensor grad_terms, Tensor x, Tensor y, Tensor x_hat, Tensor y_hat, Tensor hx, "
         "Tensor hy, Tensor hx_dec, Tensor hy_dec, Tensor[] weights, Tensor[] gammas, Tensor cx, Tensor cy, "
-        "float[] coefficients, bool midway_log, bool correlation, float eps) -> (Tensor grad_x_hat, "
+        "float[] coefficients, int loss_options, float eps) -> (Tensor grad_x_hat, "
         "Tensor grad_y_hat, Tensor grad_hx, Tensor grad_hy, Tensor grad_hx_dec, Tensor grad_hy_dec, "
         "Tensor[] grad_weights, Tensor[] grad_gammas)");
 }

@@ -1,25 +1,15 @@
-// The parts of the 2-Way loss op (docs/method.md#the-loss) shared by its CPU and CUDA kernels: the term
-// layout, input checks and the decorrelation's matrix C, all through ATen (any device, no host reads).
-// terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay, gamma_penalty);
-// coefficients = (lx, ly, lh, lc, wd, lg).
+// The parts of the 2-Way loss op (docs/method.md#the-loss) shared by its CPU and CUDA kernels besides the
+// terms' description (loss_terms.h): input checks and the decorrelation's matrix C, all through ATen (any
+// device, no host reads).
 #pragma once
 #include <ATen/ATen.h>
 
-#include <array>
 #include <utility>
 
 #include "checks.h"
+#include "loss_terms.h"
 
 namespace twoway_fast {
-
-constexpr int kTerms = 8;
-// terms[i] (i >= 1) enters the total with coefficients[kCoefficientOf[i]].
-constexpr std::array<int, kTerms> kCoefficientOf = {-1, 0, 1, 2, 3, 3, 4, 5};
-
-// The log mid-way term's eps, sum_i log(d_i + eps) (docs/method.md#loss-variants): it bounds the
-// gradient 1 / (d_i + eps) of a dimension whose two representations match exactly (d_i = 0). Python's
-// copy: twoway_fast.loss_variants.MIDWAY_LOG_EPS.
-constexpr double kMidwayLogEps = 1e-3;
 
 // Column mean and 1 / sqrt(var_biased + eps) of h: the correlation form's standardisation.
 inline std::pair<at::Tensor, at::Tensor> column_moments(const at::Tensor& h, double eps) {
@@ -54,7 +44,7 @@ inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* 
 inline void check_loss_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                               const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
                               const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList weights,
-                              at::TensorList gammas, at::ArrayRef<double> coefficients) {
+                              at::TensorList gammas, at::ArrayRef<double> coefficients, int64_t options) {
   check_matrix(x, "x");
   check_matrix(y, "y");
   check_matrix(hx, "hx");
@@ -71,8 +61,10 @@ inline void check_loss_inputs(const at::Tensor& x, const at::Tensor& y, const at
   TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
               x.size(0), ", ", y.size(0), " and ", hx.size(0));
   TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");
-  TORCH_CHECK(coefficients.size() == 6, "coefficients must be (lx, ly, lh, lc, wd, lg), got ", coefficients.size(),
-              " values");
+  TORCH_CHECK(coefficients.size() == kCoefficients, "coefficients must be (lx, ly, lh, lc, wd, lg), got ",
+              coefficients.size(), " values");
+  TORCH_CHECK((options & ~option::kAll) == 0, "loss_options must combine the bits of ", option::kAll, ", got ",
+              options);
   for (size_t i = 0; i < weights.size(); ++i)
     TORCH_CHECK(weights[i].scalar_type() == x.scalar_type() && weights[i].device() == x.device(), "weights[", i,
                 "] must be ", x.scalar_type(), " on ", x.device(), ", got ", weights[i].scalar_type(), " on ",

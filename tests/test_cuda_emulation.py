@@ -20,7 +20,7 @@ from torch.utils import cpp_extension
 
 from twoway_fast import ops, reference
 
-from test_twoway_loss import COEFFICIENTS, loss_inputs  # noqa: E402
+from test_twoway_loss import COEFFICIENTS, loss_inputs, options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_SHAPES = [(2, 1), (3, 7), (17, 64), (33, 130)]  # 1 column; a partial 4-group; one block; 3 blocks
@@ -103,7 +103,7 @@ def test_emulated_half_precision_kernels_match_float32_cpu_passes(kernels, act_f
 
 
 def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, weights, gammas, midway_log=False):
-    """The kernel's sums (loss_sums.cuh's Sum order) in float64 torch (the midway sum 0 in the log form,
+    """The kernel's sums (csrc/loss_terms.h's sum order) in float64 torch (the midway sum 0 in the log form,
     which takes column sums instead)."""
     d = lambda t: t.double()  # noqa: E731
     square = lambda t: d(t).pow(2).sum()  # noqa: E731
@@ -121,9 +121,10 @@ def test_emulated_loss_kernels_match_cpu_op(loss_kernels, batch, dx, dy, k, corr
     out, x, y, weights, gammas = loss_inputs(batch, dx, dy, k, dtype, blocks=k % 2 == 0)
     out, weights, gammas = [t.detach() for t in out], [w.detach() for w in weights], [g.detach() for g in gammas]
     coefficients = list(COEFFICIENTS.values())
-    terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, midway_log, correlation,
+    terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, options(midway_log, correlation),
                                     1e-5)  # the CPU op
-    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, coefficients, midway_log, 0)
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, coefficients,
+                                          options(midway_log, False), 0)
     torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas, midway_log), rtol=1e-12,
                                atol=1e-12)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
@@ -138,7 +139,7 @@ def test_emulated_loss_kernels_with_more_tiles_than_blocks(loss_kernels):
     weights = [w.detach() for w in weights] + [torch.empty(0, 7), torch.randn(300, 200)]  # an empty segment too
     cx, cy = (h.T @ h / h.shape[0] for h in out[2:4])
     sums, _, table_blocks = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas,
-                                                   list(COEFFICIENTS.values()), False, 3)
+                                                   list(COEFFICIENTS.values()), 0, 3)
     assert table_blocks > 3 * 4, "the table has several tiles per block"
     torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
 
@@ -150,7 +151,7 @@ def test_emulated_half_precision_loss_kernels_match_float32_reference(loss_kerne
     out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
     cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])  # the op's C: float32
     sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()),
-                                          False, 0)
+                                          0, 0)
     assert got.dtype == torch.float32  # terms in float32: this weight decay passes float16's range
     torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, weights, gammas), rtol=1e-12, atol=1e-12)
     f = lambda ts: [t.float() for t in ts]  # noqa: E731
@@ -174,7 +175,8 @@ def test_emulated_half_precision_log_midway_matches_float32_reference(loss_kerne
     half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
     out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
     cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])
-    _, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()), True, 0)
+    _, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, weights, gammas, list(COEFFICIENTS.values()),
+                                       options(True, False), 0)
     f = lambda ts: [t.float() for t in ts]  # noqa: E731
     want = reference.loss(reference.TwoWayOutput(*f(out)), x.float(), y.float(), f(weights), f(gammas),
                           **COEFFICIENTS, midway_form="log")

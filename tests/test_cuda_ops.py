@@ -16,7 +16,7 @@ ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built
 from twoway_fast.backends import fused  # noqa: E402
 
 from fused_pairs import close, twin_models  # noqa: E402
-from test_twoway_loss import COEFFICIENTS, VARIANTS, loss_inputs  # noqa: E402
+from test_twoway_loss import COEFFICIENTS, VARIANTS, loss_inputs, options  # noqa: E402
 from test_twoway_net import CASES, DTYPES, ORDERS, op_args, run  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -189,7 +189,8 @@ def test_loss_sums_are_deterministic(midway_log):
     """The reduction kernels add fixed partials in a fixed order (no atomics): the same inputs give the
     same bits."""
     out, x, y, weights, gammas = to_cuda(loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True))
-    args = (x, y, *[t.detach() for t in out], weights, gammas, list(COEFFICIENTS.values()), midway_log, True, 1e-5)
+    args = (x, y, *[t.detach() for t in out], weights, gammas, list(COEFFICIENTS.values()), options(midway_log, True),
+            1e-5)
     first, second = ops.twoway_loss(*args)[0], ops.twoway_loss(*args)[0]
     assert torch.equal(first, second)
 
@@ -199,7 +200,7 @@ def test_loss_refuses_more_tensors_than_its_sum_table_holds():
     many_gammas = [g.detach() for g in gammas] * 30  # 2 sums each: beyond the table's 64 entries
     with pytest.raises(RuntimeError, match="the CUDA twoway_loss takes at most 64 sums"):
         ops.twoway_loss(x, y, *[t.detach() for t in out], [w.detach() for w in weights], many_gammas,
-                        list(COEFFICIENTS.values()), False, False, 1e-5)
+                        list(COEFFICIENTS.values()), 0, 1e-5)
 
 
 @pytest.mark.parametrize("act_first", [True, False])
@@ -221,13 +222,14 @@ def test_loss_opcheck(correlation, midway_log):
     out, x, y, weights, gammas = to_cuda(loss_inputs(4, 3, 5, 6, torch.float32))
     coefficients = list(COEFFICIENTS.values())
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss.default,
-                          (x, y, *out, weights, gammas, coefficients, midway_log, correlation, 1e-5))
+                          (x, y, *out, weights, gammas, coefficients, options(midway_log, correlation), 1e-5))
     detached = [t.detach() for t in out]
     weights, gammas = [w.detach() for w in weights], [g.detach() for g in gammas]
-    _, cx, cy = ops.twoway_loss(x, y, *detached, weights, gammas, coefficients, midway_log, correlation, 1e-5)
+    _, cx, cy = ops.twoway_loss(x, y, *detached, weights, gammas, coefficients, options(midway_log, correlation),
+                                1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss_backward.default,
                           (torch.randn(8, device="cuda"), x, y, *detached, weights, gammas, cx, cy, coefficients,
-                           midway_log, correlation, 1e-5))
+                           options(midway_log, correlation), 1e-5))
 
 
 def test_graph_captured_step_equals_eager_step():

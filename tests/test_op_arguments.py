@@ -23,7 +23,7 @@ def net_args(dx=3, dy=5, h=2):
 
 
 NET_TAIL = dict(p=[0.0], repr_layer=0, leak=0.3, eps=1e-3, act_first=True)
-LOSS_TAIL = dict(coefficients=[1.0, 1.0, 0.5, 0.05, 0.05, 0.05], midway_log=True, correlation=False, eps=1e-5)
+LOSS_TAIL = dict(coefficients=[1.0, 1.0, 0.5, 0.05, 0.05, 0.05], loss_options=1, eps=1e-5)
 
 
 def loss_args(dx=3, dy=5, h=2):
@@ -45,8 +45,7 @@ def calls(w=2, dx=3, dy=5):
     n, loss = net_args(dx, dy, w), loss_args(dx, dy, w)
     stats = dict(mean=_t(w), std=_t(w))
     step = {k: v for k, v in n.items()}
-    step_tail = dict(**NET_TAIL, coefficients=LOSS_TAIL["coefficients"], midway_log=True, correlation=False,
-                     decorrelation_eps=1e-5, before_dropout=False)
+    step_tail = dict(**NET_TAIL, coefficients=LOSS_TAIL["coefficients"], loss_options=1, decorrelation_eps=1e-5)
     saved = dict(z=[_t(ROWS, w), _t(ROWS, w)], mean=[_t(w), _t(w)], std=[_t(w), _t(w)])
     grads = dict(grad_x_hat=_t(ROWS, dx), grad_y_hat=_t(ROWS, dy), grad_hx=_t(ROWS, w), grad_hy=_t(ROWS, w),
                  grad_hx_pre=None, grad_hy_pre=None)

@@ -7,7 +7,7 @@ import torch
 
 from twoway_fast import reference
 from twoway_fast.backends import fused
-from twoway_fast.loss_variants import MIDWAY_LOG_EPS
+from twoway_fast.loss_variants import CORRELATION, MIDWAY_LOG, MIDWAY_LOG_EPS
 
 ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
@@ -16,6 +16,11 @@ from fused_pairs import close  # noqa: E402
 VARIANTS = [("second_moment", "after_dropout"), ("second_moment", "before_dropout"),
             ("correlation", "after_dropout"), ("correlation", "before_dropout")]
 COEFFICIENTS = dict(lx=1.0, ly=0.7, lh=2.0, lc=0.5, wd=0.05, lg=0.05)
+
+
+def options(midway_log: bool, correlation: bool) -> int:
+    """The ops' loss_options of these variants."""
+    return (MIDWAY_LOG if midway_log else 0) | (CORRELATION if correlation else 0)
 
 
 def loss_inputs(batch, dx, dy, k, dtype, blocks=False):
@@ -106,25 +111,26 @@ def test_gradcheck_float64(form, midway):
 def test_opcheck(correlation, midway_log):
     out, x, y, weights, gammas = loss_inputs(4, 3, 5, 6, torch.float32)
     coefficients = list(COEFFICIENTS.values())
-    args = (x, y, *out, weights, gammas, coefficients, midway_log, correlation, 1e-5)
+    args = (x, y, *out, weights, gammas, coefficients, options(midway_log, correlation), 1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss.default, args)
     detached = [t.detach() for t in out]
     _, cx, cy = ops.twoway_loss(x, y, *detached, [w.detach() for w in weights], [g.detach() for g in gammas],
-                                coefficients, midway_log, correlation, 1e-5)
+                                coefficients, options(midway_log, correlation), 1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss_backward.default,
                           (torch.randn(8), x, y, *detached, [w.detach() for w in weights],
-                           [g.detach() for g in gammas], cx, cy, coefficients, midway_log, correlation, 1e-5))
+                           [g.detach() for g in gammas], cx, cy, coefficients, options(midway_log, correlation),
+                           1e-5))
 
 
 def test_rejects_bad_input():
     out, x, y, weights, gammas = loss_inputs(4, 3, 5, 6, torch.float32)
     coefficients = list(COEFFICIENTS.values())
     with pytest.raises(RuntimeError, match=r"x_hat must have the shape of x \[4, 3\]"):
-        ops.twoway_loss(x, y, out.y_hat, *out[1:], weights, gammas, coefficients, False, False, 1e-5)
+        ops.twoway_loss(x, y, out.y_hat, *out[1:], weights, gammas, coefficients, 0, 1e-5)
     with pytest.raises(RuntimeError, match="coefficients must be"):
-        ops.twoway_loss(x, y, *out, weights, gammas, coefficients[:5], False, False, 1e-5)
+        ops.twoway_loss(x, y, *out, weights, gammas, coefficients[:5], 0, 1e-5)
     with pytest.raises(RuntimeError, match=r"gammas\[1\] must be a 1-D Float"):
-        ops.twoway_loss(x, y, *out, weights, [gammas[0], gammas[1].double()], coefficients, False, False, 1e-5)
+        ops.twoway_loss(x, y, *out, weights, [gammas[0], gammas[1].double()], coefficients, 0, 1e-5)
     with pytest.raises(ValueError, match="decorrelation form"):
         fused.loss(out, x, y, weights, gammas, decorrelation_form="covariance")
     with pytest.raises(ValueError, match=r"midway must be one of \('sum', 'log'\) \(the mid-way term's form\), got 'mean'"):

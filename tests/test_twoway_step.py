@@ -229,20 +229,19 @@ def sgd_step_args(dtype=torch.float32, midway="sum"):
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
     buffers = [torch.randn_like(p) for ps in params for p in ps]
     return [x, y, *params, step.states, model.dropout, model.repr_layer, model.leak, model.bn_eps, model.act_first,
-            step.coefficients, step.midway_log, step.correlation, step.eps, step.before_dropout, buffers, 0.1, 0.9, 0.1,
-            True, 0.01, False]
+            step.coefficients, step.loss_options, step.eps, buffers, 0.1, 0.9, 0.1, True, 0.01, False]
 
 
 @pytest.mark.parametrize("midway", ["sum", "log"])
 def test_step_gradients_opcheck(midway):
-    args = sgd_step_args(midway=midway)[:17]
+    args = sgd_step_args(midway=midway)[:15]
     torch.library.opcheck(torch.ops.twoway_fast.twoway_step_gradients.default, args)
 
 
 def test_step_gradients_of_a_non_contiguous_weight():
     # The gradients op reads the weights for the weight decay too: a transposed view must count as the
     # same values, not its storage order.
-    args = sgd_step_args(torch.float64)[:17]
+    args = sgd_step_args(torch.float64)[:15]
     weights = [w.clone() for w in args[2]]
     expected = torch.ops.twoway_fast.twoway_step_gradients.default(*args)
     args[2] = [w.T.contiguous().T if w.dim() == 2 else w for w in weights]
@@ -272,16 +271,16 @@ def test_sgd_step_op_rejects_grad_mode_bad_buffers_and_parameters():
 
 def check_bad_buffers_and_parameters(op):
     args = sgd_step_args()
-    args[17] = args[17][:-1]
+    args[15] = args[15][:-1]
     with pytest.raises(RuntimeError, match=r"momentum_buffers must hold one buffer per parameter \(24\), got 23"):
         op(*args)
     args = sgd_step_args()
-    args[17][3] = args[17][3].double()
+    args[15][3] = args[15][3].double()
     with pytest.raises(RuntimeError, match="momentum buffer 3 must be a contiguous tensor like its parameter"):
         op(*args)
     args = sgd_step_args()
     with pytest.raises(RuntimeError, match="momentum_buffers must be empty when momentum is 0"):
-        op(*args[:19], 0.0, *args[20:])
+        op(*args[:17], 0.0, *args[18:])
     args = sgd_step_args()
     args[2][0] = args[2][0].T.contiguous().T  # same shape, not contiguous
     with pytest.raises(RuntimeError, match="parameter 0 must be contiguous to be updated in place"):

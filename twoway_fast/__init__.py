@@ -13,7 +13,7 @@ from ._version import __version__
 __all__ = ["TwoWayNet", "TwoWayLoss", "TwoWayOutput", "LossTerms", "TwoWayEstimator", "load", "presets", "reference",
            "__version__"]
 
-_HOMES = {"TwoWayNet": "model", "TwoWayLoss": "loss", "TwoWayOutput": "types", "LossTerms": "types",
+_HOMES = {"TwoWayNet": "model", "TwoWayLoss": "loss", "TwoWayOutput": "types", "LossTerms": "loss_terms",
           "TwoWayEstimator": "estimator",  # the estimator pulls in scikit-learn
           "load": "run"}  # a run folder as a model with its preprocessing
 

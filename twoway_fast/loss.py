@@ -4,8 +4,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .backends import resolve_backend
+from .loss_terms import LossTerms, coefficients_of
 from .loss_variants import check_loss_variant
-from .types import LossTerms, TwoWayOutput
+from .types import TwoWayOutput
 
 RECONSTRUCTIONS = ("sum", "mean")
 
@@ -14,8 +15,10 @@ class TwoWayLoss(nn.Module):
     """criterion(out, x, y) -> LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y,
     weight_decay, gamma_penalty): the weighted total and each term unweighted.
 
-    Defaults are the original's (faithful) settings with the mnist preset's lh and lc; the presets
-    (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
+    coefficients: each term's weight by name (twoway_fast.loss_terms.COEFFICIENTS: lx, ly the
+    reconstructions', lh the mid-way term's, lc the decorrelation's, wd the weight decay's, lg the gamma
+    penalty's). Defaults are the original's (faithful) settings with the mnist preset's lh and lc; the
+    presets (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
 
     reconstruction: "sum" (the original: squared error summed over a row's elements) or "mean" (over
     its elements: lx and ly are divided by the view widths, so a reconstruction weighs the same
@@ -29,19 +32,19 @@ class TwoWayLoss(nn.Module):
     lowered by shrinking gamma, which only the gamma penalty resists.
     """
 
-    def __init__(self, model, lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05,
-                 wd: float = 0.05, lg: float = 0.05, decorrelation: str = "second_moment",
-                 decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
-                 reconstruction: str = "sum", midway: str = "sum"):
+    def __init__(self, model, *, decorrelation: str = "second_moment", decorrelation_input: str = "after_dropout",
+                 decorrelation_eps: float = 1e-5, reconstruction: str = "sum", midway: str = "sum",
+                 **coefficients: float):
         super().__init__()
         check_loss_variant(decorrelation, decorrelation_input, midway)
         if reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
         self.model = [model]  # a plain list: the loss must not re-register the model's parameters
         self.reconstruction, self.midway = reconstruction, midway
+        self.coefficients = coefficients_of(coefficients)
         if reconstruction == "mean":
-            lx, ly = lx / model.dx, ly / model.dy
-        self.coefficients = dict(lx=lx, ly=ly, lh=lh, lc=lc, wd=wd, lg=lg)
+            self.coefficients["lx"] /= model.dx
+            self.coefficients["ly"] /= model.dy
         self.decorrelation, self.decorrelation_input = decorrelation, decorrelation_input
         self.decorrelation_eps = decorrelation_eps
 

@@ -13,9 +13,11 @@ DECORRELATION_FORMS = ("second_moment", "correlation")
 DECORRELATION_INPUTS = ("after_dropout", "before_dropout")
 
 # The log mid-way term's eps, sum_i log(d_i + eps): it bounds the gradient 1 / (d_i + eps) of a dimension
-# whose two representations match exactly (d_i = 0). The kernels' copy is kMidwayLogEps
-# (csrc/twoway_loss_common.h).
+# whose two representations match exactly (d_i = 0). The kernels' copy is kMidwayLogEps (csrc/loss_terms.h).
 MIDWAY_LOG_EPS = 1e-3
+
+# The variants as the bits of the ops' loss_options (csrc/loss_terms.h's option::).
+MIDWAY_LOG, CORRELATION, BEFORE_DROPOUT = 1, 2, 4
 
 
 def check_midway(midway: str) -> None:
@@ -29,6 +31,13 @@ def check_loss_variant(form: str, where: str, midway: str = "sum") -> None:
     if where not in DECORRELATION_INPUTS:
         raise ValueError(f"decorrelation_input must be one of {DECORRELATION_INPUTS}, got {where!r}")
     check_midway(midway)
+
+
+def loss_options(midway: str, form: str, where: str) -> int:
+    """The variants as the ops' loss_options (checked)."""
+    check_loss_variant(form, where, midway)
+    return ((MIDWAY_LOG if midway == "log" else 0) | (CORRELATION if form == "correlation" else 0)
+            | (BEFORE_DROPOUT if where == "before_dropout" else 0))
 
 
 def decorrelation_inputs(out: TwoWayOutput, form: str, where: str) -> tuple[Tensor, Tensor]:

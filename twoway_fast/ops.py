@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._extension import EXTENSION, WHY_NOT
+from .loss_terms import LossTerms
 
 if EXTENSION is None:
     raise ImportError(WHY_NOT)
@@ -192,27 +193,28 @@ def _(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, 
 
 def twoway_loss(x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, hx: Tensor, hy: Tensor, hx_dec: Tensor,
                 hy_dec: Tensor, weights: list[Tensor], gammas: list[Tensor], coefficients: list[float],
-                midway_log: bool, correlation: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The 2-Way loss: terms (8,) = (total, recon_x, recon_y, midway, decorr_x, decorr_y, weight_decay,
-    gamma_penalty) and the decorrelation matrices Cx, Cy, all in stats_dtype (float32 for half inputs: a
-    sum of squares soon passes float16's range). coefficients = (lx, ly, lh, lc, wd, lg); midway_log: the
-    log form of the mid-way term (docs/method.md#loss-variants)."""
+                loss_options: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2-Way loss: terms (twoway_fast.loss_terms.LossTerms' order, the total first) and the
+    decorrelation matrices Cx, Cy, all in stats_dtype (float32 for half inputs: a sum of squares soon
+    passes float16's range). coefficients in loss_terms.COEFFICIENTS' order; loss_options the variants'
+    bits (loss_variants.loss_options)."""
     return torch.ops.twoway_fast.twoway_loss.default(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas,
-                                                     coefficients, midway_log, correlation, eps)
+                                                     coefficients, loss_options, eps)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss")
-def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, midway_log, correlation, eps):
+def _(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, loss_options, eps):
     _one_device("twoway_loss", x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy, hx_dec=hx_dec, hy_dec=hy_dec,
                 weights=weights, gammas=gammas)
     _columns("twoway_loss", x=x, y=y, hx=hx)
     k, dtype = hx.shape[1], stats_dtype(hx.dtype)
-    return x.new_empty(8, dtype=dtype), hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
+    terms = x.new_empty(len(LossTerms._fields), dtype=dtype)
+    return terms, hx.new_empty(k, k, dtype=dtype), hx.new_empty(k, k, dtype=dtype)
 
 
 @torch.library.register_fake("twoway_fast::twoway_loss_backward")
-def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, midway_log,
-      correlation, eps):
+def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, cx, cy, coefficients, loss_options,
+      eps):
     _one_device("twoway_loss_backward", grad_terms=grad_terms, x=x, y=y, x_hat=x_hat, y_hat=y_hat, hx=hx, hy=hy,
                 hx_dec=hx_dec, hy_dec=hy_dec, weights=weights, gammas=gammas, cx=cx, cy=cy)
     _columns("twoway_loss_backward", x=x, y=y, hx=hx)
@@ -225,21 +227,21 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
 
 @torch.library.register_fake("twoway_fast::twoway_step_gradients")
 def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-               midway_log, correlation, decorrelation_eps, before_dropout):
+               loss_options, decorrelation_eps):
     _net_args("twoway_step", x, y, weights, bias=bias, gamma=gamma, beta=beta, rng_states=rng_states)
     widths = [_weight_out(w) for w in weights[:len(gamma) // 2]]
     stats = [x.new_empty(widths[k % len(widths)], dtype=stats_dtype(x.dtype)) for k in range(len(gamma))]
     grads = [q.new_empty(q.shape) for q in [*weights, *bias, *gamma, *beta]]
-    return x.new_empty(8, dtype=stats_dtype(x.dtype)), grads, stats, [s.new_empty(s.shape) for s in stats]
+    terms = x.new_empty(len(LossTerms._fields), dtype=stats_dtype(x.dtype))
+    return terms, grads, stats, [s.new_empty(s.shape) for s in stats]
 
 
 @torch.library.register_fake("twoway_fast::twoway_sgd_step")
-def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, midway_log,
-      correlation, decorrelation_eps, before_dropout, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
-      maximize):
+def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, loss_options,
+      decorrelation_eps, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
     _one_device("twoway_sgd_step", x=x, momentum_buffers=momentum_buffers)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-                      midway_log, correlation, decorrelation_eps, before_dropout)
+                      loss_options, decorrelation_eps)
 
 
 # ---------------------------------------------------------------- retrieval ranks

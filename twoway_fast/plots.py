@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from . import metrics
 from .data import Dataset
 from .evaluation import linear_cca_on
+from .loss_terms import COEFFICIENT_OF
 from .retrieval import retrieval_ranks
 from .run import write_atomic
 from .train import TERMS
@@ -28,9 +29,6 @@ from .train import TERMS
 LOSS_PNG, VALIDATION_PNG, SPECTRUM_PNG = "loss.png", "validation.png", "spectrum.png"
 RECALL_PNG, CROSS_PNG, RECON_PNG = "recall.png", "cross_correlation.png", "reconstructions.png"
 FILES = (LOSS_PNG, VALIDATION_PNG, SPECTRUM_PNG, RECALL_PNG, CROSS_PNG, RECON_PNG)
-# The coefficient of each loss term (TwoWayLoss.coefficients' names): the total is their weighted sum.
-COEFFICIENT = {"recon_x": "lx", "recon_y": "ly", "midway": "lh", "decorr_x": "lc", "decorr_y": "lc",
-               "weight_decay": "wd", "gamma_penalty": "lg"}
 SEAM = (0.85, 0.1, 0.1)  # the line between a real half and a reconstructed one
 
 
@@ -51,8 +49,8 @@ def plot_losses(log: list[dict], coefficients: dict[str, float], path: Path) -> 
         panels.append(("val", "validation split: after each epoch\n(eval mode: running statistics, no dropout)"))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (part, title) in zip(axes, panels):
-        weighted = [[coefficients[COEFFICIENT[t]] * row[part][t] for row in log] for t in terms]
-        labels = [f"{COEFFICIENT[t]} x {t} ({coefficients[COEFFICIENT[t]]:.3g})" for t in terms]
+        weighted = [[coefficients[COEFFICIENT_OF[t]] * row[part][t] for row in log] for t in terms]
+        labels = [f"{COEFFICIENT_OF[t]} x {t} ({coefficients[COEFFICIENT_OF[t]]:.3g})" for t in terms]
         ax.stackplot(epochs, weighted, labels=labels, alpha=0.85)
         ax.plot(epochs, [row[part]["total"] for row in log], color="black", lw=1, ls="--", label="total")
         ax.set_title(title, fontsize=10)

@@ -18,7 +18,8 @@ from .dropout import rng_states
 from .init import glorot_uniform_  # noqa: F401
 from .loss_variants import (DECORRELATION_FORMS, DECORRELATION_INPUTS, check_loss_variant,  # noqa: F401
                             check_midway, decorrelation_inputs, log_midway)
-from .types import LossTerms, TwoWayOutput
+from .loss_terms import LossTerms, with_total
+from .types import TwoWayOutput
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -208,19 +209,19 @@ def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> 
 
 
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,
-         lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05, wd: float = 0.05,
-         lg: float = 0.05, midway_form: str = "sum", decorrelation_form: str = "second_moment",
-         decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
+         midway_form: str = "sum", decorrelation_form: str = "second_moment",
+         decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
+         **coefficients: float) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
-    both channels. Defaults are the original's (faithful) ones (lh, lc of the mnist preset)."""
+    both channels; coefficients lx, ly, lh, lc, wd, lg, by default the original's (faithful) ones (lh, lc
+    of the mnist preset: twoway_fast.loss_terms.COEFFICIENTS)."""
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
-    recon_x = squared_distance(x, out.x_hat)
-    recon_y = squared_distance(y, out.y_hat)
-    mid = midway(out.hx, out.hy, midway_form)
-    decorr_x = decorrelation(hx, decorrelation_form, decorrelation_eps)
-    decorr_y = decorrelation(hy, decorrelation_form, decorrelation_eps)
-    weight_decay = sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas)
-    gamma_penalty = sum(g.pow(-2).sum() for g in gammas)
-    total = (lx * recon_x + ly * recon_y + lh * mid + lc * (decorr_x + decorr_y) + wd * weight_decay
-             + lg * gamma_penalty)
-    return LossTerms(total, recon_x, recon_y, mid, decorr_x, decorr_y, weight_decay, gamma_penalty)
+    return with_total(dict(
+        recon_x=squared_distance(x, out.x_hat),
+        recon_y=squared_distance(y, out.y_hat),
+        midway=midway(out.hx, out.hy, midway_form),
+        decorr_x=decorrelation(hx, decorrelation_form, decorrelation_eps),
+        decorr_y=decorrelation(hy, decorrelation_form, decorrelation_eps),
+        weight_decay=sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas),
+        gamma_penalty=sum(g.pow(-2).sum() for g in gammas),
+    ), coefficients)

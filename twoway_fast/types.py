@@ -1,10 +1,12 @@
 """The types the model, the backends, the loss and the training steps share: what a forward gives, what
-the loss gives and the parameters as the ops take them. Types only, no computation (the oracle, twoway_fast/reference.py,
-computes them in plain PyTorch)."""
+the loss gives (LossTerms, defined with the terms in loss_terms.py) and the parameters as the ops take
+them. Types only, no computation (the oracle, twoway_fast/reference.py, computes them in plain PyTorch)."""
 # No `from __future__ import annotations`: the fields' types stay objects for the API reference.
 from typing import NamedTuple
 
 from torch import Tensor
+
+from .loss_terms import LossTerms  # noqa: F401 (its home is the loss's description)
 
 
 class TwoWayOutput(NamedTuple):
@@ -21,26 +23,6 @@ class TwoWayOutput(NamedTuple):
     """hx before the dropout (the decorrelation's "before_dropout" input)."""
     hy_pre: Tensor
     """hy before the dropout."""
-
-
-class LossTerms(NamedTuple):
-    """The weighted total and every term unweighted (docs/method.md#the-loss)."""
-    total: Tensor
-    """The weighted sum of the terms below: what to call backward() on."""
-    recon_x: Tensor
-    """mean_rows sum_cols (x - x_hat)^2."""
-    recon_y: Tensor
-    """mean_rows sum_cols (y - y_hat)^2."""
-    midway: Tensor
-    """mean_rows sum_cols (hx - hy)^2."""
-    decorr_x: Tensor
-    """||Cx||_F - ||diag Cx||_2."""
-    decorr_y: Tensor
-    """||Cy||_F - ||diag Cy||_2."""
-    weight_decay: Tensor
-    """sum ||W_i||_F^2 + sum gamma^2."""
-    gamma_penalty: Tensor
-    """sum 1 / gamma^2."""
 
 
 class OpParameters(NamedTuple):

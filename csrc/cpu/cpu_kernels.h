@@ -1,6 +1,6 @@
 // The CPU kernels the training-step ops (csrc/cpu/twoway_step.cpp) run in turn, called from C++
 // without the dispatcher: the network op and its backward (arguments and results as their schemas in
-// csrc/twoway_fast.cpp) and the loss with its gradients.
+// csrc/twoway_fast.cpp) and the loss pass.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -9,7 +9,7 @@
 #include <tuple>
 #include <vector>
 
-#include "twoway_loss_common.h"  // kTerms
+#include "loss_terms.h"  // kSums
 
 namespace twoway_fast {
 
@@ -37,23 +37,35 @@ NetBackwardResult twoway_net_backward_cpu(
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
     const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
 
-// The 2-Way loss and the gradients of its total (grad_terms = (1, 0, ..., 0)) in one region, each
-// channel's inputs read once: the training-step ops' loss. terms as twoway_loss's in double, without the
-// weights' squares (terms[6] holds the gammas'; the caller adds the weights') and without the total
-// (terms[0] is 0; loss_terms_tensor sums it); the gradients as twoway_loss_backward's.
-struct LossAndGrads {
-  std::array<double, kTerms> terms;
-  at::Tensor grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec;
-  std::vector<at::Tensor> grad_gammas;
+// The inputs of the 2-Way loss (the loss op's, csrc/twoway_fast.cpp), hx_dec/hy_dec the decorrelation's.
+struct LossInputs {
+  const at::Tensor &x, &y, &x_hat, &y_hat, &hx, &hy, &hx_dec, &hy_dec;
+  at::TensorList weights, gammas;
 };
-LossAndGrads twoway_loss_and_grads_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
-                                       const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
-                                       const at::Tensor& hx_dec, const at::Tensor& hy_dec, at::TensorList gammas,
-                                       at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
-                                       double eps);
 
-// The terms tensor the loss op returns: the total summed from terms[1..], in x's dtype.
-at::Tensor loss_terms_tensor(std::array<double, kTerms> terms, at::ArrayRef<double> coefficients,
-                             const at::Tensor& x);
+// What a pass of the 2-Way loss gives: the sums of its terms (loss_terms.h) and the decorrelation
+// matrices, and, when asked, the gradients with respect to every input but x and y (x's and y's are
+// the negation of x_hat's and y_hat's).
+struct LossPass {
+  std::array<double, kSums> sums{};
+  double log_midway = 0.0;  // the log mid-way term, summed from its columns
+  at::Tensor cx, cy;
+  at::Tensor grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec;
+  std::vector<at::Tensor> grad_weights, grad_gammas;
+  // The weight-decay term's gradient with respect to a weight W is weight_grad_factor * W: for the
+  // training-step ops, which pass no weights and complete the term with add_weight_squares from the
+  // pass that updates them (it reads them anyway).
+  double weight_grad_factor = 0.0;
+  void add_weight_squares(double squares) { sums[sum::kWeightDecay] += squares; }
+  // terms as the loss op returns them, in x's dtype.
+  at::Tensor terms(at::ArrayRef<double> coefficients, int64_t options, const at::Tensor& x) const;
+};
+
+// The one CPU pass of the 2-Way loss that the loss op, its backward and the training-step ops run, each
+// channel's inputs read once. With `sums`, the terms' sums and C; with grad_terms (kTerms, in double), the
+// gradients of sum_i grad_terms[i] * terms[i], from C given (the backward op's cx, cy: c[0], c[1]) or
+// computed. loss_options as the ops take them (loss_terms.h).
+LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficients, int64_t options, double eps,
+                          bool sums, const double* grad_terms, const at::Tensor* c = nullptr);
 
 }  // namespace twoway_fast

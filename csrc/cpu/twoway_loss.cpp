@@ -1,6 +1,6 @@
-// CPU kernel of the 2-Way loss (docs/method.md#the-loss), forward and backward: one pass per distance, the
-// decorrelation's matrix C as one small GEMM, sums in double. terms = (total, recon_x, recon_y,
-// midway, decorr_x, decorr_y, weight_decay, gamma_penalty); coefficients = (lx, ly, lh, lc, wd, lg).
+// CPU kernel of the 2-Way loss (docs/method.md#the-loss): one pass (twoway_loss_pass) that the loss op, its
+// backward and the training-step ops run, computing each term's sums (loss_terms.h) and gradient: one pass
+// per distance, the decorrelation's matrix C as one small GEMM, sums in double.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,13 +9,15 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/cpu_builds.h"  // run_fastest
 #include "cpu/cpu_kernels.h"
 #include "cpu/parallel_chunks.h"  // kParallelMinElements, grain_for
 #include "cpu/side_by_side.h"
-#include "twoway_loss_common.h"
+#include "loss_terms.h"
+#include "twoway_loss_common.h"  // check_loss_inputs, second_moment
 
 namespace twoway_fast {
 namespace {
@@ -86,9 +88,8 @@ double sum_over(TensorList tensors_in, F f) {
   return sum;
 }
 
-// (||C||_F, ||diag C||_2) in double, one pass over C (k x k).
-std::pair<double, double> norms(const Tensor& c_in) {
-  const auto c = c_in.contiguous();
+// (||C||_F^2, ||diag C||_2^2) in double, one pass over C (k x k).
+std::pair<double, double> square_norms(const Tensor& c) {
   const int64_t k = c.size(0);
   double all = 0.0, diag = 0.0;
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "twoway_loss_norms", [&] {
@@ -96,22 +97,49 @@ std::pair<double, double> norms(const Tensor& c_in) {
     all = sum_of(k * k, [v](int64_t i) { return static_cast<double>(v[i]) * v[i]; });
     for (int64_t i = 0; i < k; ++i) diag += static_cast<double>(v[i * k + i]) * v[i * k + i];
   });
-  return {std::sqrt(all), std::sqrt(diag)};
+  return {all, diag};
 }
 
-// sum over the rows of ||a_r - b_r||^2, divided by the rows.
-double squared_distance(const Tensor& a_in, const Tensor& b_in) {
+// The squared distance of a and b (one shape) in one pass, each element read once: with `sum`, the sum
+// of (a - b)^2 over every element into *sum, in double; with `grad`, its gradient's (a - b) * scale
+// into *grad, rounded as (a - b).mul_(scale) rounds it (the scale in a's dtype), and with `negation`
+// that negated (b's).
+void squared_distance(const Tensor& a_in, const Tensor& b_in, double* sum, double scale, Tensor* grad,
+                      Tensor* negation) {
   const auto a = a_in.contiguous(), b = b_in.contiguous();
-  double sum = 0.0;
+  if (grad != nullptr) *grad = at::empty_like(a);
+  if (negation != nullptr) *negation = at::empty_like(a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_distance", [&] {
     const scalar_t* pa = a.data_ptr<scalar_t>();
     const scalar_t* pb = b.data_ptr<scalar_t>();
-    sum = sum_of(a.numel(), [pa, pb](int64_t i) {
+    scalar_t* po = grad != nullptr ? grad->data_ptr<scalar_t>() : nullptr;
+    scalar_t* pn = negation != nullptr ? negation->data_ptr<scalar_t>() : nullptr;
+    const auto s = static_cast<scalar_t>(scale);
+    if (sum == nullptr) {  // the gradient alone: one loop writes both
+      at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
+        for (int64_t i = i0; i < i1; ++i) po[i] = (pa[i] - pb[i]) * s;
+        if (pn != nullptr)
+          for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
+      }); });
+      return;
+    }
+    if (po == nullptr) {
+      *sum = sum_of(a.numel(), [pa, pb](int64_t i) {
+        const double d = static_cast<double>(pa[i]) - pb[i];
+        return d * d;
+      });
+      return;
+    }
+    *sum = sum_of(a.numel(), [pa, pb, po, s](int64_t i) {
+      po[i] = (pa[i] - pb[i]) * s;
       const double d = static_cast<double>(pa[i]) - pb[i];
       return d * d;
     });
+    if (pn != nullptr)
+      at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
+        for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
+      }); });
   });
-  return sum / a.size(0);
 }
 
 // The log mid-way term's d_i = (1/B) sum_b (a[b,i] - b[b,i])^2 of each column i, in double: one pass
@@ -176,38 +204,6 @@ std::pair<Tensor, Tensor> decorrelation_input_cpu(const Tensor& h_in, bool corre
   return {H, inv_std};
 }
 
-}  // namespace
-
-Tensor loss_terms_tensor(std::array<double, kTerms> t, at::ArrayRef<double> coefficients, const Tensor& x) {
-  t[0] = 0.0;
-  for (int i = 1; i < kTerms; ++i) t[0] += coefficients[kCoefficientOf[i]] * t[i];
-  auto terms = at::empty({kTerms}, x.options().dtype(at::kDouble));
-  std::copy(t.begin(), t.end(), terms.data_ptr<double>());
-  return terms.to(x.scalar_type());
-}
-
-LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
-                           const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
-                           TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
-                           bool midway_log, bool correlation, double eps) {
-  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
-  std::array<double, kTerms> t{};
-  Tensor c[2];
-  side_by_side([&](int ch) {  // each channel's reconstruction and decorrelation (Y also the midway term)
-    t[1 + ch] = ch == 0 ? squared_distance(x, x_hat) : squared_distance(y, y_hat);
-    if (ch == 1) t[3] = midway_log ? log_midway(column_distances(hx, hy)) : squared_distance(hx, hy);
-    c[ch] = second_moment(decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps).first);
-    const auto [fro, diag] = norms(c[ch]);
-    t[4 + ch] = fro - diag;
-  });
-  const auto square = [](double v) { return v * v; };
-  t[6] = sum_over(weights, square) + sum_over(gammas, square);
-  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
-  return {loss_terms_tensor(t, coefficients, x), c[0], c[1]};
-}
-
-namespace {
-
 // Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
 // standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0 where
 // its norm is 0), computed as (2 w / B) (H C / ||C||_F - H diag(C) / ||diag C||_2) so that no k x k
@@ -247,60 +243,6 @@ Tensor decorrelation_grad_of(const Tensor& H, const Tensor& inv_std, const Tenso
       }
   });
   return dH;
-}
-
-Tensor decorrelation_grad(const Tensor& h, const Tensor& c_in, double w, bool correlation, double eps) {
-  const auto c = c_in.contiguous();
-  const auto [fro, diag] = norms(c);
-  const auto [H, inv_std] = decorrelation_input_cpu(h, correlation, eps);
-  return decorrelation_grad_of(H, inv_std, c, fro, diag, w, correlation);
-}
-
-// squared_distance(a, b) and, in the same pass, scaled_difference(a, b, scale, negation != nullptr)
-// into out (and *negation): the same sums and roundings as the two, each element read once.
-double distance_and_scaled_difference(const Tensor& a_in, const Tensor& b_in, double scale, Tensor& out,
-                                      Tensor* negation) {
-  const auto a = a_in.contiguous(), b = b_in.contiguous();
-  out = at::empty_like(a);
-  if (negation != nullptr) *negation = at::empty_like(a);
-  double sum = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_distance_and_grad", [&] {
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    scalar_t* pn = negation != nullptr ? negation->data_ptr<scalar_t>() : nullptr;
-    const auto s = static_cast<scalar_t>(scale);
-    sum = sum_of(a.numel(), [pa, pb, po, s](int64_t i) {
-      po[i] = (pa[i] - pb[i]) * s;
-      const double d = static_cast<double>(pa[i]) - pb[i];
-      return d * d;
-    });
-    if (pn != nullptr)
-      at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
-        for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
-      }); });
-  });
-  return sum / a.size(0);
-}
-
-// (a - b) * scale in one pass, rounded as (a - b).mul_(scale) rounds it (the scale in a's dtype),
-// and with `negated` also its negation: the distances' gradients without ATen's temporaries.
-std::pair<Tensor, Tensor> scaled_difference(const Tensor& a_in, const Tensor& b_in, double scale, bool negated) {
-  const auto a = a_in.contiguous(), b = b_in.contiguous();
-  auto out = at::empty_like(a), negation = negated ? at::empty_like(a) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "twoway_loss_scaled_difference", [&] {
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    scalar_t* pn = negated ? negation.data_ptr<scalar_t>() : nullptr;
-    const auto s = static_cast<scalar_t>(scale);
-    at::parallel_for(0, a.numel(), kParallelMinElements, [=](int64_t i0, int64_t i1) { run_fastest([=] {
-      for (int64_t i = i0; i < i1; ++i) po[i] = (pa[i] - pb[i]) * s;
-      if (pn != nullptr)
-        for (int64_t i = i0; i < i1; ++i) pn[i] = -po[i];
-    }); });
-  });
-  return {out, negation};
 }
 
 // The log mid-way term's gradient with respect to a, times w, and its negation (b's): in column i,
@@ -348,13 +290,78 @@ Tensor gamma_grad(const Tensor& g_in, double decay, double penalty) {
 
 }  // namespace
 
+Tensor LossPass::terms(at::ArrayRef<double> coefficients, int64_t options, const Tensor& x) const {
+  std::array<double, kTerms> t{};
+  terms_from_sums(sums.data(), static_cast<double>(x.size(0)), options, log_midway, coefficients.data(), t.data());
+  auto out = at::empty({kTerms}, x.options().dtype(at::kDouble));
+  std::copy(t.begin(), t.end(), out.data_ptr<double>());
+  return out.to(x.scalar_type());
+}
+
+LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficients, int64_t options, double eps,
+                          bool sums, const double* grad_terms, const Tensor* c) {
+  LossPass r;
+  auto& s = r.sums;
+  const bool grads = grad_terms != nullptr, correlation = has(options, option::kCorrelation);
+  std::array<double, kTerms> w{};  // each term's weight in the gradient
+  if (grads)
+    for (int i = 1; i < kTerms; ++i) w[i] = term_weight(grad_terms[0], grad_terms[i], coefficients.data(), i);
+  const double B = static_cast<double>(in.x.size(0));
+  side_by_side([&](int ch) {  // a channel each, the midway pair with Y
+    const bool is_x = ch == 0;
+    squared_distance(is_x ? in.x_hat : in.y_hat, is_x ? in.x : in.y, sums ? &s[is_x ? sum::kReconX : sum::kReconY] : nullptr,
+                     2.0 * w[is_x ? term::kReconX : term::kReconY] / B,
+                     grads ? &(is_x ? r.grad_x_hat : r.grad_y_hat) : nullptr, nullptr);
+    if (!is_x && has(options, option::kMidwayLog)) {
+      const auto d = column_distances(in.hx, in.hy);
+      if (sums) r.log_midway = log_midway(d);
+      if (grads) std::tie(r.grad_hx, r.grad_hy) = log_midway_grad(in.hx, in.hy, d, w[term::kMidway]);
+    } else if (!is_x) {
+      squared_distance(in.hx, in.hy, sums ? &s[sum::kMidway] : nullptr, 2.0 * w[term::kMidway] / B,
+                       grads ? &r.grad_hx : nullptr, grads ? &r.grad_hy : nullptr);
+    }
+    const auto [H, inv_std] = decorrelation_input_cpu(is_x ? in.hx_dec : in.hy_dec, correlation, eps);
+    Tensor& cm = is_x ? r.cx : r.cy;
+    cm = c != nullptr ? c[ch].contiguous() : second_moment(H);
+    const auto [fro, diag] = square_norms(cm);
+    if (sums) s[is_x ? sum::kFroX : sum::kFroY] = fro, s[is_x ? sum::kDiagX : sum::kDiagY] = diag;
+    if (grads)
+      (is_x ? r.grad_hx_dec : r.grad_hy_dec) = decorrelation_grad_of(
+          H, inv_std, cm, std::sqrt(fro), std::sqrt(diag), w[is_x ? term::kDecorrX : term::kDecorrY], correlation);
+  });
+  if (sums) {
+    const auto square = [](double v) { return v * v; };
+    s[sum::kWeightDecay] = sum_over(in.weights, square) + sum_over(in.gammas, square);
+    s[sum::kGammaPenalty] = sum_over(in.gammas, [](double v) { return 1.0 / (v * v); });
+  }
+  r.weight_grad_factor = 2.0 * w[term::kWeightDecay];  // d/dW of wd ||W||^2
+  if (grads) {
+    for (const auto& wt : in.weights) r.grad_weights.push_back(wt.mul(r.weight_grad_factor));
+    for (const auto& gm : in.gammas)
+      r.grad_gammas.push_back(gamma_grad(gm, 2.0 * w[term::kWeightDecay], 2.0 * w[term::kGammaPenalty]));
+  }
+  return r;
+}
+
+namespace {
+
+LossResult twoway_loss_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
+                           const Tensor& hx, const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
+                           TensorList weights, TensorList gammas, at::ArrayRef<double> coefficients,
+                           int64_t options, double eps) {
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, options);
+  const auto r = twoway_loss_pass({x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas}, coefficients,
+                                  options, eps, /*sums=*/true, nullptr);
+  return {r.terms(coefficients, options, x), r.cx, r.cy};
+}
+
 LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tensor& x, const Tensor& y,
                                             const Tensor& x_hat, const Tensor& y_hat, const Tensor& hx,
                                             const Tensor& hy, const Tensor& hx_dec, const Tensor& hy_dec,
                                             TensorList weights, TensorList gammas, const Tensor& cx,
-                                            const Tensor& cy, at::ArrayRef<double> coefficients, bool midway_log,
-                                            bool correlation, double eps) {
-  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients);
+                                            const Tensor& cy, at::ArrayRef<double> coefficients, int64_t options,
+                                            double eps) {
+  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, coefficients, options);
   TORCH_CHECK(grad_terms.dim() == 1 && grad_terms.size(0) == kTerms, "grad_terms must have shape (", kTerms,
               "), got ", grad_terms.sizes());
   const int64_t k = hx.size(1);
@@ -363,63 +370,15 @@ LossBackwardResult twoway_loss_backward_cpu(const Tensor& grad_terms, const Tens
   check_same_device(grad_terms, "grad_terms", x, "x");
   check_same_device(cx, "cx", x, "x");
   check_same_device(cy, "cy", x, "x");
-  // Each term's weight in the gradient: through the total and directly.
-  const auto gt = grad_terms.to(at::kDouble).contiguous();
-  const double* g = gt.data_ptr<double>();
-  std::array<double, kTerms> w{};
-  for (int i = 1; i < kTerms; ++i) w[i] = g[0] * coefficients[kCoefficientOf[i]] + g[i];
-  const double B = static_cast<double>(x.size(0));
-  Tensor grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec;
-  side_by_side([&](int ch) {  // as in the forward: a channel each, the midway pair with X
-    if (ch == 0) {
-      grad_x_hat = scaled_difference(x_hat, x, 2.0 * w[1] / B, false).first;
-      std::tie(grad_hx, grad_hy) = midway_log ? log_midway_grad(hx, hy, column_distances(hx, hy), w[3])
-                                              : scaled_difference(hx, hy, 2.0 * w[3] / B, true);
-      grad_hx_dec = decorrelation_grad(hx_dec, cx, w[4], correlation, eps);
-    } else {
-      grad_y_hat = scaled_difference(y_hat, y, 2.0 * w[2] / B, false).first;
-      grad_hy_dec = decorrelation_grad(hy_dec, cy, w[5], correlation, eps);
-    }
-  });
-  std::vector<Tensor> grad_weights, grad_gammas;
-  for (const auto& wt : weights) grad_weights.push_back(wt.mul(2.0 * w[6]));
-  for (const auto& gm : gammas) grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
-  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec, grad_hy_dec, grad_weights, grad_gammas};
+  const auto g = grad_terms.to(at::kDouble).contiguous();
+  const Tensor c[2] = {cx, cy};
+  auto r = twoway_loss_pass({x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas}, coefficients, options,
+                            eps, /*sums=*/false, g.data_ptr<double>(), c);
+  return {r.grad_x_hat, r.grad_y_hat, r.grad_hx, r.grad_hy, r.grad_hx_dec, r.grad_hy_dec,
+          std::move(r.grad_weights), std::move(r.grad_gammas)};
 }
 
-LossAndGrads twoway_loss_and_grads_cpu(const Tensor& x, const Tensor& y, const Tensor& x_hat, const Tensor& y_hat,
-                                       const Tensor& hx, const Tensor& hy, const Tensor& hx_dec,
-                                       const Tensor& hy_dec, TensorList gammas, at::ArrayRef<double> coefficients,
-                                       bool midway_log, bool correlation, double eps) {
-  check_loss_inputs(x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, gammas, coefficients);
-  LossAndGrads r;
-  auto& t = r.terms;
-  t.fill(0.0);
-  std::array<double, kTerms> w{};  // each term's weight in the total
-  for (int i = 1; i < kTerms; ++i) w[i] = coefficients[kCoefficientOf[i]];
-  const double B = static_cast<double>(x.size(0));
-  side_by_side([&](int ch) {  // a channel each, the midway pair with Y
-    t[1 + ch] = distance_and_scaled_difference(ch == 0 ? x_hat : y_hat, ch == 0 ? x : y, 2.0 * w[1 + ch] / B,
-                                               ch == 0 ? r.grad_x_hat : r.grad_y_hat, nullptr);
-    if (ch == 1 && midway_log) {
-      const auto d = column_distances(hx, hy);
-      t[3] = log_midway(d);
-      std::tie(r.grad_hx, r.grad_hy) = log_midway_grad(hx, hy, d, w[3]);
-    } else if (ch == 1) {
-      t[3] = distance_and_scaled_difference(hx, hy, 2.0 * w[3] / B, r.grad_hx, &r.grad_hy);
-    }
-    const auto [H, inv_std] = decorrelation_input_cpu(ch == 0 ? hx_dec : hy_dec, correlation, eps);
-    const Tensor c = second_moment(H);
-    const auto [fro, diag] = norms(c);
-    t[4 + ch] = fro - diag;
-    (ch == 0 ? r.grad_hx_dec : r.grad_hy_dec) =
-        decorrelation_grad_of(H, inv_std, c, fro, diag, w[4 + ch], correlation);
-  });
-  t[6] = sum_over(gammas, [](double v) { return v * v; });
-  t[7] = sum_over(gammas, [](double v) { return 1.0 / (v * v); });
-  for (const auto& gm : gammas) r.grad_gammas.push_back(gamma_grad(gm, 2.0 * w[6], 2.0 * w[7]));
-  return r;
-}
+}  // namespace
 
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_loss", &twoway_loss_cpu);

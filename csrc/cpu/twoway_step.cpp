@@ -10,10 +10,13 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#include <array>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/cpu_builds.h"  // run_fastest, with_flags
+#include "loss_terms.h"
+#include "twoway_loss_common.h"  // check_loss_inputs
 
 namespace twoway_fast {
 namespace {
@@ -26,11 +29,12 @@ struct Sgd {
   bool nesterov, maximize;
 };
 
-// grad += decay * param (the loss's weight decay: rounded product, then the sum, as autograd adds the
-// loss's gradient to the network's); then, with o, torch.optim.SGD's update of param and its momentum
-// buffer buf (null without momentum). Returns the sum of param^2 before the update, in double (the
-// loss's weight-decay term, summed here where the weights are read anyway), in kLanes partial sums
-// added in lane order (one order, so the baseline and AVX-512 builds give the same bits).
+// grad += decay * param (the loss's weight-decay gradient, LossPass::weight_grad_factor: rounded product,
+// then the sum, as autograd adds the loss's gradient to the network's); then, with o, torch.optim.SGD's
+// update of param and its momentum buffer buf (null without momentum). Returns the sum of param^2 before
+// the update, in double (for LossPass::add_weight_squares, summed here where the weights are read
+// anyway), in kLanes partial sums added in lane order (one order, so the baseline and AVX-512 builds give
+// the same bits).
 template <typename T>
 double complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sgd* o) {
   constexpr int kLanes = 16;
@@ -136,9 +140,8 @@ struct StepArgs {
   double leak, eps;
   bool act_first;
   at::ArrayRef<double> coefficients;
-  bool midway_log, correlation;
+  int64_t loss_options;
   double decorrelation_eps;
-  bool before_dropout;
 };
 
 // Both ops: with sgd, each parameter also takes SGD's update (momentum_buffers as in the schema).
@@ -159,20 +162,23 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   std::vector<Tensor> bn_mean;
   for (int64_t slot = 0; slot < 2 * n; ++slot)
     bn_mean.push_back(a.act_first ? mean[slot] : mean[slot] + a.bias[slot < n ? slot : slot + 1]);
-  const Tensor& hx_dec = a.before_dropout ? hx_pre : hx;
-  const Tensor& hy_dec = a.before_dropout ? hy_pre : hy;
+  const bool before_dropout = has(a.loss_options, option::kBeforeDropout);
+  const Tensor& hx_dec = before_dropout ? hx_pre : hx;
+  const Tensor& hy_dec = before_dropout ? hy_pre : hy;
   // No weights: the sum of their squares (the loss's weight-decay term) and its gradient come from the
   // pass that completes their gradients, which reads them anyway; the total is summed after it.
-  auto loss = twoway_loss_and_grads_cpu(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, a.gamma, a.coefficients,
-                                        a.midway_log, a.correlation, a.decorrelation_eps);
+  constexpr std::array<double, kTerms> kGradOfTotal = {1.0};  // the gradients of the total
+  check_loss_inputs(a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma, a.coefficients, a.loss_options);
+  auto loss = twoway_loss_pass({a.x, a.y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, {}, a.gamma}, a.coefficients,
+                               a.loss_options, a.decorrelation_eps, /*sums=*/true, kGradOfTotal.data());
   Tensor g_hx = loss.grad_hx, g_hy = loss.grad_hy;
   c10::optional<Tensor> g_hx_pre, g_hy_pre;
-  if (a.before_dropout) {
+  if (before_dropout) {
     g_hx_pre = loss.grad_hx_dec, g_hy_pre = loss.grad_hy_dec;
   } else {  // hx is both the midway and the decorrelation input: its two gradients add up
     g_hx = g_hx + loss.grad_hx_dec, g_hy = g_hy + loss.grad_hy_dec;
   }
-  const double decay = 2.0 * a.coefficients[4];  // d/dW of wd ||W||^2
+  const double decay = loss.weight_grad_factor;
   std::vector<double> weight_squares(a.weights.size(), 0.0);  // each written by the thread of its GEMM
   const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
@@ -190,32 +196,32 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
     for (size_t i = a.weights.size(); i < params.size(); ++i)
       complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
   }
-  for (double w : weight_squares) loss.terms[6] += w;
-  return {loss_terms_tensor(loss.terms, a.coefficients, a.x), grads, bn_mean, std};
+  for (double w : weight_squares) loss.add_weight_squares(w);
+  return {loss.terms(a.coefficients, a.loss_options, a.x), grads, bn_mean, std};
 }
 
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                      TensorList gamma, TensorList beta, const Tensor& rng_states,
                                      at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
-                                     at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
-                                     double decorrelation_eps, bool before_dropout) {
+                                     at::ArrayRef<double> coefficients, int64_t loss_options,
+                                     double decorrelation_eps) {
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   midway_log, correlation, decorrelation_eps, before_dropout};
+                   loss_options, decorrelation_eps};
   return training_step(a, nullptr, {});
 }
 
 StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
                                int64_t repr, double leak, double eps, bool act_first,
-                               at::ArrayRef<double> coefficients, bool midway_log, bool correlation,
-                               double decorrelation_eps, bool before_dropout, TensorList momentum_buffers,
+                               at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
+                               TensorList momentum_buffers,
                                double lr, double momentum, double dampening, bool nesterov, double weight_decay,
                                bool maximize) {
   // The parameters change in place, outside autograd (the Autograd key falls through, below).
   TORCH_CHECK(!c10::GradMode::is_enabled(),
               "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   midway_log, correlation, decorrelation_eps, before_dropout};
+                   loss_options, decorrelation_eps};
   const Sgd sgd{lr, momentum, dampening, weight_decay, nesterov, maximize};
   return training_step(a, &sgd, momentum_buffers);
 }

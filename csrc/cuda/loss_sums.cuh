@@ -1,24 +1,28 @@
 // The reduction kernels of the CUDA loss (twoway_loss.cu): ONE kernel over every sum the 2-Way loss
-// terms need (the three squared distances, ||C||_F^2 and ||diag C||^2 of both decorrelation matrices,
-// the weight decay's squares, the gamma penalty's inverse squares), in double, each thread block
-// writing its partial sums; and a one-block kernel that adds the partials in a fixed order (no
-// atomics: the same inputs give the same bits) and combines them into the terms. The work is a table
-// of segments (one tensor's contribution each) cut into tiles of kTile elements; thread blocks take
-// tiles in turn. The log mid-way term (docs/method.md#loss-variants) needs per-column sums instead, of
-// (hx - hy)^2: a column-sum kernel writes them and the finishing kernel takes their logs. Host-side table
-// building is here too, so tests/cuda_emulation can run the kernels.
+// terms need (loss_terms.h's sums; which tensors feed which sum: twoway_loss_terms.cuh), in double, each
+// thread block writing its partial sums; and a one-block kernel that adds the partials in a fixed order
+// (no atomics: the same inputs give the same bits) and turns them into the terms (loss_terms.h's
+// terms_from_sums). The work is a table of segments (one tensor's contribution each) cut into tiles of
+// kTile elements; thread blocks take tiles in turn. The log mid-way term (docs/method.md#loss-variants)
+// needs per-column sums instead, of (hx - hy)^2: a column-sum kernel writes them and the finishing kernel
+// takes their logs. Host-side table building is here too, so tests/cuda_emulation can run the kernels;
+// the launchers only under nvcc.
 #pragma once
 #include <ATen/ATen.h>
+
+#if defined(__CUDACC__)
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <algorithm>
 #include <vector>
 
-#include "twoway_loss_common.h"
+#include "loss_terms.h"
 
 namespace twoway_fast {
 
-// The sums the reduction kernel produces, in this order.
-enum Sum : int { kReconX, kReconY, kMidway, kFroX, kDiagX, kFroY, kDiagY, kWeightDecay, kGammaPenalty, kSums };
 enum Op : int { kSquaredDifference, kSquare, kInverseSquare };
 
 // One tensor's contribution: sum over i < n of op(a[i * stride], b[i * stride]) into sums[sum]. a and b
@@ -89,9 +93,10 @@ __global__ void loss_sums_kernel(const Segments segments, double* __restrict__ p
   }
 }
 
-// Each term's coefficient in the total, by term index (entry 0 unused).
-struct TermCoefficients {
-  double c[kTerms];
+// The ops' coefficients, passed by value to the finishing kernel.
+struct LossCoefficients {
+  double c[kCoefficients];
+  explicit LossCoefficients(at::ArrayRef<double> from) { std::copy(from.begin(), from.end(), c); }
 };
 
 // The log mid-way term's column sums: sums[i] = sum over the rows of (a[r][i] - b[r][i])^2 in double, for
@@ -121,14 +126,14 @@ __global__ void column_sums_kernel(const T* __restrict__ a, const T* __restrict_
 }
 
 // One block of 32 threads (one warp, at least kSums): sums[j] = the partials of sum j added in block
-// order; then, when terms is set, terms = (total, recon_x, recon_y, midway, decorr_x, decorr_y,
-// weight_decay, gamma_penalty). With midway_columns (cols column sums of column_sums_kernel) the midway
-// term is the log form, sum_i log(midway_columns[i] / rows + kMidwayLogEps), each lane adding every 32nd
-// column and the lanes added in a fixed tree; without, ||hx - hy||_F^2 / rows from sums[kMidway].
+// order; then, when terms is set, the terms (terms_from_sums). With midway_columns (cols column sums of
+// column_sums_kernel) the log mid-way term's sum_i log(midway_columns[i] / rows + kMidwayLogEps), each
+// lane adding every 32nd column and the lanes added in a fixed tree.
 template <typename T>
 __global__ void loss_finish_kernel(const double* __restrict__ partials, int blocks, double rows,
-                                   const TermCoefficients coefficients, const double* __restrict__ midway_columns,
-                                   int64_t cols, double* __restrict__ sums, T* __restrict__ terms) {
+                                   const LossCoefficients coefficients, int64_t options,
+                                   const double* __restrict__ midway_columns, int64_t cols, double* __restrict__ sums,
+                                   T* __restrict__ terms) {
   __shared__ double s[kSums];
   const int j = threadIdx.x;
   if (j < kSums) {
@@ -145,22 +150,14 @@ __global__ void loss_finish_kernel(const double* __restrict__ partials, int bloc
   __syncthreads();
   if (j != 0 || terms == nullptr) return;
   double t[kTerms];
-  t[1] = s[kReconX] / rows;
-  t[2] = s[kReconY] / rows;
-  t[3] = midway_columns != nullptr ? log_midway : s[kMidway] / rows;
-  t[4] = sqrt(s[kFroX]) - sqrt(s[kDiagX]);
-  t[5] = sqrt(s[kFroY]) - sqrt(s[kDiagY]);
-  t[6] = s[kWeightDecay];
-  t[7] = s[kGammaPenalty];
-  t[0] = 0;
-  for (int i = 1; i < kTerms; ++i) t[0] += coefficients.c[i] * t[i];
+  terms_from_sums(s, rows, options, log_midway, coefficients.c, t);
   for (int i = 0; i < kTerms; ++i) terms[i] = static_cast<T>(t[i]);
 }
 
 // The segment table of a reduction; the tensors must stay alive until the kernel is enqueued.
 class SegmentTable {
  public:
-  void add(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t stride, Op op, Sum sum, bool in_acc) {
+  void add(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t stride, Op op, int sum, bool in_acc) {
     TORCH_CHECK(t_.count < kMaxSegments, "the CUDA twoway_loss takes at most ", kMaxSegments,
                 " sums (8 + 5 n for n hidden positions): too many weights and gammas");
     Segment& s = t_.s[t_.count++];
@@ -170,9 +167,9 @@ class SegmentTable {
     s.first_tile = t_.tiles;
     t_.tiles += (n + kTile - 1) / kTile;
   }
-  void add_all(const at::Tensor& a, Op op, Sum sum) { add(a, at::Tensor(), a.numel(), 1, op, sum, false); }
+  void add_all(const at::Tensor& a, Op op, int sum) { add(a, at::Tensor(), a.numel(), 1, op, sum, false); }
   // ||C||_F^2 and ||diag C||^2 of a contiguous (k, k) matrix C.
-  void add_norms(const at::Tensor& c, Sum fro, Sum diag) {
+  void add_norms(const at::Tensor& c, int fro, int diag) {
     add(c, at::Tensor(), c.numel(), 1, kSquare, fro, true);
     add(c, at::Tensor(), c.size(0), c.size(0) + 1, kSquare, diag, true);
   }
@@ -184,32 +181,42 @@ class SegmentTable {
   Segments t_{};
 };
 
-inline TermCoefficients term_coefficients(at::ArrayRef<double> coefficients) {
-  TermCoefficients c{};
-  for (int i = 1; i < kTerms; ++i) c.c[i] = coefficients[kCoefficientOf[i]];
-  return c;
+#if defined(__CUDACC__)
+// sums (kSums,) in double and, when terms is set (in the accumulation type), the terms, on the current
+// stream; the log mid-way term from midway_columns (midway_column_sums) when defined.
+inline void reduce(const SegmentTable& table, const at::Tensor& sums, const at::Tensor& terms, double rows,
+                   const LossCoefficients& coefficients, int64_t options, at::ScalarType dtype,
+                   const at::Tensor& midway_columns = at::Tensor()) {
+  const int blocks = table.blocks();
+  auto partials = at::empty({blocks, kSums}, sums.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twoway_loss_sums_cuda", [&] {
+    loss_sums_kernel<scalar_t, at::opmath_type<scalar_t>><<<blocks, kThreads, 0, stream>>>(
+        table.segments(), partials.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using A = at::opmath_type<scalar_t>;
+    const bool columns = midway_columns.defined();
+    loss_finish_kernel<A><<<1, 32, 0, stream>>>(
+        partials.data_ptr<double>(), blocks, rows, coefficients, options,
+        columns ? midway_columns.data_ptr<double>() : nullptr, columns ? midway_columns.numel() : 0,
+        sums.data_ptr<double>(), terms.defined() ? terms.data_ptr<A>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
-// The forward's table: every sum of the terms (sums[kMidway] stays 0 with midway_log: the log form takes
-// column sums). All tensors contiguous; cx and cy in the accumulation type (float for half and bfloat16),
-// the others in x's dtype.
-inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
-                                       const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
-                                       const at::Tensor& cx, const at::Tensor& cy,
-                                       const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& gammas,
-                                       bool midway_log) {
-  SegmentTable table;
-  table.add(x, x_hat, x.numel(), 1, kSquaredDifference, kReconX, false);
-  table.add(y, y_hat, y.numel(), 1, kSquaredDifference, kReconY, false);
-  if (!midway_log) table.add(hx, hy, hx.numel(), 1, kSquaredDifference, kMidway, false);
-  table.add_norms(cx, kFroX, kDiagX);
-  table.add_norms(cy, kFroY, kDiagY);
-  for (const auto& t : weights) table.add_all(t, kSquare, kWeightDecay);
-  for (const auto& t : gammas) {
-    table.add_all(t, kSquare, kWeightDecay);
-    table.add_all(t, kInverseSquare, kGammaPenalty);
-  }
-  return table;
+// column_sums_kernel's sums of (a - b)^2, (cols,) in double, on the current stream; a, b contiguous.
+inline at::Tensor midway_column_sums(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = a.size(0), cols = a.size(1);
+  auto sums = at::empty({cols}, a.options().dtype(at::kDouble));
+  const auto blocks = static_cast<unsigned>((cols + kColumnWidth - 1) / kColumnWidth);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "twoway_loss_midway_cuda", [&] {
+    column_sums_kernel<scalar_t><<<blocks, dim3(kColumnWidth, kColumnStripes), 0,
+                                   c10::cuda::getCurrentCUDAStream()>>>(
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), rows, cols, sums.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sums;
 }
+#endif
 
 }  // namespace twoway_fast

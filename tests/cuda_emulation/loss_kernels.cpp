@@ -1,12 +1,12 @@
 // The CUDA loss's reduction kernels (csrc/cuda/loss_sums.cuh) under the host emulation, over the
-// forward's segment table (and, for the log mid-way term, the column sums), for tests/test_cuda_emulation.py.
+// forward's segment table (csrc/cuda/twoway_loss_terms.cuh) (and, for the log mid-way term, the column sums), for tests/test_cuda_emulation.py.
 #include <torch/extension.h>
 
 #include "cuda_emulation.h"  // first: it defines what the kernels' CUDA keywords mean here
 
 #include <ATen/OpMathType.h>
 
-#include "cuda/loss_sums.cuh"
+#include "cuda/twoway_loss_terms.cuh"
 
 namespace {
 
@@ -36,23 +36,24 @@ Tensor column_sums(const Tensor& a_in, const Tensor& b_in) {
 
 // (sums (kSums,) in double, terms (kTerms,) in the accumulation type, the table's thread blocks),
 // launched on `blocks` thread blocks (0: the table's own; any count is correct, fewer walk more tiles);
-// with midway_log, the midway term's log form from column_sums(hx, hy), as twoway_loss.cu runs it.
+// loss_options as the op's (the log mid-way term from column_sums(hx, hy)), as twoway_loss.cu runs it.
 std::tuple<Tensor, Tensor, int64_t> loss_sums(const Tensor& x, const Tensor& y, const Tensor& x_hat,
                                               const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
                                               const Tensor& cx, const Tensor& cy, const std::vector<Tensor>& weights,
                                               const std::vector<Tensor>& gammas, std::vector<double> coefficients,
-                                              bool midway_log, int64_t blocks) {
+                                              int64_t options, int64_t blocks) {
   using namespace twoway_fast;
   const auto w = contiguous_all(weights), g = contiguous_all(gammas);
   const auto table = loss_forward_table(x.contiguous(), y.contiguous(), x_hat.contiguous(), y_hat.contiguous(),
                                         hx.contiguous(), hy.contiguous(), cx.contiguous(), cy.contiguous(), w, g,
-                                        midway_log);
+                                        options);
   if (blocks == 0) blocks = table.blocks();
   auto partials = at::empty({blocks, kSums}, x.options().dtype(at::kDouble));
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
   auto terms = at::empty({kTerms}, x.options().dtype(stats_dtype(x.scalar_type())));
+  const bool midway_log = has(options, option::kMidwayLog);
   const auto midway_columns = midway_log ? column_sums(hx, hy) : Tensor();
-  const auto c = term_coefficients(coefficients);
+  const LossCoefficients c(coefficients);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "loss_sums", [&] {
     emulate_launch(dim3(static_cast<unsigned>(blocks)), dim3(kThreads), [&] {
       loss_sums_kernel<scalar_t, at::opmath_type<scalar_t>>(table.segments(), partials.data_ptr<double>());
@@ -60,7 +61,7 @@ std::tuple<Tensor, Tensor, int64_t> loss_sums(const Tensor& x, const Tensor& y, 
     emulate_launch(dim3(1), dim3(32), [&] {
       using A = at::opmath_type<scalar_t>;
       loss_finish_kernel<A>(partials.data_ptr<double>(), static_cast<int>(blocks), static_cast<double>(x.size(0)),
-                            c, midway_log ? midway_columns.data_ptr<double>() : nullptr,
+                            c, options, midway_log ? midway_columns.data_ptr<double>() : nullptr,
                             midway_log ? midway_columns.numel() : 0, sums.data_ptr<double>(), terms.data_ptr<A>());
     });
   });

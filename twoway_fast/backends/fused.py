@@ -15,8 +15,9 @@ from torch import Tensor
 
 from .. import ops
 from ..dropout import rng_states
-from ..loss_variants import check_loss_variant, decorrelation_inputs
-from ..types import LossTerms, TwoWayOutput
+from ..loss_terms import LossTerms, coefficient_list
+from ..loss_variants import decorrelation_inputs, loss_options
+from ..types import TwoWayOutput
 
 
 def _cuda_autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -61,14 +62,14 @@ def slot_means(net, mean: Sequence[Tensor]) -> list[Tensor]:
 
 
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,
-         lx: float = 1.0, ly: float = 1.0, lh: float = 0.5, lc: float = 0.05, wd: float = 0.05, lg: float = 0.05,
          midway_form: str = "sum", decorrelation_form: str = "second_moment",
-         decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5) -> LossTerms:
+         decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
+         **coefficients: float) -> LossTerms:
     """The 2-Way loss in one op, same arguments and result as reference.loss."""
-    check_loss_variant(decorrelation_form, decorrelation_input, midway_form)
+    options = loss_options(midway_form, decorrelation_form, decorrelation_input)
     hx_dec, hy_dec = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     full = torch.float32 if _cuda_autocast_dtype(x.device) is not None else None
     terms, _, _ = ops.twoway_loss(*_cast([x, y, out.x_hat, out.y_hat, out.hx, out.hy, hx_dec, hy_dec], full),
-                                  _cast(weights, full), _cast(gammas, full), [lx, ly, lh, lc, wd, lg],
-                                  midway_form == "log", decorrelation_form == "correlation", decorrelation_eps)
+                                  _cast(weights, full), _cast(gammas, full), coefficient_list(coefficients), options,
+                                  decorrelation_eps)
     return LossTerms(*terms.unbind(0))

@@ -19,7 +19,8 @@ from .._extension import has_kernel
 from ..distributed import count_all_reduce
 from ..dropout import rng_states
 from ..loss_variants import decorrelation_inputs, log_midway
-from ..types import LossTerms, TwoWayOutput
+from ..loss_terms import LossTerms, with_terms, without
+from ..types import TwoWayOutput
 from . import reference
 
 
@@ -120,42 +121,38 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: st
     return TwoWayOutput(x_hat, y_hat, taken["x"][0], taken["y"][0], taken["x"][1], taken["y"][1]), stats
 
 
-def decorrelation(hx: Tensor, hy: Tensor, form: str, eps: float, group) -> tuple[Tensor, Tensor]:
-    """reference.decorrelation of both representations over every rank's rows: C = all-reduced h^T h
-    over N*B rows, for the correlation form of columns centred and scaled by their global statistics."""
+def global_terms(out: TwoWayOutput, form: str, where: str, eps: float, midway_form: str, group) -> dict[str, Tensor]:
+    """The terms that are no means of per-row terms, over every rank's rows in one all-reduce (each waits
+    for every rank): reference.decorrelation of both representations from the global C = h^T h over N*B
+    rows (for the correlation form of columns centred and scaled by their global statistics) and, in the
+    log form, reference.midway from the global column sums of (hx - hy)^2."""
+    hx, hy = decorrelation_inputs(out, form, where)
     if form == "correlation":
         zero = hx.new_zeros((), dtype=torch.float64)
         (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
         hx, hy = (hx - mx) / sx, (hy - my) / sy
-    n = global_rows(hx.shape[0], group)
-    c = _all_reduce(torch.stack([hx.T @ hx, hy.T @ hy]), group) / n
-    return tuple(torch.linalg.matrix_norm(ci) - torch.linalg.vector_norm(torch.diagonal(ci)) for ci in c)
-
-
-def midway_log(hx: Tensor, hy: Tensor, group) -> Tensor:
-    """reference.midway's log form over every rank's rows: d_i from the all-reduced column sums of
-    (hx - hy)^2 over N*B rows."""
-    d = _all_reduce((hx - hy).pow(2).sum(0), group) / global_rows(hx.shape[0], group)
-    return log_midway(d)
-
-
-def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, lh: float, lc: float,
-         midway_form: str, decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
-         **coefficients) -> LossTerms:
-    """This rank's share of the 2-Way loss under synchronised statistics: the per-row terms over its own
-    rows (their gradients, averaged over ranks, are those of the mean over all rows), the decorrelation
-    of the global covariance, the log mid-way term (not a mean of per-row terms) of the global per-dimension
-    distances, and the parameter terms; each rank's total is the one-batch loss when the per-row terms of
-    the ranks are averaged."""
-    global_midway = midway_form == "log"
-    local = backend_loss(out, x, y, weights, gammas, lh=0.0 if global_midway else lh, lc=0.0,
-                         midway_form=midway_form, decorrelation_form=decorrelation_form,
-                         decorrelation_input=decorrelation_input, decorrelation_eps=decorrelation_eps,
-                         **coefficients)
-    hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
-    decorr_x, decorr_y = decorrelation(hx, hy, decorrelation_form, decorrelation_eps, group)
-    terms = local._replace(total=local.total + lc * (decorr_x + decorr_y), decorr_x=decorr_x, decorr_y=decorr_y)
-    if global_midway:
-        midway = midway_log(out.hx, out.hy, group)
-        terms = terms._replace(total=terms.total + lh * midway, midway=midway)
+    k = hx.shape[1]
+    parts = [hx.T @ hx, hy.T @ hy]
+    if midway_form == "log":
+        parts.append((out.hx - out.hy).pow(2).sum(0))
+    sums = _all_reduce(torch.cat([p.reshape(-1) for p in parts]), group) / global_rows(hx.shape[0], group)
+    cx, cy = sums[:k * k].view(k, k), sums[k * k:2 * k * k].view(k, k)
+    terms = {name: torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
+             for name, c in (("decorr_x", cx), ("decorr_y", cy))}
+    if midway_form == "log":
+        terms["midway"] = log_midway(sums[2 * k * k:])
     return terms
+
+
+def loss(backend_loss, out: TwoWayOutput, x: Tensor, y: Tensor, weights, gammas, *, midway_form: str,
+         decorrelation_form: str, decorrelation_input: str, decorrelation_eps: float, group,
+         **coefficients: float) -> LossTerms:
+    """This rank's share of the 2-Way loss under synchronised statistics: the per-row terms over its own
+    rows (their gradients, averaged over ranks, are those of the mean over all rows) and the parameter
+    terms from the backend's loss, the global_terms in place of its own (weighted 0 there); each rank's
+    total is the one-batch loss when the per-row terms of the ranks are averaged."""
+    computed = global_terms(out, decorrelation_form, decorrelation_input, decorrelation_eps, midway_form, group)
+    local = backend_loss(out, x, y, weights, gammas, midway_form=midway_form, decorrelation_form=decorrelation_form,
+                         decorrelation_input=decorrelation_input, decorrelation_eps=decorrelation_eps,
+                         **without(coefficients, computed))
+    return with_terms(local, computed, coefficients)

@@ -72,13 +72,15 @@ def key_types() -> dict[str, dict[str, Any]]:
     """Per section, each allowed key and its annotated type."""
     from ..config import DataConfig, TrainConfig
     from ..loss import TwoWayLoss
+    from ..loss_terms import COEFFICIENTS
     from ..model import TwoWayNet
 
     def params(fn, skip):
         hints = hints_of(fn)
         return {k: hints.get(k, Any) for k in inspect.signature(fn).parameters if k not in skip}
 
-    return {"model": params(TwoWayNet, ("dx", "dy")), "loss": params(TwoWayLoss, ("model",)),
+    loss = params(TwoWayLoss, ("model", "coefficients")) | {name: float for name in COEFFICIENTS}
+    return {"model": params(TwoWayNet, ("dx", "dy")), "loss": loss,
             "train": hints_of(TrainConfig), "data": hints_of(DataConfig)}
 
 

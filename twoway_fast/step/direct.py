@@ -20,9 +20,9 @@ from torch.optim import optimizer as torch_optimizer
 from ..backends import resolve_backend
 from ..dropout import rng_states
 from ..loss import TwoWayLoss
-from ..loss_variants import check_loss_variant
+from ..loss_terms import LossTerms, coefficient_list
+from ..loss_variants import loss_options
 from ..model import TwoWayNet
-from ..types import LossTerms
 
 # Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
 # where one is set, the optimiser's own step runs, which calls it.
@@ -45,14 +45,10 @@ class DirectStep:
 
     def __init__(self, model: TwoWayNet, criterion: TwoWayLoss, optimizer: torch.optim.Optimizer,
                  first_row: int = 0, reduce_gradients: Callable[[Iterable[nn.Parameter]], None] | None = None):
-        check_loss_variant(criterion.decorrelation, criterion.decorrelation_input, criterion.midway)
         self.model, self.optimizer = model, optimizer
         self.reduce_gradients = reduce_gradients
-        c = criterion.coefficients
-        self.coefficients = [c["lx"], c["ly"], c["lh"], c["lc"], c["wd"], c["lg"]]
-        self.midway_log = criterion.midway == "log"
-        self.correlation = criterion.decorrelation == "correlation"
-        self.before_dropout = criterion.decorrelation_input == "before_dropout"
+        self.coefficients = coefficient_list(criterion.coefficients)
+        self.loss_options = loss_options(criterion.midway, criterion.decorrelation, criterion.decorrelation_input)
         self.eps = criterion.decorrelation_eps
         self.weights, self.bias, self.gamma, self.beta = model.op_parameters()
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
@@ -78,8 +74,7 @@ class DirectStep:
             for p in self.params:
                 p.grad = None
         args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
-                net.leak, net.bn_eps, net.act_first, self.coefficients, self.midway_log, self.correlation, self.eps,
-                self.before_dropout)
+                net.leak, net.bn_eps, net.act_first, self.coefficients, self.loss_options, self.eps)
         ops = torch.ops.twoway_fast
         terms, grads, mean, std = (ops.twoway_step_gradients.default(*args) if sgd is None
                                    else ops.twoway_sgd_step.default(*args, *sgd))

@@ -1,0 +1,109 @@
+// The CUDA loss's terms (loss_terms.h describes them and their value from the sums): which tensors feed
+// which sum (loss_forward_table, run by tests/cuda_emulation too) and, under nvcc, the per-column sums
+// a term takes (term_columns) and every term's gradient (loss_gradients), the same as the CPU pass's
+// (csrc/cpu/twoway_loss.cpp), in ATen ops on the device with nothing read on the host.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <vector>
+
+#include "cuda/loss_sums.cuh"
+#include "loss_terms.h"
+#include "twoway_loss_common.h"  // decorrelation_input, column_moments
+
+namespace twoway_fast {
+
+// The forward's table: every sum of the terms (sums[kMidway] stays 0 in the log form, which takes column
+// sums). All tensors contiguous; cx and cy in the accumulation type (float for half and bfloat16), the
+// others in x's dtype.
+inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
+                                       const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
+                                       const at::Tensor& cx, const at::Tensor& cy,
+                                       const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& gammas,
+                                       int64_t options) {
+  SegmentTable table;
+  table.add(x, x_hat, x.numel(), 1, kSquaredDifference, sum::kReconX, false);
+  table.add(y, y_hat, y.numel(), 1, kSquaredDifference, sum::kReconY, false);
+  if (!has(options, option::kMidwayLog)) table.add(hx, hy, hx.numel(), 1, kSquaredDifference, sum::kMidway, false);
+  table.add_norms(cx, sum::kFroX, sum::kDiagX);
+  table.add_norms(cy, sum::kFroY, sum::kDiagY);
+  for (const auto& t : weights) table.add_all(t, kSquare, sum::kWeightDecay);
+  for (const auto& t : gammas) {
+    table.add_all(t, kSquare, sum::kWeightDecay);
+    table.add_all(t, kInverseSquare, sum::kGammaPenalty);
+  }
+  return table;
+}
+
+#if defined(__CUDACC__)
+// The per-column sums the finishing kernel takes (the log mid-way term's, of (hx - hy)^2), or undefined.
+// hx, hy contiguous.
+inline at::Tensor term_columns(const at::Tensor& hx, const at::Tensor& hy, int64_t options) {
+  return has(options, option::kMidwayLog) ? midway_column_sums(hx, hy) : at::Tensor();
+}
+
+// csrc/cpu/twoway_loss.cpp's decorrelation_grad_of, with the term's weight w and C's norms as 0-dim
+// device tensors; a part whose norm is 0 contributes 0, chosen on the device. h and c in the
+// accumulation type.
+inline at::Tensor decorrelation_grad(const at::Tensor& h, const at::Tensor& c, const at::Tensor& fro,
+                                     const at::Tensor& diag, const at::Tensor& w, bool correlation, double eps) {
+  const auto scale = w * (2.0 / h.size(0));
+  const auto zero = at::zeros_like(fro);
+  const auto H = decorrelation_input(h, correlation, eps);
+  auto dH = at::mm(H, c) * at::where(fro > 0, scale / fro, zero);
+  dH = dH - H * c.diagonal() * at::where(diag > 0, scale / diag, zero);
+  if (!correlation) return dH;
+  const auto inv_std = column_moments(h, eps).second;
+  return (dH - dH.mean(0) - H * (dH * H).mean(0)) * inv_std;
+}
+
+using LossBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The gradients of sum_i grad_terms[i] * terms[i] (the backward op's results) from C in the accumulation
+// type, contiguous.
+inline LossBackwardResult loss_gradients(const at::Tensor& grad_terms, const at::Tensor& x, const at::Tensor& y,
+                                         const at::Tensor& x_hat, const at::Tensor& y_hat, const at::Tensor& hx,
+                                         const at::Tensor& hy, const at::Tensor& hx_dec, const at::Tensor& hy_dec,
+                                         at::TensorList weights, at::TensorList gammas, const at::Tensor& cx,
+                                         const at::Tensor& cy, at::ArrayRef<double> coefficients, int64_t options,
+                                         double eps) {
+  using at::Tensor;
+  const auto acc = cx.scalar_type();
+  const bool correlation = has(options, option::kCorrelation);
+  SegmentTable table;  // the norms of C
+  table.add_norms(cx, sum::kFroX, sum::kDiagX);
+  table.add_norms(cy, sum::kFroY, sum::kDiagY);
+  auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
+  reduce(table, sums, Tensor(), static_cast<double>(x.size(0)), LossCoefficients(coefficients), options,
+         x.scalar_type());
+  const auto norms = sums.sqrt();
+  // Each term's weight in the gradient (0-dim, on the device).
+  const auto g = grad_terms.to(at::kDouble);
+  std::array<Tensor, kTerms> w;
+  for (int i = 1; i < kTerms; ++i) w[i] = term_weight(g[term::kTotal], g[i], coefficients.data(), i);
+  const double B = static_cast<double>(x.size(0));
+  auto grad_x_hat = (x_hat - x) * (w[term::kReconX] * (2.0 / B));
+  auto grad_y_hat = (y_hat - y) * (w[term::kReconY] * (2.0 / B));
+  auto midway_scale = w[term::kMidway] * (2.0 / B);  // 0-dim; in the log form per column, divided by d_i + eps
+  if (has(options, option::kMidwayLog)) {
+    const auto d = midway_column_sums(hx.contiguous(), hy.contiguous()) / B;
+    midway_scale = (midway_scale / (d + kMidwayLogEps)).to(hx.scalar_type());
+  }
+  auto grad_hx = (hx - hy) * midway_scale;
+  auto grad_hy = -grad_hx;
+  auto grad_hx_dec = decorrelation_grad(hx_dec.to(acc).contiguous(), cx, norms[sum::kFroX], norms[sum::kDiagX],
+                                        w[term::kDecorrX], correlation, eps);
+  auto grad_hy_dec = decorrelation_grad(hy_dec.to(acc).contiguous(), cy, norms[sum::kFroY], norms[sum::kDiagY],
+                                        w[term::kDecorrY], correlation, eps);
+  std::vector<Tensor> grad_weights, grad_gammas;
+  for (const auto& wt : weights) grad_weights.push_back(wt * (w[term::kWeightDecay] * 2.0));
+  for (const auto& gm : gammas)
+    grad_gammas.push_back(gm * (w[term::kWeightDecay] * 2.0) - gm.pow(-3) * (w[term::kGammaPenalty] * 2.0));
+  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec.to(hx.scalar_type()),
+          grad_hy_dec.to(hx.scalar_type()), grad_weights, grad_gammas};
+}
+#endif
+
+}  // namespace twoway_fast

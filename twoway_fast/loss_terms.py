@@ -1,0 +1,79 @@
+"""The 2-Way loss's terms and their coefficients (docs/method.md#the-loss): the one Python description,
+Python's copy of csrc/loss_terms.h (tests/test_loss_terms.py reads the header against it). The oracle,
+the backends, the training steps and the plots take the terms, their order, their coefficients and the
+total from here."""
+# No `from __future__ import annotations`: LossTerms' field types stay objects for the API reference.
+from typing import Mapping, NamedTuple
+
+from torch import Tensor
+
+
+class LossTerms(NamedTuple):
+    """The weighted total and every term unweighted (docs/method.md#the-loss), in the loss ops' order."""
+    total: Tensor
+    """The weighted sum of the terms below: what to call backward() on."""
+    recon_x: Tensor
+    """mean_rows sum_cols (x - x_hat)^2."""
+    recon_y: Tensor
+    """mean_rows sum_cols (y - y_hat)^2."""
+    midway: Tensor
+    """mean_rows sum_cols (hx - hy)^2, or in the log form sum_cols log(mean_rows (hx - hy)^2 + 1e-3)."""
+    decorr_x: Tensor
+    """||Cx||_F - ||diag Cx||_2."""
+    decorr_y: Tensor
+    """||Cy||_F - ||diag Cy||_2."""
+    weight_decay: Tensor
+    """sum ||W_i||_F^2 + sum gamma^2."""
+    gamma_penalty: Tensor
+    """sum 1 / gamma^2."""
+
+
+# The coefficients in the ops' order, with their defaults (the original's, lh and lc the mnist preset's).
+COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0.05}
+# The coefficient each term enters the total with, in term order.
+COEFFICIENT_OF = {"recon_x": "lx", "recon_y": "ly", "midway": "lh", "decorr_x": "lc", "decorr_y": "lc",
+                  "weight_decay": "wd", "gamma_penalty": "lg"}
+
+
+def coefficients_of(given: Mapping[str, float]) -> dict[str, float]:
+    """Every coefficient, the defaults where `given` has none; an unknown name is refused."""
+    unknown = set(given) - set(COEFFICIENTS)
+    if unknown:
+        raise TypeError(f"unknown loss coefficients {sorted(unknown)}; the coefficients are {list(COEFFICIENTS)}")
+    return COEFFICIENTS | dict(given)
+
+
+def coefficient_list(given: Mapping[str, float]) -> list[float]:
+    """The coefficients as the ops take them (COEFFICIENTS' order), the defaults where `given` has none."""
+    return list(coefficients_of(given).values())
+
+
+def with_total(terms: Mapping[str, Tensor], given: Mapping[str, float]) -> LossTerms:
+    """LossTerms from every term but the total, which is summed here as the kernels sum it: each term
+    times its coefficient, in term order."""
+    c = coefficients_of(given)
+    total = 0.0
+    for name, coefficient in COEFFICIENT_OF.items():
+        total = total + c[coefficient] * terms[name]
+    return LossTerms(total, **{name: terms[name] for name in COEFFICIENT_OF})
+
+
+def without(given: Mapping[str, float], names) -> dict[str, float]:
+    """Every coefficient, those of the terms `names` at 0: a total of the other terms (with_terms adds
+    them back)."""
+    zeroed = {COEFFICIENT_OF[name] for name in names}
+    shared = {n for n, c in COEFFICIENT_OF.items() if c in zeroed} - set(names)
+    if shared:
+        raise ValueError(f"the coefficients of {sorted(names)} also weigh {sorted(shared)}")
+    return {name: 0.0 if name in zeroed else value for name, value in coefficients_of(given).items()}
+
+
+def with_terms(terms: LossTerms, computed: Mapping[str, Tensor], given: Mapping[str, float]) -> LossTerms:
+    """`terms` (their total taken with without(given, computed)) with the terms of `computed` in their place,
+    each added to the total times its coefficient, in term order."""
+    c = coefficients_of(given)
+    total = terms.total
+    for name in COEFFICIENT_OF:
+        if name in computed:
+            total = total + c[COEFFICIENT_OF[name]] * computed[name]
+    return terms._replace(total=total, **computed)
