@@ -338,7 +338,7 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
   if (grads) {
     for (const auto& wt : in.weights) r.grad_weights.push_back(wt.mul(r.weight_grad_factor));
     for (const auto& gm : in.gammas)
-      r.grad_gammas.push_back(gamma_grad(gm, 2.0 * w[term::kWeightDecay], 2.0 * w[term::kGammaPenalty]));
+      r.grad_gammas.push_back(gamma_grad(gm, r.weight_grad_factor, 2.0 * w[term::kGammaPenalty]));
   }
   return r;
 }
