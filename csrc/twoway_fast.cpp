@@ -67,7 +67,8 @@ TORCH_LIBRARY(twoway_fast, m) {
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
         "float[] coefficients, int loss_options, float decorrelation_eps, Tensor(e!)[] momentum_buffers, float lr, "
-        "float momentum, float dampening, bool nesterov, float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
+        "float momentum, float dampening, bool nesterov, float weight_decay, bool maximize) -> (Tensor terms, "
+        "Tensor[] grads, Tensor[] mean, Tensor[] std)");
 
   // The 2-Way loss (docs/method.md#the-loss). hx_dec/hy_dec are the decorrelation's inputs; the terms,
   // coefficients and loss_options (the variants' bits) are described in csrc/loss_terms.h. Returns the

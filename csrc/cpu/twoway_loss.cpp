@@ -309,7 +309,8 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
   const double B = static_cast<double>(in.x.size(0));
   side_by_side([&](int ch) {  // a channel each, the midway pair with Y
     const bool is_x = ch == 0;
-    squared_distance(is_x ? in.x_hat : in.y_hat, is_x ? in.x : in.y, sums ? &s[is_x ? sum::kReconX : sum::kReconY] : nullptr,
+    squared_distance(is_x ? in.x_hat : in.y_hat, is_x ? in.x : in.y,
+                     sums ? &s[is_x ? sum::kReconX : sum::kReconY] : nullptr,
                      2.0 * w[is_x ? term::kReconX : term::kReconY] / B,
                      grads ? &(is_x ? r.grad_x_hat : r.grad_y_hat) : nullptr, nullptr);
     if (!is_x && has(options, option::kMidwayLog)) {

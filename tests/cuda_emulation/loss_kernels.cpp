@@ -1,5 +1,6 @@
 // The CUDA loss's reduction kernels (csrc/cuda/loss_sums.cuh) under the host emulation, over the
-// forward's segment table (csrc/cuda/twoway_loss_terms.cuh) (and, for the log mid-way term, the column sums), for tests/test_cuda_emulation.py.
+// forward's segment table (csrc/cuda/twoway_loss_terms.cuh) and, for the log mid-way term, the column
+// sums, for tests/test_cuda_emulation.py.
 #include <torch/extension.h>
 
 #include "cuda_emulation.h"  // first: it defines what the kernels' CUDA keywords mean here
