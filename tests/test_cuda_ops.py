@@ -14,6 +14,7 @@ from twoway_fast import reference
 ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
 from twoway_fast.backends import fused  # noqa: E402
+from twoway_fast.loss_terms import LossTerms  # noqa: E402
 
 from fused_pairs import close, twin_models  # noqa: E402
 from test_twoway_loss import COEFFICIENTS, VARIANTS, loss_inputs, options  # noqa: E402
@@ -228,8 +229,8 @@ def test_loss_opcheck(correlation, midway_log):
     _, cx, cy = ops.twoway_loss(x, y, *detached, weights, gammas, coefficients, options(midway_log, correlation),
                                 1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss_backward.default,
-                          (torch.randn(8, device="cuda"), x, y, *detached, weights, gammas, cx, cy, coefficients,
-                           options(midway_log, correlation), 1e-5))
+                          (torch.randn(len(LossTerms._fields), device="cuda"), x, y, *detached, weights, gammas, cx,
+                           cy, coefficients, options(midway_log, correlation), 1e-5))
 
 
 def test_graph_captured_step_equals_eager_step():

@@ -5,6 +5,8 @@ fake kernel alike."""
 import pytest
 import torch
 
+from twoway_fast.loss_terms import COEFFICIENTS, LossTerms
+
 pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
 
 OPS = torch.ops.twoway_fast
@@ -23,7 +25,7 @@ def net_args(dx=3, dy=5, h=2):
 
 
 NET_TAIL = dict(p=[0.0], repr_layer=0, leak=0.3, eps=1e-3, act_first=True)
-LOSS_TAIL = dict(coefficients=[1.0, 1.0, 0.5, 0.05, 0.05, 0.05], loss_options=1, eps=1e-5)
+LOSS_TAIL = dict(coefficients=list(COEFFICIENTS.values()), loss_options=1, eps=1e-5)
 
 
 def loss_args(dx=3, dy=5, h=2):
@@ -61,7 +63,8 @@ def calls(w=2, dx=3, dy=5):
                                  "beta": n["beta"], "rng_states": n["rng_states"], **saved},
          dict(p=[0.0], repr_layer=0, leak=0.3, act_first=True, input_grads=True)),
         ("twoway_loss", loss, LOSS_TAIL),
-        ("twoway_loss_backward", {"grad_terms": _t(8), **loss, "cx": _t(w, w), "cy": _t(w, w)}, LOSS_TAIL),
+        ("twoway_loss_backward", {"grad_terms": _t(len(LossTerms._fields)), **loss, "cx": _t(w, w), "cy": _t(w, w)},
+         LOSS_TAIL),
         ("twoway_step_gradients", step, step_tail),
         ("twoway_sgd_step", {**step, "momentum_buffers": []},
          dict(**step_tail, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False)),

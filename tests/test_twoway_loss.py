@@ -7,6 +7,7 @@ import torch
 
 from twoway_fast import reference
 from twoway_fast.backends import fused
+from twoway_fast.loss_terms import LossTerms
 from twoway_fast.loss_variants import CORRELATION, MIDWAY_LOG, MIDWAY_LOG_EPS
 
 ops = pytest.importorskip("twoway_fast.ops", reason="twoway_fast._C is not built")
@@ -117,7 +118,7 @@ def test_opcheck(correlation, midway_log):
     _, cx, cy = ops.twoway_loss(x, y, *detached, [w.detach() for w in weights], [g.detach() for g in gammas],
                                 coefficients, options(midway_log, correlation), 1e-5)
     torch.library.opcheck(torch.ops.twoway_fast.twoway_loss_backward.default,
-                          (torch.randn(8), x, y, *detached, [w.detach() for w in weights],
+                          (torch.randn(len(LossTerms._fields)), x, y, *detached, [w.detach() for w in weights],
                            [g.detach() for g in gammas], cx, cy, coefficients, options(midway_log, correlation),
                            1e-5))
 
