@@ -38,10 +38,11 @@ def make_step(provider: str, shape: str):
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, dx), torch.randn(BATCH, dy)
     preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
-    if provider == "gemm_floor":
-        return _gemm_floor(x, y, hidden, hidden[preset.model["repr_layer"]])
-    if provider == "gemm_floor_side_by_side":
-        return _gemm_floor_side_by_side(x, y, hidden, hidden[preset.model["repr_layer"]])
+    if provider.startswith("gemm_floor"):
+        # The preset may leave repr_layer unset (the middle position): the model resolves it.
+        repr_width = hidden[preset.build_model(dx, dy, hidden=hidden).repr_layer]
+        floor = _gemm_floor if provider == "gemm_floor" else _gemm_floor_side_by_side
+        return floor(x, y, hidden, repr_width)
     # repr_affine=True: the SGD step op updates every batch-norm slot in place, so DirectStep gives a model
     # with fixed ones (the presets' default) to the gradients op and optimizer.step() instead.
     model = preset.build_model(dx, dy, hidden=hidden, repr_affine=True,
