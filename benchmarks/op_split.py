@@ -39,7 +39,7 @@ def main(rounds: int) -> None:
     gamma, beta = [b.gamma.detach() for b in bns], [b.beta.detach() for b in bns]
     bias = [p.detach() for p in [*model.x_bias, *model.y_bias]]
     states = rng_states(seed, n)
-    net_args = (x, y, w, bias, gamma, beta, states, model.dropout, repr_layer, model.leak, model.bn_eps,
+    net_args = (x, y, w, bias, gamma, beta, states, model.dropout, repr_layer, model.leaks, model.bn_eps,
                 model.act_first)
     times = {}
     with torch.no_grad():
@@ -48,7 +48,7 @@ def main(rounds: int) -> None:
         g_hat = [torch.randn_like(x), torch.randn_like(y)]
         g_h = torch.randn_like(out[2])
         backward_args = (*g_hat, g_h, -g_h, g_h, -g_h, x, y, w, gamma, beta, states, model.dropout, repr_layer,
-                         model.leak, model.act_first, z, mean, std, False)
+                         model.leaks, model.act_first, z, mean, std, False)
         times["network op forward"] = best_ms(lambda: torch.ops.twoway_fast.twoway_net.default(*net_args), rounds)
         times["network op backward"] = best_ms(
             lambda: torch.ops.twoway_fast.twoway_net_backward.default(*backward_args), rounds)

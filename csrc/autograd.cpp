@@ -45,10 +45,11 @@ class NetFunction : public torch::autograd::Function<NetFunction> {
   // Outputs flattened: x_hat, y_hat, hx, hy, hx_pre, hy_pre, then z, mean, std (2n each).
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, TensorList weights,
                                TensorList bias, TensorList gamma, TensorList beta, const Tensor& rng_states,
-                               at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
+                               at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
+                               bool act_first) {
     static const auto net = op<NetResult(const Tensor&, const Tensor&, TensorList, TensorList, TensorList,
-                                         TensorList, const Tensor&, at::ArrayRef<double>, int64_t, double, double,
-                                         bool)>("twoway_fast::twoway_net");
+                                         TensorList, const Tensor&, at::ArrayRef<double>, int64_t,
+                                         at::ArrayRef<double>, double, bool)>("twoway_fast::twoway_net");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
         net.call(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
@@ -60,7 +61,7 @@ class NetFunction : public torch::autograd::Function<NetFunction> {
     ctx->saved_data["n_slots"] = static_cast<int64_t>(gamma.size());
     ctx->saved_data["p"] = p.vec();
     ctx->saved_data["repr"] = repr;
-    ctx->saved_data["leak"] = leak;
+    ctx->saved_data["leak"] = leak.vec();
     ctx->saved_data["act_first"] = act_first;
     variable_list stats;
     for (TensorList list : {TensorList(z), TensorList(mean), TensorList(std)}) append(stats, list);
@@ -75,8 +76,8 @@ class NetFunction : public torch::autograd::Function<NetFunction> {
     static const auto net_backward = op<NetBackwardResult(
         const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
         const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&,
-        const Tensor&, TensorList, TensorList, TensorList, const Tensor&, at::ArrayRef<double>, int64_t, double,
-        bool, TensorList, TensorList, TensorList, bool)>("twoway_fast::twoway_net_backward");
+        const Tensor&, TensorList, TensorList, TensorList, const Tensor&, at::ArrayRef<double>, int64_t,
+        at::ArrayRef<double>, bool, TensorList, TensorList, TensorList, bool)>("twoway_fast::twoway_net_backward");
     const auto saved = ctx->get_saved_variables();
     const auto n_weights = static_cast<size_t>(ctx->saved_data["n_weights"].toInt());
     const auto n_slots = static_cast<size_t>(ctx->saved_data["n_slots"].toInt());
@@ -86,10 +87,10 @@ class NetFunction : public torch::autograd::Function<NetFunction> {
                std = take(saved, at, n_slots);
     const auto optional = [&](size_t i) { return grads[i].defined() ? c10::optional<Tensor>(grads[i]) : c10::nullopt; };
     const bool need_x = ctx->needs_input_grad(0), need_y = ctx->needs_input_grad(1);
-    const auto p = ctx->saved_data["p"].toDoubleVector();
+    const auto p = ctx->saved_data["p"].toDoubleVector(), leak = ctx->saved_data["leak"].toDoubleVector();
     auto [grad_x, grad_y, grad_w, grad_b, grad_g, grad_be] = net_backward.call(
         optional(0), optional(1), optional(2), optional(3), optional(4), optional(5), saved[0], saved[1], weights,
-        gamma, beta, saved[2], p, ctx->saved_data["repr"].toInt(), ctx->saved_data["leak"].toDouble(),
+        gamma, beta, saved[2], p, ctx->saved_data["repr"].toInt(), leak,
         ctx->saved_data["act_first"].toBool(), z, mean, std, need_x || need_y);
     variable_list out = {need_x ? grad_x : Tensor(), need_y ? grad_y : Tensor()};
     for (TensorList list : {TensorList(grad_w), TensorList(grad_b), TensorList(grad_g), TensorList(grad_be)})
@@ -101,7 +102,7 @@ class NetFunction : public torch::autograd::Function<NetFunction> {
 
 NetResult twoway_net_autograd(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                               TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
-                              int64_t repr, double leak, double eps, bool act_first) {
+                              int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first) {
   const auto out = NetFunction::apply(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
   size_t at = 6;
   const size_t slots = gamma.size();

@@ -37,19 +37,20 @@ TORCH_LIBRARY(twoway_fast, m) {
   // Both channels of a 2-Way Net in training mode (csrc/cpu/twoway_net.cpp has the list layouts):
   // weights[k] is (out, in) or locally dense (M, out/M, in/M); bias = X's n + 1 layers then Y's;
   // gamma/beta = X's n positions then Y's; rng_states (n, 3) int64, one row per mirrored pair, so
-  // both channels draw the same mask; p one rate per position. Returns the reconstructions, the
+  // both channels draw the same mask; p one rate per position; leak one LeakyReLU slope per position (1: a
+  // linear block, e.g. the representation's). Returns the reconstructions, the
   // representation of each channel after and before its dropout, and per (channel, position) the
   // GEMM output z and the batch mean and std of the BN input (z excludes the bias that batch norm
   // cancels when it comes first, so mean does too).
   m.def("twoway_net(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, Tensor[] beta, "
-        "Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first) -> "
+        "Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first) -> "
         "(Tensor x_hat, Tensor y_hat, Tensor hx, Tensor hy, Tensor hx_pre, Tensor hy_pre, Tensor[] z, "
         "Tensor[] mean, Tensor[] std)");
   // Its backward; each weight's gradient from both channels is one GEMM over 2B rows. grad_x and
   // grad_y are empty unless input_grads.
   m.def("twoway_net_backward(Tensor? grad_x_hat, Tensor? grad_y_hat, Tensor? grad_hx, Tensor? grad_hy, "
         "Tensor? grad_hx_pre, Tensor? grad_hy_pre, Tensor x, Tensor y, Tensor[] weights, Tensor[] gamma, "
-        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, bool act_first, Tensor[] z, "
+        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, bool act_first, Tensor[] z, "
         "Tensor[] mean, Tensor[] std, bool input_grads) -> (Tensor grad_x, Tensor grad_y, Tensor[] grad_weights, "
         "Tensor[] grad_bias, Tensor[] grad_gamma, Tensor[] grad_beta)");
 
@@ -59,13 +60,13 @@ TORCH_LIBRARY(twoway_fast, m) {
   // per slot the batch mean and std as the running statistics take them (the mean with the bias that
   // twoway_net's mean excludes).
   m.def("twoway_step_gradients(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, "
-        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
+        "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
         "float[] coefficients, int loss_options, float decorrelation_eps) -> "
         "(Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
   // The same, then every parameter takes torch.optim.SGD's update in place (momentum_buffers in the
   // parameters' order, empty when momentum is 0; the gradients are the loss's, without SGD's weight decay).
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
-        "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float leak, float eps, bool act_first, "
+        "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
         "float[] coefficients, int loss_options, float decorrelation_eps, Tensor(e!)[] momentum_buffers, float lr, "
         "float momentum, float dampening, bool nesterov, float weight_decay, bool maximize) -> (Tensor terms, "
         "Tensor[] grads, Tensor[] mean, Tensor[] std)");

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -31,7 +32,8 @@ inline void check_vector_item(const at::Tensor& t, int64_t width, const at::Tens
 }
 
 inline NetShape check_net(const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma,
-                          at::TensorList beta, const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr) {
+                          at::TensorList beta, const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
+                          at::ArrayRef<double> leak) {
   check_matrix(x, "x");
   check_matrix(y, "y");
   TORCH_CHECK(x.size(0) == y.size(0), "x and y must have the same rows (pairs), got ", x.size(0), " and ",
@@ -52,6 +54,9 @@ inline NetShape check_net(const at::Tensor& x, const at::Tensor& y, at::TensorLi
   TORCH_CHECK(p.size() == static_cast<size_t>(net.n), "p must hold one dropout rate per hidden position (",
               net.n, "), got ", p.size());
   for (double rate : p) check_dropout(rate);
+  TORCH_CHECK(leak.size() == static_cast<size_t>(net.n), "leak must hold one LeakyReLU slope per hidden position (",
+              net.n, "), got ", leak.size());
+  for (double slope : leak) TORCH_CHECK(std::isfinite(slope), "leak must hold finite slopes, got ", slope);
   TORCH_CHECK(0 <= repr && repr < net.n, "repr_layer must be in [0, ", net.n, "), got ", repr);
   TORCH_CHECK(rng_states.dim() == 2 && rng_states.size(0) == net.n && rng_states.size(1) == 3 &&
                   rng_states.scalar_type() == at::kLong,

@@ -68,9 +68,11 @@ def flatten(result):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("batch, dx, hidden, dy, blocks, dropout", CASES)
-def test_network_matches_cpu_op_and_reference(batch, dx, hidden, dy, blocks, dropout, order, dtype):
+@pytest.mark.parametrize("repr_linear", [False, True])
+def test_network_matches_cpu_op_and_reference(batch, dx, hidden, dy, blocks, dropout, order, dtype, repr_linear):
     torch.manual_seed(1)
-    ref, fused = twin_models(dx, dy, hidden, dtype, order=order, locally_dense=blocks, dropout=dropout)
+    ref, fused = twin_models(dx, dy, hidden, dtype, order=order, locally_dense=blocks, dropout=dropout,
+                             repr_linear=repr_linear)
     gpu = copy.deepcopy(fused).cuda()
     x, y = torch.randn(batch, dx, dtype=dtype), torch.randn(batch, dy, dtype=dtype)
     with torch.no_grad():

@@ -24,7 +24,7 @@ def net_args(dx=3, dy=5, h=2):
                 rng_states=torch.zeros(1, 3, dtype=torch.int64))
 
 
-NET_TAIL = dict(p=[0.0], repr_layer=0, leak=0.3, eps=1e-3, act_first=True)
+NET_TAIL = dict(p=[0.0], repr_layer=0, leak=[0.3], eps=1e-3, act_first=True)
 LOSS_TAIL = dict(coefficients=list(COEFFICIENTS.values()), loss_options=1, eps=1e-5)
 
 
@@ -61,7 +61,7 @@ def calls(w=2, dx=3, dy=5):
         ("twoway_net", n, NET_TAIL),
         ("twoway_net_backward", {**grads, "x": n["x"], "y": n["y"], "weights": n["weights"], "gamma": n["gamma"],
                                  "beta": n["beta"], "rng_states": n["rng_states"], **saved},
-         dict(p=[0.0], repr_layer=0, leak=0.3, act_first=True, input_grads=True)),
+         dict(p=[0.0], repr_layer=0, leak=[0.3], act_first=True, input_grads=True)),
         ("twoway_loss", loss, LOSS_TAIL),
         ("twoway_loss_backward", {"grad_terms": _t(len(LossTerms._fields)), **loss, "cx": _t(w, w), "cy": _t(w, w)},
          LOSS_TAIL),

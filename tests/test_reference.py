@@ -84,6 +84,30 @@ def test_channels_use_transposed_weights_in_reverse_and_own_biases():
     assert params["x_bias.0"] is not params["y_bias.0"]
 
 
+@pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
+def test_repr_linear_leaves_out_the_activation_at_the_representation_only(order):
+    torch.manual_seed(4)
+    net = small_net(order, hidden=(3, 5, 3), dropout=0.0, repr_linear=True).eval()
+    assert net.leaks == [0.3, 1.0, 0.3]
+    with torch.no_grad():
+        for bn in [*net.bn_x, *net.bn_y]:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_std.uniform_(0.5, 2.0)
+    x = torch.randn(6, 2, dtype=torch.float64)
+
+    def block(z, bn, leak):
+        u = F.leaky_relu(z, leak) if order == "act_then_bn" else z
+        out = bn.gamma * (u - bn.running_mean) / bn.running_std + bn.beta
+        return out if order == "act_then_bn" else F.leaky_relu(out, leak)
+
+    h0 = block(x @ net.weights[0].T + net.x_bias[0], net.bn_x[0], 0.3)
+    code = block(h0 @ net.weights[1].T + net.x_bias[1], net.bn_x[1], 1.0)  # linear: no LeakyReLU
+    assert_close(net.encode_x(x), code, torch.float64)
+    rectified = small_net(order, hidden=(3, 5, 3), dropout=0.0).eval()
+    rectified.load_state_dict(net.state_dict())
+    assert not torch.allclose(rectified.encode_x(x), code), "the slope at the representation matters here"
+
+
 def test_mirrored_positions_share_the_dropout_mask():
     net = small_net(hidden=(40, 30, 40), dx=8, dy=8, dropout=0.5)
     x, y = torch.randn(64, 8, dtype=torch.float64), torch.randn(64, 8, dtype=torch.float64)

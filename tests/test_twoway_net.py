@@ -62,6 +62,25 @@ def test_matches_reference(batch, dx, hidden, dy, blocks, dropout, order, dtype,
         close(got[3][name], want[3][name], dtype, name)
 
 
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("batch, dx, hidden, dy, blocks, dropout", [CASES[1], CASES[3]])
+def test_repr_linear_matches_reference(batch, dx, hidden, dy, blocks, dropout, order, threads):
+    torch.manual_seed(5)
+    dtype = torch.float64
+    ref, fused = twin_models(dx, dy, hidden, dtype, order=order, locally_dense=blocks, dropout=dropout,
+                             repr_linear=True)
+    x, y = torch.randn(batch, dx, dtype=dtype), torch.randn(batch, dy, dtype=dtype)
+    cotangents = [torch.randn(o.shape, dtype=dtype) for o in fused(x, y, seed=3)]
+    ref.load_state_dict(fused.state_dict())
+    want, got = run(ref, x, y, 3, cotangents), run(fused, x, y, 3, cotangents)
+    for name, a, b in zip((*reference.TwoWayOutput._fields, "grad x", "grad y"), [*got[0], *got[1]],
+                          [*want[0], *want[1]]):
+        close(a, b, dtype, name)
+    for part in (2, 3):  # parameter gradients, then running statistics
+        for name in want[part]:
+            close(got[part][name], want[part][name], dtype, name)
+
+
 def test_tied_masks_are_identical_in_both_channels():
     torch.manual_seed(2)
     _, fused = twin_models(16, 16, [32, 24, 32], torch.float32, dropout=0.5)
@@ -86,7 +105,8 @@ def op_args(dtype, blocks=None, requires_grad=False, batch=4):
         for group in tensors[2:]:
             for t in group:
                 t.requires_grad_()
-    return (*tensors, reference.rng_states(torch.tensor(77), 3), net.dropout, 1, 0.3, 1e-3)
+    # A slope per position, each its own, so that a kernel reading another position's slope fails.
+    return (*tensors, reference.rng_states(torch.tensor(77), 3), net.dropout, 1, [0.3, 1.0, 0.2], 1e-3)
 
 
 @pytest.mark.parametrize("act_first", [True, False])
@@ -122,6 +142,10 @@ def test_rejects_bad_input():
     with pytest.raises(RuntimeError, match=r"weights\[1\] must take width 6"):
         ops.twoway_net(x, y, [weights[0], weights[1].T, *weights[2:]], bias, gamma, beta, states, p, r, leak, eps,
                        True)
+    with pytest.raises(RuntimeError, match=r"leak must hold one LeakyReLU slope per hidden position \(3\), got 2"):
+        ops.twoway_net(x, y, weights, bias, gamma, beta, states, p, r, leak[:2], eps, True)
+    with pytest.raises(RuntimeError, match=r"leak must hold finite slopes, got nan"):
+        ops.twoway_net(x, y, weights, bias, gamma, beta, states, p, r, [0.3, float("nan"), 0.3], eps, True)
     with pytest.raises(RuntimeError, match=r"rng_states must be int64 of shape \(3, 3\)"):
         ops.twoway_net(x, y, weights, bias, gamma, beta, states[:2], p, r, leak, eps, True)
     with pytest.raises(RuntimeError, match=r"gamma\[4\] must have shape \(4\)"):

@@ -25,10 +25,11 @@ def optimizer(name, model):
     return torch.optim.Adam(model.parameters(), lr=0.01)
 
 
-def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, repr_affine=True, midway="sum"):
+def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, repr_affine=True, midway="sum",
+         repr_linear=False):
     torch.manual_seed(3)
     model = TwoWayNet(10, 12, [8, 6, 8], order=order, dropout=dropout, locally_dense={-1: 2},
-                      repr_affine=repr_affine, backend="fused").to(dtype)
+                      repr_affine=repr_affine, repr_linear=repr_linear, backend="fused").to(dtype)
     with torch.no_grad():  # biases and betas not 0, so that every gradient path counts
         for p in [*model.x_bias, *model.y_bias, *(bn.beta for bn in [*model.bn_x, *model.bn_y])]:
             if isinstance(p, torch.nn.Parameter):  # not the fixed ones (repr_affine=False)
@@ -114,14 +115,25 @@ def test_direct_steps_with_log_midway_equal_autograd_steps(dtype, opt_name, repr
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
+def test_direct_steps_with_a_linear_representation_equal_autograd_steps(dtype, opt_name, order):
+    """repr_linear in both step ops (twoway_sgd_step from the second SGD step, twoway_step_gradients with
+    Adam) against the autograd step."""
+    args = (dtype, order, [0.5, 0.0, 0.3], "correlation", "before_dropout", opt_name)
+    compare_steps(args, sgd_op=opt_name == "sgd", repr_linear=True, midway="log")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("repr_affine", [True, False])
 @pytest.mark.parametrize("order", ["act_then_bn", "bn_then_act"])
-def test_step_gradients_with_log_midway_equal_the_reference_step(dtype, repr_affine, order):
+@pytest.mark.parametrize("repr_linear", [False, True])
+def test_step_gradients_with_log_midway_equal_the_reference_step(dtype, repr_affine, order, repr_linear):
     """twoway_step_gradients (DirectStep with Adam) against autograd through the plain-PyTorch reference:
     the terms and every gradient of one step, the log mid-way term with a learned or a fixed scale at the
-    representation."""
+    representation, a rectified or a linear one."""
     model, criterion, opt = make(dtype, order, [0.5, 0.0, 0.3], "correlation", "before_dropout", "adam",
-                                 repr_affine=repr_affine, midway="log")
+                                 repr_affine=repr_affine, midway="log", repr_linear=repr_linear)
     ref = copy.deepcopy(model)
     ref.backend = "reference"
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
@@ -228,7 +240,7 @@ def sgd_step_args(dtype=torch.float32, midway="sum"):
     params = [[p.detach().clone() for p in ps] for ps in (step.weights, step.bias, step.gamma, step.beta)]
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
     buffers = [torch.randn_like(p) for ps in params for p in ps]
-    return [x, y, *params, step.states, model.dropout, model.repr_layer, model.leak, model.bn_eps, model.act_first,
+    return [x, y, *params, step.states, model.dropout, model.repr_layer, model.leaks, model.bn_eps, model.act_first,
             step.coefficients, step.loss_options, step.eps, buffers, 0.1, 0.9, 0.1, True, 0.01, False]
 
 

@@ -2,6 +2,7 @@
 computation comes from a backend: the plain-PyTorch reference or the fused ops."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -76,6 +77,9 @@ class TwoWayNet(nn.Module):
         order: "act_then_bn" (LeakyReLU -> BN, presets mnist/xrmb) or "bn_then_act".
         dropout: tied-dropout rate, one for all hidden positions or one per position.
         leak: LeakyReLU slope.
+        repr_linear: True leaves out the LeakyReLU at the representation position (slope 1 there): the
+            code is a batch-normalised linear map of the layer below, as deep CCA's encoders end,
+            rather than a rectified one. `leaks` holds the slope of every position.
         locally_dense: {weight index: M} for block-diagonal layers (index -1: the output layer W_{n+1}).
         backend: "fused" (the twoway_fast ops), "reference" (plain PyTorch) or "auto".
         bn_eps: batch-norm epsilon (1e-3 in the original, 1e-5 in the default presets).
@@ -106,7 +110,8 @@ class TwoWayNet(nn.Module):
     def __init__(self, dx: int, dy: int, hidden: Sequence[int], repr_layer: int | None = None,
                  order: str = "act_then_bn", dropout: float | Sequence[float] = 0.5, leak: float = 0.3,
                  locally_dense: Mapping[int | str, int] | None = None, backend: str = "auto",
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.01, repr_affine: bool = True):
+                 bn_eps: float = 1e-3, bn_momentum: float = 0.01, repr_affine: bool = True,
+                 repr_linear: bool = False):
         super().__init__()
         self.hidden = _positive_widths("hidden", hidden)
         dx, dy = _positive_widths("view widths (dx, dy)", [dx, dy])
@@ -122,6 +127,11 @@ class TwoWayNet(nn.Module):
         self.act_first = order == "act_then_bn"
         self.dropout = _dropout_per_position(dropout, n)
         self.leak, self.bn_eps, self.bn_momentum = float(leak), float(bn_eps), float(bn_momentum)
+        if not math.isfinite(self.leak):
+            raise ValueError(f"leak must be a finite slope, got {leak}")
+        self.repr_linear = bool(repr_linear)
+        # One slope per hidden position, as the ops take them.
+        self.leaks = [1.0 if self.repr_linear and k == self.repr_layer else self.leak for k in range(n)]
         sizes = [dx, *self.hidden, dy]
         self.locally_dense = _locally_dense(locally_dense, sizes)
         self.weights = nn.ParameterList()
@@ -275,4 +285,5 @@ class TwoWayNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"dx={self.dx}, dy={self.dy}, hidden={self.hidden}, repr_layer={self.repr_layer}, "
                 f"order={self.order!r}, dropout={self.dropout}, leak={self.leak}, bn_eps={self.bn_eps}, "
-                f"locally_dense={self.locally_dense}, repr_affine={self.repr_affine}, backend={self.backend!r}")
+                f"locally_dense={self.locally_dense}, repr_affine={self.repr_affine}, repr_linear={self.repr_linear}, "
+                f"backend={self.backend!r}")

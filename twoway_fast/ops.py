@@ -139,8 +139,8 @@ torch.library.register_autograd("twoway_fast::hidden_block_with_stats", _hidden_
 # ---------------------------------------------------------------- the network op (both channels)
 
 def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], gamma: list[Tensor],
-               beta: list[Tensor], rng_states: Tensor, p: list[float], repr_layer: int, leak: float, eps: float,
-               act_first: bool):
+               beta: list[Tensor], rng_states: Tensor, p: list[float], repr_layer: int, leak: list[float],
+               eps: float, act_first: bool):
     """Both channels of a 2-Way Net in training mode (list layouts in csrc/cpu/twoway_net.cpp).
     Returns (x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std); mean and std are per (channel,
     position), X's first, and mean excludes the bias that batch norm cancels in bn_then_act order;

@@ -147,10 +147,10 @@ def _channel(net, a: Tensor, channel: str, states: Tensor | None, stop_at: int |
         z = tied_linear(a, weight, biases[k], transposed=channel == "y")
         bn = bns[k]
         if states is None:
-            a = pre = hidden_block_eval(z, bn.gamma, bn.beta, bn.running_mean, bn.running_std, net.leak,
+            a = pre = hidden_block_eval(z, bn.gamma, bn.beta, bn.running_mean, bn.running_std, net.leaks[k],
                                         net.act_first)
         else:
-            pre, mean, std = hidden_block(z, bn.gamma, bn.beta, states[k], 0.0, net.leak, net.bn_eps, net.act_first)
+            pre, mean, std = hidden_block(z, bn.gamma, bn.beta, states[k], 0.0, net.leaks[k], net.bn_eps, net.act_first)
             mask = dropout_mask(states[k], z.shape[0], z.shape[1], net.dropout[k], z.dtype)
             a = pre if mask is None else pre * mask
             stats[k] = (mean, std)

@@ -44,7 +44,10 @@ RUN_FILES = (CONFIG, LAST, PREVIOUS, BEST, METRICS, EVAL, PREPROCESSING)
 RESUMABLE = {"train.epochs", "train.cuda_graph", "model.backend"}
 # What a checkpoint must match besides its tensor shapes: the TwoWayNet attributes that give its weights
 # their meaning. Training-only settings (dropout, BN momentum) may change between runs of one model.
-MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense", "repr_affine")
+MODEL_FIELDS = ("dx", "dy", "hidden", "repr_layer", "order", "leak", "bn_eps", "locally_dense", "repr_affine",
+                "repr_linear")
+# Fields added after runs were saved without them, with the value those runs had.
+ADDED_FIELDS = {"repr_linear": False}
 
 
 class CorruptCheckpoint(ValueError):
@@ -229,6 +232,7 @@ def _what_was_refused(message: str) -> str:
 
 def _check_model(path: Path, state: dict[str, Any], model) -> None:
     saved, wanted = state.get("model_config", {}), model_signature(model)
+    saved = ADDED_FIELDS | saved
     differ = [f"{k}: checkpoint {saved.get(k)!r}, expected {wanted[k]!r}" for k in MODEL_FIELDS
               if saved.get(k) != wanted[k]]
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

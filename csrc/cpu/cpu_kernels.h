@@ -25,15 +25,16 @@ using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
 // undefined), for a backward in the same call to use instead of drawing them again.
 NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
                                 at::TensorList bias, at::TensorList gamma, at::TensorList beta,
-                                const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak,
-                                double eps, bool act_first, std::vector<at::Tensor>* keep_out = nullptr);
+                                const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
+                                at::ArrayRef<double> leak, double eps, bool act_first,
+                                std::vector<at::Tensor>* keep_out = nullptr);
 
 NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<at::Tensor>& grad_x_hat, const c10::optional<at::Tensor>& grad_y_hat,
     const c10::optional<at::Tensor>& grad_hx, const c10::optional<at::Tensor>& grad_hy,
     const c10::optional<at::Tensor>& grad_hx_pre, const c10::optional<at::Tensor>& grad_hy_pre,
     const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma, at::TensorList beta,
-    const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, double leak, bool act_first,
+    const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first,
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
     const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
 

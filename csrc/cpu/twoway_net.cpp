@@ -36,9 +36,9 @@ struct Net : NetShape {
 };
 
 Net cpu_net(const Tensor& x, const Tensor& y, TensorList weights, TensorList gamma, TensorList beta,
-            const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr) {
+            const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak) {
   Net net;
-  static_cast<NetShape&>(net) = check_net(x, y, weights, gamma, beta, rng_states, p, repr);
+  static_cast<NetShape&>(net) = check_net(x, y, weights, gamma, beta, rng_states, p, repr, leak);
   const auto states = rng_states.contiguous();
   const int64_t* st = states.data_ptr<int64_t>();
   for (int64_t k = 0; k < net.n; ++k)
@@ -77,9 +77,9 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
 
 NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                                 TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-                                at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
-                                std::vector<Tensor>* keep_out) {
-  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
+                                at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
+                                bool act_first, std::vector<Tensor>* keep_out) {
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   check_net_bias(net, bias_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
@@ -105,7 +105,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
       Tensor pre = k == repr ? at::empty({B, cols}, x.options()) : Tensor();
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_forward", [&] {
         block_forward<scalar_t>(z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), B, cols,
-                                block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak, act_first), eps,
+                                block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak[k], act_first), eps,
                                 next.data_ptr<scalar_t>(), pre.defined() ? pre.data_ptr<scalar_t>() : nullptr,
                                 mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>());
       });
@@ -127,9 +127,10 @@ NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x_in,
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-    at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
-    TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad, const std::vector<Tensor>* keep_in) {
-  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
+    at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first, TensorList z_in,
+    TensorList mean_in, TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad,
+    const std::vector<Tensor>* keep_in) {
+  const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   const auto& s = net.s;
   check_net_saved(net, z_in, mean_in, std_in, x_in);
@@ -175,7 +176,7 @@ NetBackwardResult twoway_net_backward_cpu(
         const BlockGrads<scalar_t> grads{g.data_ptr<scalar_t>(), k == repr ? ptr_or_null<scalar_t>(extra[c]) : nullptr,
                                          k == repr ? ptr_or_null<scalar_t>(extra_pre[c]) : nullptr};
         block_backward<scalar_t>(grads, z[slot].data_ptr<scalar_t>(), B, cols,
-                                 block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak, act_first),
+                                 block_args<scalar_t>(gamma[slot], beta[slot], keep[k], leak[k], act_first),
                                  mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(),
                                  gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(),
                                  grad_gamma[slot].data_ptr<scalar_t>(), grad_beta[slot].data_ptr<scalar_t>(),
@@ -207,7 +208,7 @@ namespace {
 // The registered ops: masks drawn by each, no hook.
 NetForwardResult twoway_net_op(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias, TensorList gamma,
                                TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
-                               double leak, double eps, bool act_first) {
+                               at::ArrayRef<double> leak, double eps, bool act_first) {
   return twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);
 }
 
@@ -216,7 +217,7 @@ NetBackwardResult twoway_net_backward_op(
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x,
     const Tensor& y, TensorList weights, TensorList gamma, TensorList beta, const Tensor& rng_states,
-    at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z, TensorList mean,
+    at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first, TensorList z, TensorList mean,
     TensorList std, bool input_grads) {
   return twoway_net_backward_cpu(grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_pre, grad_hy_pre, x, y, weights,
                                  gamma, beta, rng_states, p, repr, leak, act_first, z, mean, std, input_grads);

@@ -137,7 +137,8 @@ struct StepArgs {
   const Tensor& rng_states;
   at::ArrayRef<double> p;
   int64_t repr;
-  double leak, eps;
+  at::ArrayRef<double> leak;
+  double eps;
   bool act_first;
   at::ArrayRef<double> coefficients;
   int64_t loss_options;
@@ -202,8 +203,8 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
 
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                      TensorList gamma, TensorList beta, const Tensor& rng_states,
-                                     at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first,
-                                     at::ArrayRef<double> coefficients, int64_t loss_options,
+                                     at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
+                                     bool act_first, at::ArrayRef<double> coefficients, int64_t loss_options,
                                      double decorrelation_eps) {
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
                    loss_options, decorrelation_eps};
@@ -212,7 +213,7 @@ StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorLis
 
 StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
-                               int64_t repr, double leak, double eps, bool act_first,
+                               int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first,
                                at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
                                TensorList momentum_buffers,
                                double lr, double momentum, double dampening, bool nesterov, double weight_decay,

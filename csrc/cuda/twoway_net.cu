@@ -30,8 +30,9 @@ using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
 
 ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                               TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-                              at::ArrayRef<double> p, int64_t repr, double leak, double eps, bool act_first) {
-  const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
+                              at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
+                              bool act_first) {
+  const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   check_net_bias(net, bias_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   // The GEMMs run in the activations' dtype: under torch.autocast the wrappers
@@ -62,7 +63,7 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
               z[slot].data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b), gamma[slot].data_ptr<scalar_t>(),
               beta[slot].data_ptr<scalar_t>(), rng.data_ptr<int64_t>() + 3 * k, next.data_ptr<scalar_t>(),
               ptr_or_null<scalar_t>(pre), mean[slot].data_ptr<acc_t<scalar_t>>(),
-              std[slot].data_ptr<acc_t<scalar_t>>(), B, cols, p[k], eps, leak, act_first);
+              std[slot].data_ptr<acc_t<scalar_t>>(), B, cols, p[k], eps, leak[k], act_first);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       }
@@ -83,9 +84,9 @@ BackwardResult twoway_net_backward_cuda(
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x_in,
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
-    at::ArrayRef<double> p, int64_t repr, double leak, bool act_first, TensorList z_in, TensorList mean_in,
-    TensorList std_in, bool input_grads) {
-  const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr);
+    at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first, TensorList z_in,
+    TensorList mean_in, TensorList std_in, bool input_grads) {
+  const NetShape net = check_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   check_net_saved(net, z_in, mean_in, std_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
@@ -135,7 +136,7 @@ BackwardResult twoway_net_backward_cuda(
               rng.data_ptr<int64_t>() + 3 * k,
               gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(), grad_gamma[slot].data_ptr<scalar_t>(),
               grad_beta[slot].data_ptr<scalar_t>(), act_first ? dbias.data_ptr<scalar_t>() : nullptr, B, cols,
-              p[k], leak, act_first);
+              p[k], leak[k], act_first);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       }

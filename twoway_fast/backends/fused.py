@@ -39,7 +39,7 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int = 0):
     low = _cuda_autocast_dtype(x.device)
     x_hat, y_hat, hx, hy, hx_pre, hy_pre, _, mean, std = ops.twoway_net(
         *_cast([x, y], low), _cast(p.weights, low), _cast(p.bias, low), _cast(p.gamma, low), _cast(p.beta, low),
-        rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leak, net.bn_eps, net.act_first)
+        rng_states(seed, n, first_row), net.dropout, net.repr_layer, net.leaks, net.bn_eps, net.act_first)
     return TwoWayOutput(x_hat, y_hat, hx, hy, hx_pre, hy_pre), batch_stats(net, mean, std)
 
 

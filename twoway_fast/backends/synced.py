@@ -107,13 +107,13 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: st
         at = {"x": depth, "y": n - 1 - depth}
         layers = {c: _hidden_layer(net, c, k) for c, k in at.items()}
         z = {c: reference.tied_linear(a[c], w, b, transposed=t) for c, (w, b, _, t) in layers.items()}
-        u = {c: F.leaky_relu(z[c], net.leak) if net.act_first else z[c] for c in z}
+        u = {c: F.leaky_relu(z[c], net.leaks[at[c]]) if net.act_first else z[c] for c in z}
         shifts = [layers[c][2].running_mean.detach().double() for c in "xy"]
         for c, (mean, std) in zip("xy", column_stats([u["x"], u["y"]], shifts, net.bn_eps, group)):
             k, bn, p = at[c], layers[c][2], net.dropout[at[c]]
-            a[c] = block(z[c], bn.gamma, bn.beta, mean, std, states[k], p, net.leak, net.act_first)
+            a[c] = block(z[c], bn.gamma, bn.beta, mean, std, states[k], p, net.leaks[k], net.act_first)
             if k == r:  # the representation, after and before its dropout
-                taken[c] = (a[c], block(z[c], bn.gamma, bn.beta, mean, std, states[k], 0.0, net.leak,
+                taken[c] = (a[c], block(z[c], bn.gamma, bn.beta, mean, std, states[k], 0.0, net.leaks[k],
                                         net.act_first) if p else a[c])
             stats[(c, k)] = (mean, std)
     y_hat = reference.tied_linear(a["x"], net.weights[n], net.x_bias[n], transposed=False)

@@ -74,7 +74,7 @@ class DirectStep:
             for p in self.params:
                 p.grad = None
         args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
-                net.leak, net.bn_eps, net.act_first, self.coefficients, self.loss_options, self.eps)
+                net.leaks, net.bn_eps, net.act_first, self.coefficients, self.loss_options, self.eps)
         ops = torch.ops.twoway_fast
         terms, grads, mean, std = (ops.twoway_step_gradients.default(*args) if sgd is None
                                    else ops.twoway_sgd_step.default(*args, *sgd))
