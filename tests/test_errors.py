@@ -228,3 +228,14 @@ def test_npz_member_header_claiming_more_rows_than_it_holds(tmp_path):
                 f.write(np.zeros(3, np.float32).tobytes())
     with pytest.raises(ValueError, match=r"d\.npz \(x\.npy\): cannot read as \.npy: truncated"):
         data.load(tmp_path / "d.npz")
+
+
+def test_checkpoint_from_before_repr_linear_loads_as_rectified(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:  # a checkpoint of a version without the field
+        m.setattr(run, "MODEL_FIELDS", tuple(f for f in run.MODEL_FIELDS if f != "repr_linear"))
+        path = saved(tmp_path)
+    assert "repr_linear" not in torch.load(path, weights_only=True)["model_config"]
+    run.load_checkpoint(path, model=small_net())
+    linear = TwoWayNet(4, 3, hidden=[6, 2, 6], backend="reference", repr_linear=True)
+    with pytest.raises(ValueError, match=r"repr_linear: checkpoint False, expected True"):
+        run.load_checkpoint(path, model=linear)
