@@ -202,14 +202,20 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _out(self, t: torch.Tensor, like: np.ndarray) -> np.ndarray:
         return t.detach().cpu().numpy().astype(like.dtype, copy=False)
 
+    def _inference_model(self):
+        """The fitted model in float64: a row's output then does not depend on the rows passed with it
+        (float32 matrix products round differently by batch shape)."""
+        return copy.deepcopy(self.model_).double()
+
     @torch.no_grad()
     def transform(self, X, y=None):
         """The representation of X, or (X's, y's) when y is given: (rows, n_components_) arrays of the
         input's float dtype (float32 and float64 kept, others as float64)."""
         check_is_fitted(self, "model_")
         X, Y = self._views(X, y, reset=False)
-        zx = self._out(self.model_.encode_x(X), X)
-        return zx if Y is None else (zx, self._out(self.model_.encode_y(Y), Y))
+        model = self._inference_model()
+        zx = self._out(model.encode_x(X), X)
+        return zx if Y is None else (zx, self._out(model.encode_y(Y), Y))
 
     def fit_transform(self, X, y=None, **fit_params):
         return self.fit(X, y).transform(X, y)
@@ -221,7 +227,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         l2_rows removes is not), (rows, n_features_y_), of X's float dtype."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=FLOATS)
-        return self._out(self.model_.predict_y(X), X)
+        return self._out(self._inference_model().predict_y(X), X)
 
     @torch.no_grad()
     def predict_x(self, Y):
@@ -229,7 +235,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         n_features_in_), of Y's float dtype."""
         check_is_fitted(self, "model_")
         Y = self._view_y(Y, None, reset=False)
-        return self._out(self.model_.predict_x(Y), Y)
+        return self._out(self._inference_model().predict_x(Y), Y)
 
     def score(self, X, y):
         """The CCA protocol on (X, y) (docs/method.md#evaluation): both views' representations projected
