@@ -26,6 +26,7 @@ def test_faithful_form_is_the_original(name):
     assert (t["lr_milestones"], t["lr_gamma"], t["shuffle"]) == ([20, 40, 60, 80], 0.5, False)
     assert t.get("lr_schedule", "multistep") == "multistep" and loss.get("midway", "sum") == "sum"
     assert loss.get("reconstruction", "sum") == "sum" and p.model.get("repr_affine", True) is True
+    assert p.model.get("repr_linear", False) is False
 
 
 @pytest.mark.parametrize("name", presets.names())
@@ -37,6 +38,7 @@ def test_every_preset_has_only_known_keys(name):
 def test_default_form_differs_where_collapse_was_fixed():
     p = presets.get("mnist")
     assert p.model["bn_eps"] == 1e-5 and p.model["dropout"] == 0.0 and p.model["repr_affine"] is False
+    assert p.model["repr_linear"] is True
     assert p.loss["decorrelation"] == "correlation" and p.loss["decorrelation_input"] == "before_dropout"
     assert p.loss["reconstruction"] == "mean" and p.loss["wd"] == 1e-4
     assert p.loss["midway"] == "log" and p.train["lr_schedule"] == "cosine" and p.data["preprocess"] == "none"
@@ -44,6 +46,7 @@ def test_default_form_differs_where_collapse_was_fixed():
     for name in ("xrmb", "flickr8k", "flickr30k", "coco"):  # the changes that do not depend on the architecture
         other = presets.get(name)
         assert other.model["repr_affine"] is False and other.loss["reconstruction"] == "mean", name
+        assert other.model["repr_linear"] is True, name
 
 
 def test_overrides_and_user_files(tmp_path):
