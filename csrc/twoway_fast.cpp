@@ -37,9 +37,9 @@ TORCH_LIBRARY(twoway_fast, m) {
   // Both channels of a 2-Way Net in training mode (csrc/cpu/twoway_net.cpp has the list layouts):
   // weights[k] is (out, in) or locally dense (M, out/M, in/M); bias = X's n + 1 layers then Y's;
   // gamma/beta = X's n positions then Y's; rng_states (n, 3) int64, one row per mirrored pair, so
-  // both channels draw the same mask; p one rate per position; leak one LeakyReLU slope per position (1: a
-  // linear block, e.g. the representation's). Returns the reconstructions, the
-  // representation of each channel after and before its dropout, and per (channel, position) the
+  // both channels draw the same mask; p one rate per position; leak one LeakyReLU slope per position
+  // (1: a linear block, as model.repr_linear makes the representation's). Returns the reconstructions,
+  // the representation of each channel after and before its dropout, and per (channel, position) the
   // GEMM output z and the batch mean and std of the BN input (z excludes the bias that batch norm
   // cancels when it comes first, so mean does too).
   m.def("twoway_net(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, Tensor[] beta, "
