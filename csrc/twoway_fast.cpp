@@ -57,8 +57,7 @@ TORCH_LIBRARY(twoway_fast, m) {
   // One training step's gradients (CPU): the network op, the loss op (loss_options as the loss op's, with
   // the bit kBeforeDropout for the decorrelation of hx_pre/hy_pre, else of hx/hy) and both backward ops in
   // one call. Returns the loss terms, the gradients of weights, bias, gamma, beta in that order, and
-  // per slot the batch mean and std as the running statistics take them (the mean with the bias that
-  // twoway_net's mean excludes).
+  // per slot the batch mean and std as twoway_net returns them.
   m.def("twoway_step_gradients(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, "
         "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
         "float[] coefficients, int loss_options, float decorrelation_eps) -> "

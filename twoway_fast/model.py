@@ -210,7 +210,7 @@ class TwoWayNet(nn.Module):
     def update_running_stats(self, mean: Sequence[Tensor], std: Sequence[Tensor]) -> None:
         """running = (1 - bn_momentum) running + bn_momentum batch, for every batch norm: `mean` and `std`
         per slot in the ops' order (X's hidden positions, then Y's), the means as the running means take
-        them (with the bias, which the ops add back where they skip it)."""
+        them (with the bias where the ops skip it: backends.fused.slot_means adds it back)."""
         bns = [*self.bn_x, *self.bn_y]
         running = [bn.running_mean for bn in bns] + [bn.running_std for bn in bns]
         batch = [*mean, *std]

@@ -157,12 +157,6 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
       twoway_net_cpu(a.x, a.y, a.weights, a.bias, a.gamma, a.beta, a.rng_states, a.p, a.repr, a.leak, a.eps,
                      a.act_first, &keep);
-  // The batch means as the running means take them (twoway_fast.backends.fused.slot_means): with the bias
-  // the network op skips where batch norm cancels it, taken before an update changes the bias.
-  const int64_t n = static_cast<int64_t>(a.weights.size()) - 1;
-  std::vector<Tensor> bn_mean;
-  for (int64_t slot = 0; slot < 2 * n; ++slot)
-    bn_mean.push_back(a.act_first ? mean[slot] : mean[slot] + a.bias[slot < n ? slot : slot + 1]);
   const bool before_dropout = has(a.loss_options, option::kBeforeDropout);
   const Tensor& hx_dec = before_dropout ? hx_pre : hx;
   const Tensor& hy_dec = before_dropout ? hy_pre : hy;
@@ -198,7 +192,7 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
       complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
   }
   for (double w : weight_squares) loss.add_weight_squares(w);
-  return {loss.terms(a.coefficients, a.loss_options, a.x), grads, bn_mean, std};
+  return {loss.terms(a.coefficients, a.loss_options, a.x), grads, mean, std};
 }
 
 StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,

@@ -51,13 +51,15 @@ def batch_stats(net, mean: Sequence[Tensor], std: Sequence[Tensor]) -> dict:
     return dict(zip(slots, zip(slot_means(net, mean), std)))
 
 
-def slot_means(net, mean: Sequence[Tensor]) -> list[Tensor]:
-    """The network op's batch means (X's positions, then Y's) as the running means take them: with the
-    bias that the op skips in bn_then_act order, where batch norm cancels it."""
+def slot_means(net, mean: Sequence[Tensor], bias: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """The network ops' batch means (X's positions, then Y's) as the running means take them: with the
+    bias that the ops skip in bn_then_act order, where batch norm cancels it. `bias`: the biases the op
+    ran with, in op order (net.op_parameters().bias, the default); a step that updates them passes a
+    copy taken before."""
     if net.act_first:
         return list(mean)
     n = len(net.hidden)
-    bias = [*net.x_bias, *net.y_bias]
+    bias = net.op_parameters().bias if bias is None else bias
     return [m + bias[slot if slot < n else slot + 1].detach() for slot, m in enumerate(mean)]
 
 

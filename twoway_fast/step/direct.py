@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import optimizer as torch_optimizer
 
-from ..backends import resolve_backend
+from ..backends import fused, resolve_backend
 from ..dropout import rng_states
 from ..loss import TwoWayLoss
 from ..loss_terms import LossTerms, coefficient_list
@@ -73,6 +73,8 @@ class DirectStep:
         else:
             for p in self.params:
                 p.grad = None
+        # The bias the running means add back (bn_then_act order), as it is before the update changes it.
+        bias = None if net.act_first else [b.detach().clone() for b in self.bias]
         args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
                 net.leaks, net.bn_eps, net.act_first, self.coefficients, self.loss_options, self.eps)
         ops = torch.ops.twoway_fast
@@ -81,7 +83,7 @@ class DirectStep:
         for p, g in zip(self.params, grads):
             if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
                 p.grad = g
-        net.update_running_stats(mean, std)  # the op's means come with the bias it skips added back
+        net.update_running_stats(fused.slot_means(net, mean, bias), std)
         if sgd is None:
             if self.reduce_gradients is not None:
                 self.reduce_gradients(self.params)
