@@ -1,4 +1,4 @@
-// Autograd kernels of the network and loss ops, in C++ for every device: a training step crosses them
+// Every op's autograd, in C++ for every device. The network and loss ops: a training step crosses them
 // twice, and the Python alternative (torch.library.register_autograd) spent 0.3-0.6 ms per call
 // flattening, saving and validating their ~40 list tensors. Forward and backward stay separate ops, so
 // opcheck, the fake kernels of twoway_fast/ops.py and torch.compile see the same graph as before.
@@ -20,6 +20,8 @@ using NetResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std
                              std::vector<Tensor>, std::vector<Tensor>>;
 using NetBackwardResult = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>,
                                      std::vector<Tensor>, std::vector<Tensor>>;
+using BlockResult = std::tuple<Tensor, Tensor, Tensor>;
+using BlockWithStatsBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using LossResult = std::tuple<Tensor, Tensor, Tensor>;
 using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
                                       std::vector<Tensor>>;
@@ -39,6 +41,80 @@ std::vector<Tensor> take(const variable_list& from, size_t& at, size_t count) {
 
 // Gradients for the trailing arguments that are no tensors (or need none): undefined.
 void pad_undefined(variable_list& grads, size_t count) { grads.resize(grads.size() + count); }
+
+// The hidden block (one position, batch statistics): mean and std are outputs, not differentiable.
+class HiddenBlockFunction : public torch::autograd::Function<HiddenBlockFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& z, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& rng_state, double p, double leak, double eps, bool act_first) {
+    static const auto block = op<BlockResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                                             double, double, bool)>("twoway_fast::hidden_block");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, mean, std] = block.call(z, gamma, beta, rng_state, p, leak, eps, act_first);
+    ctx->save_for_backward({z, gamma, beta, mean, std, rng_state});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["leak"] = leak;
+    ctx->saved_data["act_first"] = act_first;
+    ctx->mark_non_differentiable({mean, std});
+    return {out, mean, std};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto block_backward =
+        op<BlockResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                       const Tensor&, double, double, bool)>("twoway_fast::hidden_block_backward");
+    const auto s = ctx->get_saved_variables();
+    auto [grad_z, grad_gamma, grad_beta] =
+        block_backward.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["p"].toDouble(),
+                            ctx->saved_data["leak"].toDouble(), ctx->saved_data["act_first"].toBool());
+    variable_list out = {grad_z, grad_gamma, grad_beta};
+    pad_undefined(out, 5);  // rng_state, p, leak, eps, act_first
+    return out;
+  }
+};
+
+BlockResult hidden_block_autograd(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& rng_state,
+                                  double p, double leak, double eps, bool act_first) {
+  const auto out = HiddenBlockFunction::apply(z, gamma, beta, rng_state, p, leak, eps, act_first);
+  return {out[0], out[1], out[2]};
+}
+
+// The hidden block with its statistics given (over the rows of every process): differentiable in them.
+class HiddenBlockWithStatsFunction : public torch::autograd::Function<HiddenBlockWithStatsFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& z, const Tensor& gamma, const Tensor& beta,
+                        const Tensor& mean, const Tensor& std, const Tensor& rng_state, double p, double leak,
+                        bool act_first) {
+    static const auto block =
+        op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                  double, bool)>("twoway_fast::hidden_block_with_stats");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({z, gamma, beta, mean, std, rng_state});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["leak"] = leak;
+    ctx->saved_data["act_first"] = act_first;
+    return block.call(z, gamma, beta, mean, std, rng_state, p, leak, act_first);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto block_backward = op<BlockWithStatsBackwardResult(
+        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+        double, double, bool)>("twoway_fast::hidden_block_with_stats_backward");
+    const auto s = ctx->get_saved_variables();
+    auto [grad_z, grad_mean, grad_std, grad_gamma, grad_beta] =
+        block_backward.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["p"].toDouble(),
+                            ctx->saved_data["leak"].toDouble(), ctx->saved_data["act_first"].toBool());
+    variable_list out = {grad_z, grad_gamma, grad_beta, grad_mean, grad_std};
+    pad_undefined(out, 4);  // rng_state, p, leak, act_first
+    return out;
+  }
+};
+
+Tensor hidden_block_with_stats_autograd(const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                                        const Tensor& std, const Tensor& rng_state, double p, double leak,
+                                        bool act_first) {
+  return HiddenBlockWithStatsFunction::apply(z, gamma, beta, mean, std, rng_state, p, leak, act_first);
+}
 
 class NetFunction : public torch::autograd::Function<NetFunction> {
  public:
@@ -170,8 +246,15 @@ LossResult twoway_loss_autograd(const Tensor& x, const Tensor& y, const Tensor& 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(twoway_fast, Autograd, m) {
+  m.impl("hidden_block", &hidden_block_autograd);
+  m.impl("hidden_block_with_stats", &hidden_block_with_stats_autograd);
   m.impl("twoway_net", &twoway_net_autograd);
   m.impl("twoway_loss", &twoway_loss_autograd);
+  // Not differentiable, and the SGD step runs without grad mode (checked in csrc/cpu/twoway_step.cpp):
+  // straight to the kernels, without autograd's not-implemented fallback, which walks every tensor
+  // argument each call.
+  m.impl("twoway_step_gradients", torch::CppFunction::makeFallthrough());
+  m.impl("twoway_sgd_step", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace twoway_fast

@@ -1,5 +1,5 @@
-"""Typed wrappers over torch.ops.twoway_fast.*, with their fake (shape-only) kernels and autograd (the
-network and loss ops' autograd is in C++: csrc/autograd.cpp).
+"""Typed wrappers over torch.ops.twoway_fast.*, with their fake (shape-only) kernels (every op's
+autograd is in C++: csrc/autograd.cpp).
 
 Importing this module requires the compiled extension (twoway_fast._C)."""
 from __future__ import annotations
@@ -76,25 +76,6 @@ def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
     return z.new_empty(z.shape), gamma.new_empty(gamma.shape), beta.new_empty(beta.shape)
 
 
-def _hidden_block_setup(ctx, inputs, output):
-    z, gamma, beta, rng_state, p, leak, eps, act_first = inputs
-    _, mean, std = output
-    ctx.save_for_backward(z, gamma, beta, mean, std, rng_state)
-    ctx.p, ctx.leak, ctx.act_first = p, leak, act_first
-    ctx.mark_non_differentiable(mean, std)
-
-
-def _hidden_block_backward(ctx, grad_out, _grad_mean, _grad_std):
-    z, gamma, beta, mean, std, rng_state = ctx.saved_tensors
-    grad_z, grad_gamma, grad_beta = torch.ops.twoway_fast.hidden_block_backward.default(
-        grad_out, z, gamma, beta, mean, std, rng_state, ctx.p, ctx.leak, ctx.act_first)
-    return grad_z, grad_gamma, grad_beta, None, None, None, None, None
-
-
-torch.library.register_autograd("twoway_fast::hidden_block", _hidden_block_backward,
-                                setup_context=_hidden_block_setup)
-
-
 def hidden_block_with_stats(z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, std: Tensor, rng_state: Tensor,
                             p: float, leak: float, act_first: bool) -> Tensor:
     """The training-mode hidden block with the BN statistics (mean, std of the BN input) given, e.g. taken
@@ -117,23 +98,6 @@ def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
     _columns("hidden_block_with_stats_backward", z=z)
     return (z.new_empty(z.shape), mean.new_empty(mean.shape), std.new_empty(std.shape), gamma.new_empty(gamma.shape),
             beta.new_empty(beta.shape))
-
-
-def _hidden_block_with_stats_setup(ctx, inputs, output):
-    z, gamma, beta, mean, std, rng_state, p, leak, act_first = inputs
-    ctx.save_for_backward(z, gamma, beta, mean, std, rng_state)
-    ctx.p, ctx.leak, ctx.act_first = p, leak, act_first
-
-
-def _hidden_block_with_stats_backward(ctx, grad_out):
-    z, gamma, beta, mean, std, rng_state = ctx.saved_tensors
-    grad_z, grad_mean, grad_std, grad_gamma, grad_beta = torch.ops.twoway_fast.hidden_block_with_stats_backward.default(
-        grad_out, z, gamma, beta, mean, std, rng_state, ctx.p, ctx.leak, ctx.act_first)
-    return grad_z, grad_gamma, grad_beta, grad_mean, grad_std, None, None, None, None
-
-
-torch.library.register_autograd("twoway_fast::hidden_block_with_stats", _hidden_block_with_stats_backward,
-                                setup_context=_hidden_block_with_stats_setup)
 
 
 # ---------------------------------------------------------------- the network op (both channels)

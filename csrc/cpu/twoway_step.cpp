@@ -212,7 +212,7 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
                                TensorList momentum_buffers,
                                double lr, double momentum, double dampening, bool nesterov, double weight_decay,
                                bool maximize) {
-  // The parameters change in place, outside autograd (the Autograd key falls through, below).
+  // The parameters change in place, outside autograd (the Autograd key falls through: csrc/autograd.cpp).
   TORCH_CHECK(!c10::GradMode::is_enabled(),
               "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
@@ -226,13 +226,6 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_step_gradients", &twoway_step_gradients_cpu);
   m.impl("twoway_sgd_step", &twoway_sgd_step_cpu);
-}
-
-// Not differentiable, and the SGD step runs without grad mode (checked above): straight to the kernels,
-// without autograd's not-implemented fallback, which walks every tensor argument each call.
-TORCH_LIBRARY_IMPL(twoway_fast, Autograd, m) {
-  m.impl("twoway_step_gradients", torch::CppFunction::makeFallthrough());
-  m.impl("twoway_sgd_step", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace twoway_fast
