@@ -34,7 +34,7 @@ TORCH_LIBRARY(twoway_fast, m) {
   // ranks_b2a int64 (m)), 1-based, ties against the query. Rule and precision: csrc/retrieval_ranks.h.
   m.def("retrieval_ranks(Tensor a, Tensor b, Tensor group, int tile_rows) -> (Tensor, Tensor)");
 
-  // Both channels of a 2-Way Net in training mode (csrc/cpu/twoway_net.cpp has the list layouts):
+  // Both channels of a 2-Way Net in training mode (csrc/channel_layout.h has the list layouts):
   // weights[k] is (out, in) or locally dense (M, out/M, in/M); bias = X's n + 1 layers then Y's;
   // gamma/beta = X's n positions then Y's; rng_states (n, 3) int64, one row per mirrored pair, so
   // both channels draw the same mask; p one rate per position; leak one LeakyReLU slope per position

@@ -1,5 +1,5 @@
-// Argument checks and preparation shared by the CPU and CUDA network ops (csrc/cpu/twoway_net.cpp
-// has the list layouts). Nothing here reads tensor data on the host: rng_states stays on its device,
+// Argument checks and preparation shared by the CPU and CUDA network ops (csrc/channel_layout.h has
+// the list layouts). Nothing here reads tensor data on the host: rng_states stays on its device,
 // so the CUDA op never synchronises.
 #pragma once
 #include <ATen/ATen.h>
@@ -126,10 +126,6 @@ inline std::vector<at::Tensor> contiguous(at::TensorList list) {
   for (const auto& t : list) out.push_back(t.contiguous());
   return out;
 }
-
-// The two row halves of a (2B, width) buffer.
-inline at::Tensor top(const at::Tensor& t, int64_t B) { return t.narrow(0, 0, B); }
-inline at::Tensor bottom(const at::Tensor& t, int64_t B) { return t.narrow(0, B, B); }
 
 inline void copy_or_zero(at::Tensor dst, const c10::optional<at::Tensor>& src, const char* name) {
   if (!src.has_value() || !src->defined()) {

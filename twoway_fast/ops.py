@@ -105,7 +105,7 @@ def _(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first):
 def twoway_net(x: Tensor, y: Tensor, weights: list[Tensor], bias: list[Tensor], gamma: list[Tensor],
                beta: list[Tensor], rng_states: Tensor, p: list[float], repr_layer: int, leak: list[float],
                eps: float, act_first: bool):
-    """Both channels of a 2-Way Net in training mode (list layouts in csrc/cpu/twoway_net.cpp).
+    """Both channels of a 2-Way Net in training mode (list layouts in csrc/channel_layout.h).
     Returns (x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std); mean and std are per (channel,
     position), X's first, and mean excludes the bias that batch norm cancels in bn_then_act order;
     they are float32 for half and bfloat16 activations (stats_dtype)."""

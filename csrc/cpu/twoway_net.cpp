@@ -1,16 +1,7 @@
 // CPU kernel of the network-level op: forward and backward of both channels of a 2-Way Net in
-// training mode (docs/method.md#the-network), the GEMMs through ATen and everything else in the passes of
-// block_forward.h and block_backward.h.
-//
-// Notation: n hidden positions, widths s[0] = dx, s[k + 1] = h_k, s[n + 1] = dy; weights[k] maps
-// s[k] -> s[k + 1]. X visits positions 0..n-1 with weights[k], then weights[n]; Y visits n-1..0 with
-// weights[k + 1]^T, then weights[0]^T. List layouts: gamma, beta, z, mean, std hold the X channel's
-// positions 0..n-1 then the Y channel's; bias holds X's n + 1 layers (output last), then Y's.
-//
-// The shared weight's gradient is one GEMM over both channels' rows: dW_k = P_k^T Q_k with
-//   P_k = [grad of X's z at layer k ; Y's input to weights[k]^T]   (2B, s[k + 1])
-//   Q_k = [X's input to weights[k]   ; grad of Y's z using weights[k]^T]   (2B, s[k])
-// and every backward pass writes its rows straight into these buffers.
+// training mode (docs/method.md#the-network), the channels side by side on two threads, the GEMMs
+// through ATen and everything else in the passes of block_forward.h and block_backward.h. The channel
+// layout (positions, slots, weights, the weight-gradient operands P and Q): csrc/channel_layout.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -20,6 +11,7 @@
 #include "cpu/block_forward.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/dropout_multipliers.h"
+#include "channel_layout.h"
 #include "cpu/side_by_side.h"
 #include "philox.h"
 #include "twoway_net_checks.h"
@@ -81,6 +73,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
                                 bool act_first, std::vector<Tensor>* keep_out) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
+  const ChannelLayout L{n};
   check_net_bias(net, bias_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
@@ -91,12 +84,11 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
   side_by_side([&](int c) {  // c = 0: X channel, 1: Y channel
     Tensor a = c == 0 ? x : y;
     for (int64_t step = 0; step < n; ++step) {
-      const int64_t k = c == 0 ? step : n - 1 - step, slot = c * n + k;
-      const Tensor& w = weights[c == 0 ? k : k + 1];
+      const int64_t k = L.forward_position(c, step), slot = L.slot(c, k);
       // Batch norm right after the GEMM cancels the bias: skip it (the op's mean then excludes it).
       // Before a LeakyReLU it counts: the block's pass adds it to z.
-      z[slot] = tied_mm(a, w, c == 1);
-      const Tensor& b = act_first ? bias[c * (n + 1) + k] : maybe_undefined();
+      z[slot] = tied_mm(a, weights[L.weight(c, k)], L.transposed(c));
+      const Tensor& b = act_first ? bias[L.bias(c, k)] : maybe_undefined();
       const int64_t cols = net.s[k + 1];
       mean[slot] = at::empty({cols}, x.options());
       std[slot] = at::empty({cols}, x.options());
@@ -112,9 +104,9 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
       if (k == repr) h[c] = next, h_pre[c] = pre;
       a = next;
     }
-    out[c] = tied_mm(a, weights[c == 0 ? n : 0], c == 1);
+    out[c] = tied_mm(a, weights[L.weight(c, n)], L.transposed(c));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_output_bias", [&] {
-      add_row_vector<scalar_t>(out[c].data_ptr<scalar_t>(), bias[c * (n + 1) + n].data_ptr<scalar_t>(), B,
+      add_row_vector<scalar_t>(out[c].data_ptr<scalar_t>(), bias[L.bias(c, n)].data_ptr<scalar_t>(), B,
                                out[c].size(1));
     });
   });
@@ -132,6 +124,7 @@ NetBackwardResult twoway_net_backward_cpu(
     const std::vector<Tensor>* keep_in) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
+  const ChannelLayout L{n};
   const auto& s = net.s;
   check_net_saved(net, z_in, mean_in, std_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
@@ -145,32 +138,25 @@ NetBackwardResult twoway_net_backward_cpu(
   Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
                          grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
   for (int c = 0; c < 2; ++c) pair_up(extra[c], extra_pre[c]);
-  std::vector<Tensor> P(n + 1), Q(n + 1);
-  for (int64_t k = 0; k <= n; ++k) {
-    P[k] = at::empty({2 * B, s[k + 1]}, opts);
-    Q[k] = at::empty({2 * B, s[k]}, opts);
-  }
+  std::vector<Tensor> P, Q;
+  ChannelLayout::make_operands(P, Q, s, B, opts);
   std::vector<Tensor> grad_gamma(2 * n), grad_beta(2 * n), grad_bias(2 * (n + 1));
   Tensor grad_in[2];
   side_by_side([&](int c) {
     // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1). Each fills its own
     // halves of P and Q, starting with its output's gradient and its input.
-    if (c == 0) {
-      copy_or_zero(top(P[n], B), grad_y_hat, "grad_y_hat");
-      top(Q[0], B).copy_(x);
-    } else {
-      copy_or_zero(bottom(Q[0], B), grad_x_hat, "grad_x_hat");
-      bottom(P[n], B).copy_(y);
-    }
-    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true) : tied_mm(bottom(Q[0], B), weights[0], false);
+    const Tensor grad_out = L.grad_output_rows(c, P, Q, B);
+    copy_or_zero(grad_out, c == 0 ? grad_y_hat : grad_x_hat, c == 0 ? "grad_y_hat" : "grad_x_hat");
+    L.input_rows(c, P, Q, B).copy_(c == 0 ? x : y);
+    Tensor g = tied_mm(grad_out, weights[L.weight(c, n)], !L.transposed(c));
     for (int64_t step = 0; step < n; ++step) {
-      const int64_t k = c == 0 ? n - 1 - step : step, slot = c * n + k;
+      const int64_t k = L.backward_position(c, step), slot = L.slot(c, k);
       const int64_t cols = s[k + 1];
-      Tensor gz = c == 0 ? top(P[k], B) : bottom(Q[k + 1], B);
-      Tensor a_out = c == 0 ? top(Q[k + 1], B) : bottom(P[k], B);
+      Tensor gz = L.grad_z_rows(c, k, P, Q, B);
+      Tensor a_out = L.block_output_rows(c, k, P, Q, B);
       grad_gamma[slot] = at::empty({cols}, opts);
       grad_beta[slot] = at::empty({cols}, opts);
-      Tensor& dbias = grad_bias[c * (n + 1) + k];
+      Tensor& dbias = grad_bias[L.bias(c, k)];
       dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_backward", [&] {
         const BlockGrads<scalar_t> grads{g.data_ptr<scalar_t>(), k == repr ? ptr_or_null<scalar_t>(extra[c]) : nullptr,
@@ -184,10 +170,10 @@ NetBackwardResult twoway_net_backward_cpu(
       });
       // The gradient at the next block (or at the channel's input) goes through the same weight.
       const bool last = step == n - 1;
-      if (!last || input_grads) g = c == 0 ? tied_mm(gz, weights[k], true) : tied_mm(gz, weights[k + 1], false);
+      if (!last || input_grads) g = tied_mm(gz, weights[L.weight(c, k)], !L.transposed(c));
     }
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
-    grad_bias[c == 0 ? n : 2 * n + 1] = (c == 0 ? top(P[n], B) : bottom(Q[0], B)).sum(0);
+    grad_bias[L.bias(c, n)] = grad_out.sum(0);
   });
   // The weight gradients, shared out between the two threads by their products' sizes.
   std::vector<Tensor> grad_weights(n + 1);

@@ -1,5 +1,5 @@
-// CUDA kernel of the network-level op, same signatures and results as csrc/cpu/twoway_net.cpp
-// (which has the notation, list layouts and the 2B-row weight-gradient GEMM). GEMMs go through ATen
+// CUDA kernel of the network-level op, same signatures and results as csrc/cpu/twoway_net.cpp, the
+// same channel layout (csrc/channel_layout.h), the channels in turn. GEMMs go through ATen
 // (cuBLAS, current stream); each hidden block is one kernel forward and one backward
 // (csrc/cuda/block_passes.cuh). rng_states is read only inside the kernels: nothing synchronises with
 // the host, so a training step can be captured in a CUDA graph.
@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "channel_layout.h"
 #include "cuda/block_passes.cuh"
 #include "twoway_net_checks.h"
 
@@ -40,6 +41,7 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
+  const ChannelLayout L{n};
   const auto x = x_in.contiguous(), y = y_in.contiguous(), rng = rng_states.contiguous();
   const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
@@ -49,10 +51,10 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
   for (int c = 0; c < 2; ++c) {  // c = 0: X channel, 1: Y channel
     Tensor a = c == 0 ? x : y;
     for (int64_t step = 0; step < n; ++step) {
-      const int64_t k = c == 0 ? step : n - 1 - step, slot = c * n + k, cols = net.s[k + 1];
+      const int64_t k = L.forward_position(c, step), slot = L.slot(c, k), cols = net.s[k + 1];
       // As on the CPU: the bias only counts before a LeakyReLU (batch norm first cancels it).
-      z[slot] = tied_mm(a, weights[c == 0 ? k : k + 1], c == 1);
-      const Tensor b = act_first ? bias[c * (n + 1) + k] : Tensor();
+      z[slot] = tied_mm(a, weights[L.weight(c, k)], L.transposed(c));
+      const Tensor b = act_first ? bias[L.bias(c, k)] : Tensor();
       mean[slot] = at::empty({cols}, stats_opts);
       std[slot] = at::empty({cols}, stats_opts);
       Tensor next = at::empty({B, cols}, opts);
@@ -70,8 +72,8 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
       if (k == repr) h[c] = next, h_pre[c] = pre;
       a = next;
     }
-    out[c] = tied_mm(a, weights[c == 0 ? n : 0], c == 1);
-    out[c].add_(bias[c * (n + 1) + n]);
+    out[c] = tied_mm(a, weights[L.weight(c, n)], L.transposed(c));
+    out[c].add_(bias[L.bias(c, n)]);
   }
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
@@ -92,6 +94,7 @@ BackwardResult twoway_net_backward_cuda(
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in forward
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = net.n, B = net.batch;
+  const ChannelLayout L{n};
   const auto& s = net.s;
   const auto x = x_in.contiguous(), y = y_in.contiguous(), rng = rng_states.contiguous();
   const auto weights = contiguous(weights_in), gamma = contiguous(gamma_in), beta = contiguous(beta_in);
@@ -102,29 +105,23 @@ BackwardResult twoway_net_backward_cuda(
   Tensor extra_pre[2] = {grad_or_undefined(grad_hx_pre, {B, s[repr + 1]}, x, "grad_hx_pre"),
                          grad_or_undefined(grad_hy_pre, {B, s[repr + 1]}, x, "grad_hy_pre")};
   for (int c = 0; c < 2; ++c) pair_up(extra[c], extra_pre[c]);
-  // P[k], Q[k]: the (2B, width) operands of weights[k]'s gradient GEMM (twoway_net.cpp's header).
-  std::vector<Tensor> P(n + 1), Q(n + 1);
-  for (int64_t k = 0; k <= n; ++k) {
-    P[k] = at::empty({2 * B, s[k + 1]}, opts);
-    Q[k] = at::empty({2 * B, s[k]}, opts);
-  }
-  copy_or_zero(top(P[n], B), grad_y_hat, "grad_y_hat");
-  bottom(P[n], B).copy_(y);
-  top(Q[0], B).copy_(x);
-  copy_or_zero(bottom(Q[0], B), grad_x_hat, "grad_x_hat");
-
+  std::vector<Tensor> P, Q;  // the (2B, width) operands of the weight-gradient GEMMs
+  ChannelLayout::make_operands(P, Q, s, B, opts);
   std::vector<Tensor> grad_gamma(2 * n), grad_beta(2 * n), grad_bias(2 * (n + 1));
   Tensor grad_in[2];
   for (int c = 0; c < 2; ++c) {
     // X walks back from y_hat (positions n-1..0); Y from x_hat (positions 0..n-1).
-    Tensor g = c == 0 ? tied_mm(top(P[n], B), weights[n], true) : tied_mm(bottom(Q[0], B), weights[0], false);
+    const Tensor grad_out = L.grad_output_rows(c, P, Q, B);
+    copy_or_zero(grad_out, c == 0 ? grad_y_hat : grad_x_hat, c == 0 ? "grad_y_hat" : "grad_x_hat");
+    L.input_rows(c, P, Q, B).copy_(c == 0 ? x : y);
+    Tensor g = tied_mm(grad_out, weights[L.weight(c, n)], !L.transposed(c));
     for (int64_t step = 0; step < n; ++step) {
-      const int64_t k = c == 0 ? n - 1 - step : step, slot = c * n + k, cols = s[k + 1];
-      Tensor gz = c == 0 ? top(P[k], B) : bottom(Q[k + 1], B);  // contiguous row halves
-      Tensor a_out = c == 0 ? top(Q[k + 1], B) : bottom(P[k], B);
+      const int64_t k = L.backward_position(c, step), slot = L.slot(c, k), cols = s[k + 1];
+      Tensor gz = L.grad_z_rows(c, k, P, Q, B);  // contiguous row halves
+      Tensor a_out = L.block_output_rows(c, k, P, Q, B);
       grad_gamma[slot] = at::empty({cols}, opts);
       grad_beta[slot] = at::empty({cols}, opts);
-      Tensor& dbias = grad_bias[c * (n + 1) + k];
+      Tensor& dbias = grad_bias[L.bias(c, k)];
       dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       const Tensor g_extra = k == repr ? extra[c] : Tensor(), g_pre = k == repr ? extra_pre[c] : Tensor();
       if (cols > 0) {
@@ -142,12 +139,11 @@ BackwardResult twoway_net_backward_cuda(
       }
       // The gradient at the next block (or at the channel's input) goes through the same weight.
       const bool last = step == n - 1;
-      if (!last || input_grads) g = c == 0 ? tied_mm(gz, weights[k], true) : tied_mm(gz, weights[k + 1], false);
+      if (!last || input_grads) g = tied_mm(gz, weights[L.weight(c, k)], !L.transposed(c));
     }
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
+    grad_bias[L.bias(c, n)] = grad_out.sum(0);
   }
-  grad_bias[n] = top(P[n], B).sum(0);
-  grad_bias[2 * n + 1] = bottom(Q[0], B).sum(0);
   std::vector<Tensor> grad_weights;
   for (int64_t k = 0; k <= n; ++k) grad_weights.push_back(tied_weight_grad(P[k], Q[k], weights[k]));
   return {grad_in[0], grad_in[1], grad_weights, grad_bias, grad_gamma, grad_beta};
