@@ -41,7 +41,7 @@ def test_default_form_differs_where_collapse_was_fixed():
     assert p.model["repr_linear"] is True
     assert p.loss["decorrelation"] == "correlation" and p.loss["decorrelation_input"] == "before_dropout"
     assert p.loss["reconstruction"] == "mean" and p.loss["wd"] == 1e-4
-    assert p.loss["midway"] == "log" and p.train["lr_schedule"] == "cosine" and p.data["preprocess"] == "none"
+    assert p.loss["midway"] == "sum" and p.train["lr_schedule"] == "cosine" and p.data["preprocess"] == "none"
     assert presets.get("mnist", faithful=True).data["preprocess"] == "l2_rows"  # the paper's rows
     for name in ("xrmb", "flickr8k", "flickr30k", "coco"):  # the changes that do not depend on the architecture
         other = presets.get(name)
@@ -78,8 +78,8 @@ def test_loss_midway_is_a_preset_key():
     from twoway_fast import TwoWayNet
 
     model = TwoWayNet(4, 4, [8, 2, 8])
-    assert presets.resolve("mnist").build_loss(model).midway == "log"
-    assert presets.resolve("mnist", faithful=True).build_loss(model).midway == "sum"  # the original form
+    assert presets.resolve("mnist").build_loss(model).midway == "sum"
+    assert presets.resolve("mnist", overrides=["loss.midway=log"]).build_loss(model).midway == "log"
     assert presets.resolve("digits", overrides=["loss.midway=log"]).build_loss(model).midway == "log"
     with pytest.raises(ValueError, match=r"loss\.midway must be a string, got 1 \(int\)"):
         presets.resolve("mnist", overrides=["loss.midway=1"])

@@ -58,10 +58,11 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             None: that of the preset or of `hidden`.
         hidden: hidden widths; None = the preset's.
         repr_layer, dropout, bn_eps: model values; None = the preset's.
-        lh, lc: mid-way and decorrelation weights; None = the preset's. The mnist preset's (lh 1,
-            lc 12, with its log mid-way term) are tuned for a 50-d code on 54000 rows; for a code of a
-            few dimensions a lower lc (3 for 4 dimensions) keeps the decorrelation from swamping it,
-            and on small data (about 1000s of rows) the digits preset's settings did better.
+        lh, lc: mid-way and decorrelation weights; None = the preset's. The mnist preset's (lh 2,
+            lc 6) are tuned for a 50-d code on 54000 rows; for a code of a few dimensions a lower lc
+            keeps the decorrelation from swamping it (4 dimensions: lc 3 did better than 6, and 6
+            better than 12), and on small data (about 1000s of rows) the digits preset's settings did
+            better.
         epochs: 20 by default (None: the preset's, 12 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
