@@ -172,9 +172,11 @@ def test_best_epoch_on_the_internal_validation_split(digits_halves, pinned_prese
     from twoway_fast.data.splits import split_items
 
     x, y = digits_halves
-    est = TwoWayEstimator(preset=pinned_preset, lr=1e-2, epochs=8).fit(x, y)  # a fast rate: R@1 goes up and down
+    # A fast rate, so validation R@1 goes up and down: it peaked at epoch 11 of 16, 3 points above the
+    # last (at lr 1e-2 over 8 epochs it rose to the last epoch on one CPU and not on another).
+    est = TwoWayEstimator(preset=pinned_preset, lr=1e-1, epochs=16).fit(x, y)
     r1 = [(row["val"]["x2y"]["r1"] + row["val"]["y2x"]["r1"]) / 2 for row in est.log_]  # select = "r1"
-    assert est.best_epoch_ == 1 + int(np.argmax(r1)) < 8  # not the last: the test tells them apart
+    assert est.best_epoch_ == 1 + int(np.argmax(r1)) < 16  # not the last: the test tells them apart
     # The model returned is that epoch's: its validation R@1 is the one logged then.
     val, _ = split_items(RawSplit(x, y, "test"), DataConfig(), 0.1)
     zx, zy = est.transform(val.x, val.y)
