@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import metrics, run
 from .callbacks import Callback
 from .config import LOWER_IS_BETTER, TrainConfig
+from .cores import ThreadBudget
 from .data import Split, batches
 from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
@@ -78,13 +79,17 @@ class Trainer:
     progress: a progress bar per epoch, where stderr is a terminal (none in a log file or a pipe).
     callbacks: twoway_fast.callbacks.Callback objects (on_step after each step, on_epoch after each
     epoch); `trainer.callbacks` is a list, so more can be added before fit.
+    adapt_threads: on the CPU in one process, use no more of torch's threads than other processes leave
+    cores free, checked every few steps (twoway_fast.cores; the same results, faster on a busy machine);
+    the thread count is restored when fit returns. False: the count as it is.
     The process's allocator is left alone: the command line opts in to twoway_fast.heap.
 
     Under torch.distributed (twoway_fast.distributed) each rank takes its slice of every global batch
     (config.batch_size rows), gradients are averaged, and rank 0 alone writes the run folder."""
 
     def __init__(self, model, criterion, train: Split, val: Split | None, config: TrainConfig,
-                 run_dir: str | Path | None, progress: bool = True, callbacks: Sequence[Callback] = ()):
+                 run_dir: str | Path | None, progress: bool = True, callbacks: Sequence[Callback] = (),
+                 adapt_threads: bool = True):
         if config.batch_size > len(train):
             raise ValueError(f"train.batch_size {config.batch_size} exceeds the {len(train)} training rows")
         self.model, self.criterion, self.config = model, criterion, config
@@ -117,6 +122,9 @@ class Trainer:
             self.step = DirectStep(model, criterion, self.optimizer, self.first_row, reduce)
         else:
             self.step = self._eager_step
+        # One process on the CPU: as many threads as other processes leave cores free (twoway_fast.cores).
+        self.threads = (ThreadBudget() if adapt_threads and train.device.type == "cpu" and self.ranks.world == 1
+                        else None)
 
     # -------------------------------------------------------------- state
 
@@ -153,6 +161,14 @@ class Trainer:
         returns the metrics log."""
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._fit_epochs()
+        finally:
+            if self.threads is not None:
+                self.threads.restore()
+        return self.log
+
+    def _fit_epochs(self) -> None:
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             train_terms, samples = self._train_epoch()
@@ -184,7 +200,6 @@ class Trainer:
             self.ranks.barrier()  # no rank reads or resumes past an unwritten checkpoint
             for callback in self._callbacks_with("on_epoch"):
                 callback.on_epoch(row)
-        return self.log
 
     def _callbacks_with(self, method: str) -> list:
         return [c for c in self.callbacks if hasattr(c, method)] if self.ranks.rank == 0 else []
@@ -203,6 +218,8 @@ class Trainer:
         bad_value = torch.zeros((), dtype=torch.float64, device=device)
         order = batches(len(split), cfg.batch_size, self.shuffle_gen if cfg.shuffle else None, device)
         on_step = [c.on_step for c in self._callbacks_with("on_step")]
+        if self.threads is not None:
+            self.threads.update()
         # disable=None: tqdm's own test, off where its stream (stderr) is not a terminal.
         bar = tqdm(total=steps * cfg.batch_size, unit="sample", unit_scale=True, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None if self.progress else True)
@@ -224,6 +241,8 @@ class Trainer:
                 bar.update(cfg.batch_size)
                 if (b + 1) % CHECK_EVERY == 0 or b + 1 == steps:
                     self._stop_if_bad(*self.ranks.first_bad(first_bad, bad_value), steps)
+                    if self.threads is not None:
+                        self.threads.update()
                     bar.set_postfix(loss=f"{float(sums[0]) / (b + 1):.4g}")
         sums = self.ranks.average(sums)  # each rank's per-row terms are over its own rows
         return {name: float(v) / steps for name, v in zip(TERMS, sums.tolist())}, steps * cfg.batch_size
