@@ -77,5 +77,6 @@ def main() -> None:
     fixed, adaptive = (max(quiet[m]) for m in modes)
     print(f"quiet, adaptive / fixed: {adaptive / fixed:.3f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -3,10 +3,10 @@
 The CPU training step runs parallel regions whose threads wait for each other at every join (the two
 channels side by side, the passes' column chunks). When another process holds a core, the thread that
 shares it with that process is descheduled for whole time slices and the others spin or sleep at the
-join: two threads on two cores with one core busy trained at about a third of their quiet speed, one
-thread at half (benchmarks/RESULTS.md, contention). So the training loop asks, every few steps, how many
-cores are free and uses no more threads than that, up to the count it started with. The kernels give
-the same bits for any thread count (tests/test_cores.py), so this changes speed only.
+join, slower than one thread alone on a free core (benchmarks/RESULTS.md, contention). So the training
+loop asks, every few steps, how many cores are free and uses no more threads than that, up to the count
+it started with. The kernels give the same bits for any thread count (tests/test_cores.py), so this
+changes speed only.
 """
 from __future__ import annotations
 

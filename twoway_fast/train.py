@@ -123,8 +123,8 @@ class Trainer:
         else:
             self.step = self._eager_step
         # One process on the CPU: as many threads as other processes leave cores free (twoway_fast.cores).
-        self.threads = (ThreadBudget() if adapt_threads and train.device.type == "cpu" and self.ranks.world == 1
-                        else None)
+        self.adapt_threads = adapt_threads and train.device.type == "cpu" and self.ranks.world == 1
+        self.threads: ThreadBudget | None = None  # during fit, with the thread count fit started with
 
     # -------------------------------------------------------------- state
 
@@ -161,11 +161,13 @@ class Trainer:
         returns the metrics log."""
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.threads = ThreadBudget() if self.adapt_threads else None
         try:
             self._fit_epochs()
         finally:
             if self.threads is not None:
                 self.threads.restore()
+            self.threads = None
         return self.log
 
     def _fit_epochs(self) -> None:
