@@ -30,6 +30,10 @@ struct ChannelLayout {
   int64_t bias(int c, int64_t k) const { return c * (n + 1) + k; }
   // Y applies the weights transposed (and X's backward does, through them).
   static bool transposed(int c) { return c == 1; }
+  // Whether a hidden position's bias has a gradient: only where an activation with a bend lies between it
+  // and the batch norm (act_first, slope not 1). Otherwise the norm's mean cancels it exactly, and its
+  // gradient is exactly 0 (a sum computed would be rounding noise, which Adam scales up to full steps).
+  static bool bias_has_gradient(bool act_first, double leak) { return act_first && leak != 1.0; }
 
   // The weight-gradient operands, P[k] (2B, s[k + 1]) and Q[k] (2B, s[k]) for k = 0..n.
   static void make_operands(std::vector<at::Tensor>& P, std::vector<at::Tensor>& Q, const std::vector<int64_t>& s,

@@ -15,7 +15,8 @@ namespace twoway_fast {
 
 // Backward of block_forward on the same z, mean and std. Writes grad_z (contiguous (rows, cols)),
 // the block's output rebuilt into a_out (for the weight gradient), dgamma, dbeta and, in act_first
-// order (where the bias before z matters), dbias = the column sums of grad_z. Given dmean and dstd,
+// order (where the bias before z matters) where dbias is given, dbias = the column sums of grad_z. Given
+// dmean and dstd,
 // mean and std are treated as inputs (block_forward's stats_given): grad_z holds only the direct
 // path through the normalisation, and the statistics' gradients go to dmean and dstd.
 template <typename T>
@@ -91,7 +92,7 @@ void block_backward(const BlockGrads<T>& g, const T* z, int64_t rows, int64_t co
             if (kActFirst) sum_gz[j] += gz;
           }
         }
-        if (kActFirst)
+        if (kActFirst && dbias != nullptr)
           for (int64_t j = 0; j < w; ++j) dbias[c0 + j] = static_cast<T>(sum_gz[j]);
       }
     }); });

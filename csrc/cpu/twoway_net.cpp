@@ -157,7 +157,8 @@ NetBackwardResult twoway_net_backward_cpu(
       grad_gamma[slot] = at::empty({cols}, opts);
       grad_beta[slot] = at::empty({cols}, opts);
       Tensor& dbias = grad_bias[L.bias(c, k)];
-      dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
+      const bool has_dbias = ChannelLayout::bias_has_gradient(act_first, leak[k]);
+      dbias = has_dbias ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_block_backward", [&] {
         const BlockGrads<scalar_t> grads{g.data_ptr<scalar_t>(), k == repr ? ptr_or_null<scalar_t>(extra[c]) : nullptr,
                                          k == repr ? ptr_or_null<scalar_t>(extra_pre[c]) : nullptr};
@@ -166,7 +167,7 @@ NetBackwardResult twoway_net_backward_cpu(
                                  mean[slot].data_ptr<scalar_t>(), std[slot].data_ptr<scalar_t>(),
                                  gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(),
                                  grad_gamma[slot].data_ptr<scalar_t>(), grad_beta[slot].data_ptr<scalar_t>(),
-                                 act_first ? dbias.data_ptr<scalar_t>() : nullptr);
+                                 has_dbias ? dbias.data_ptr<scalar_t>() : nullptr);
       });
       // The gradient at the next block (or at the channel's input) goes through the same weight.
       const bool last = step == n - 1;

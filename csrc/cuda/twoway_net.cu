@@ -122,7 +122,8 @@ BackwardResult twoway_net_backward_cuda(
       grad_gamma[slot] = at::empty({cols}, opts);
       grad_beta[slot] = at::empty({cols}, opts);
       Tensor& dbias = grad_bias[L.bias(c, k)];
-      dbias = act_first ? at::empty({cols}, opts) : at::zeros({cols}, opts);
+      const bool has_dbias = ChannelLayout::bias_has_gradient(act_first, leak[k]);
+      dbias = has_dbias ? at::empty({cols}, opts) : at::zeros({cols}, opts);
       const Tensor g_extra = k == repr ? extra[c] : Tensor(), g_pre = k == repr ? extra_pre[c] : Tensor();
       if (cols > 0) {
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "twoway_net_block_grad_cuda", [&] {
@@ -132,7 +133,7 @@ BackwardResult twoway_net_backward_cuda(
               mean[slot].data_ptr<acc_t<scalar_t>>(), std[slot].data_ptr<acc_t<scalar_t>>(),
               rng.data_ptr<int64_t>() + 3 * k,
               gz.data_ptr<scalar_t>(), a_out.data_ptr<scalar_t>(), grad_gamma[slot].data_ptr<scalar_t>(),
-              grad_beta[slot].data_ptr<scalar_t>(), act_first ? dbias.data_ptr<scalar_t>() : nullptr, B, cols,
+              grad_beta[slot].data_ptr<scalar_t>(), has_dbias ? dbias.data_ptr<scalar_t>() : nullptr, B, cols,
               p[k], leak[k], act_first);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
