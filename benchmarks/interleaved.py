@@ -1,7 +1,8 @@
 """The training-step comparison of bench_training_step.py, with the providers' rounds interleaved
 (one round of each in turn), so that load from other processes, which comes and goes, falls on all
 of them alike; reports the minimum per provider and the ratios:
-    python benchmarks/interleaved.py [rounds_mnist] [rounds_wide] [threads]      (0 rounds: skip)"""
+    python benchmarks/interleaved.py [rounds_mnist] [rounds_wide] [threads]      (0 rounds: skip)
+(benchmarks/optimizer_step.py compares the optimisers on the mnist preset's own shape.)"""
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from training_step import PROVIDERS, SHAPES, make_step  # noqa: E402
 def main(rounds: dict[str, int]) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 128, min of rounds")
     for shape in SHAPES:
-        if not rounds[shape]:  # 0 rounds: skip the shape (and its compilation)
+        if not rounds.get(shape):  # 0 rounds: skip the shape (and its compilation)
             continue
         steps = {p: make_step(p, shape) for p in PROVIDERS}
         for step in steps.values():  # warm-up (and compilation)

@@ -3,9 +3,9 @@ benchmark's step of training_step.py): the step itself runs, with its op calls a
 wrapped so that each records when it starts and ends; the pieces are the calls and the Python between
 them. Minimum and median of rounds per piece, in ms (the wrappers add about a microsecond a call,
 counted in the piece before the call). By default the step as the Trainer runs it with SGD (one
-twoway_sgd_step call); `optimizer` forces the path of every other optimiser (twoway_step_gradients,
-then optimizer.step()):
-    python benchmarks/step_split.py [rounds] [threads] [optimizer]"""
+twoway_sgd_step call); `adam` with Adam (one twoway_adam_step call); `optimizer` forces the path of
+every other optimiser (twoway_step_gradients, then SGD's optimizer.step()):
+    python benchmarks/step_split.py [rounds] [threads] [sgd|adam|optimizer]"""
 import inspect
 import sys
 import time
@@ -19,9 +19,10 @@ from training_step import make_step  # noqa: E402
 # The pieces, in the order of DirectStep.__call__; each op piece is one call, the others what lies
 # between two calls.
 PIECES = {"sgd": ("checks, seed, optimiser settings", "twoway_sgd_step op", "gradients, running stats, return"),
+          "adam": ("checks, seed, optimiser settings", "twoway_adam_step op", "gradients, running stats, return"),
           "optimizer": ("checks, seed, settings, zero_grad", "twoway_step_gradients op",
                         "gradients, running statistics", "optimizer.step", "(return)")}
-OPS = ("twoway_step_gradients", "twoway_sgd_step")
+OPS = ("twoway_step_gradients", "twoway_sgd_step", "twoway_adam_step")
 
 
 class Stamped:
@@ -46,10 +47,10 @@ class StampedPacket:
 
 
 def main(rounds: int, path: str) -> None:
-    step = make_step("direct_fused", "mnist")
+    step = make_step("direct_fused", "mnist", "adam" if path == "adam" else "sgd")
     direct = inspect.getclosurevars(step).nonlocals["direct"]  # the DirectStep that make_step built
     if path == "optimizer":
-        direct._sgd_settings = lambda: None
+        direct.fused_update = lambda: None
     pieces = PIECES[path]
     stamps: list[float] = []
     namespace = torch.ops.twoway_fast
@@ -81,8 +82,8 @@ def main(rounds: int, path: str) -> None:
 
 
 if __name__ == "__main__":
-    path = "optimizer" if "optimizer" in sys.argv[1:] else "sgd"
-    args = [int(a) for a in sys.argv[1:] if a != "optimizer"]
+    path = next((a for a in sys.argv[1:] if a in PIECES), "sgd")
+    args = [int(a) for a in sys.argv[1:] if a not in PIECES]
     if len(args) > 1:
         torch.set_num_threads(args[1])
     main(args[0] if args else 300, path)

@@ -1,5 +1,6 @@
-"""The training steps the benchmarks compare, built once per (provider, shape): forward, the 2-Way loss,
-backward and a Nesterov SGD update, on fixed float32 data of batch 128.
+"""The training steps the benchmarks compare, built once per (provider, shape, optimiser): forward, the
+2-Way loss, backward and the optimiser's update (a Nesterov SGD unless said), on fixed float32 data of
+the shape's batch.
 
 providers: "fused" (TwoWayNet(backend="fused")), "reference" (backend="reference", eager),
 "compiled_reference" (the reference's forward and loss under torch.compile(fullgraph=True); backward
@@ -23,37 +24,43 @@ from twoway_fast.heap import keep_freed_memory
 
 keep_freed_memory()  # as `twoway-fast train` does; process-wide, so every provider runs with it
 
-BATCH = 128
-SHAPES = {
-    "mnist": (392, [392, 50, 392], 392),  # the paper's mnist architecture (the preset's default is wider)
-    "wide": (1024, [2000, 3000, 4000], 1024),  # flickr8k's structure at widths two cores can train
+SHAPES = {  # (dx, hidden, dy, batch)
+    "mnist": (392, [392, 50, 392], 392, 128),  # the paper's mnist architecture
+    "wide": (1024, [2000, 3000, 4000], 1024, 128),  # flickr8k's structure at widths two cores can train
+    "mnist_preset": (392, [1024, 1024, 50, 1024, 1024], 392, 256),  # the mnist preset as users run it
+}
+# The optimisers, as the presets build them (lr aside): the SGD of the faithful forms, the default Adam.
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=1e-4, momentum=0.9, nesterov=True, fused=True),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True),
 }
 PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "direct_fused", "gemm_floor",
              "gemm_floor_side_by_side")
 
 
-def make_step(provider: str, shape: str):
-    """A no-argument callable running one training step."""
-    dx, hidden, dy = SHAPES[shape]
+def make_step(provider: str, shape: str, optimizer: str = "sgd"):
+    """A no-argument callable running one training step. "direct_fused_unfused_update": DirectStep with
+    the optimiser's own update after the gradients op (as for an optimiser no op stands for)."""
+    dx, hidden, dy, batch = SHAPES[shape]
     torch.manual_seed(0)
-    x, y = torch.randn(BATCH, dx), torch.randn(BATCH, dy)
-    preset = twoway_fast.presets.get("mnist" if shape == "mnist" else "flickr8k")  # the default (tuned) form
+    x, y = torch.randn(batch, dx), torch.randn(batch, dy)
+    preset = twoway_fast.presets.get("flickr8k" if shape == "wide" else "mnist")  # the default (tuned) form
     if provider.startswith("gemm_floor"):
         # The preset may leave repr_layer unset (the middle position): the model resolves it.
         repr_width = hidden[preset.build_model(dx, dy, hidden=hidden).repr_layer]
         floor = _gemm_floor if provider == "gemm_floor" else _gemm_floor_side_by_side
         return floor(x, y, hidden, repr_width)
-    # repr_affine=True: the SGD step op updates every batch-norm slot in place, so DirectStep gives a model
-    # with fixed ones (the presets' default) to the gradients op and optimizer.step() instead.
-    model = preset.build_model(dx, dy, hidden=hidden, repr_affine=True,
-                               backend="reference" if "reference" in provider else "fused")
+    model = preset.build_model(dx, dy, hidden=hidden, backend="reference" if "reference" in provider else "fused")
     criterion = preset.build_loss(model)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, fused=True)
+    opt = OPTIMIZERS[optimizer](model.parameters())
     seed = torch.tensor(1)
-    if provider == "direct_fused":
+    if provider.startswith("direct_fused"):
         from twoway_fast.step.direct import DirectStep
 
         direct = DirectStep(model, criterion, opt)
+        if provider == "direct_fused_unfused_update":
+            direct.fused_update = lambda: None
         return lambda: direct(x, y, seed)
 
     def loss(x, y, seed):
@@ -71,16 +78,17 @@ def make_step(provider: str, shape: str):
 
 
 def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
+    batch = x.shape[0]
     sizes = [x.shape[1], *hidden, y.shape[1]]
     n = len(hidden)
-    h = torch.randn(BATCH, repr_width)
+    h = torch.randn(batch, repr_width)
     cov = torch.empty(repr_width, repr_width)
-    dh = torch.empty(BATCH, repr_width)
+    dh = torch.empty(batch, repr_width)
     weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
-    acts = [torch.empty(BATCH, s) for s in sizes]  # one buffer per width, reused by both channels
-    grads = [torch.empty(BATCH, s) for s in sizes]
-    p = [torch.randn(2 * BATCH, sizes[k + 1]) for k in range(n + 1)]
-    q = [torch.randn(2 * BATCH, sizes[k]) for k in range(n + 1)]
+    acts = [torch.empty(batch, s) for s in sizes]  # one buffer per width, reused by both channels
+    grads = [torch.empty(batch, s) for s in sizes]
+    p = [torch.randn(2 * batch, sizes[k + 1]) for k in range(n + 1)]
+    q = [torch.randn(2 * batch, sizes[k]) for k in range(n + 1)]
     dw = [torch.empty_like(w) for w in weights]
 
     def step():
@@ -91,9 +99,9 @@ def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width:
         for k in range(n, -1, -1):  # Y channel forward
             a = torch.mm(a, weights[k], out=acts[k])
         for k in range(n, 0, -1):  # X channel input gradients
-            torch.mm(p[k][:BATCH], weights[k], out=grads[k])
+            torch.mm(p[k][:batch], weights[k], out=grads[k])
         for k in range(n):  # Y channel input gradients
-            torch.mm(q[k][BATCH:], weights[k].T, out=grads[k + 1])
+            torch.mm(q[k][batch:], weights[k].T, out=grads[k + 1])
         for k in range(n + 1):  # both channels' weight gradients, K = 2B
             torch.mm(p[k].T, q[k], out=dw[k])
         for _ in range(2):  # the decorrelation of each channel: C, then the gradient H G
@@ -106,6 +114,7 @@ def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width:
 def _gemm_floor_side_by_side(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
     from torch.utils.cpp_extension import load
 
+    batch = x.shape[0]
     here = Path(__file__).parent
     ext = load("twoway_gemm_side_by_side", [str(here / "gemm_side_by_side.cpp")],
                extra_include_paths=[str(here.parent / "csrc")], extra_cflags=["-O2", "-fopenmp"],
@@ -113,12 +122,12 @@ def _gemm_floor_side_by_side(x: torch.Tensor, y: torch.Tensor, hidden: list[int]
     sizes = [x.shape[1], *hidden, y.shape[1]]
     n = len(hidden)
     weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
-    acts = [[torch.empty(BATCH, s) for s in sizes] for _ in range(2)]  # the channels write at once: one set each
-    grads = [[torch.empty(BATCH, s) for s in sizes] for _ in range(2)]
-    p = [torch.randn(2 * BATCH, sizes[k + 1]) for k in range(n + 1)]
-    q = [torch.randn(2 * BATCH, sizes[k]) for k in range(n + 1)]
+    acts = [[torch.empty(batch, s) for s in sizes] for _ in range(2)]  # the channels write at once: one set each
+    grads = [[torch.empty(batch, s) for s in sizes] for _ in range(2)]
+    p = [torch.randn(2 * batch, sizes[k + 1]) for k in range(n + 1)]
+    q = [torch.randn(2 * batch, sizes[k]) for k in range(n + 1)]
     dw = [torch.empty_like(w) for w in weights]
-    h = [torch.randn(BATCH, repr_width) for _ in range(2)]
+    h = [torch.randn(batch, repr_width) for _ in range(2)]
     cov = [torch.empty(repr_width, repr_width) for _ in range(2)]
-    dh = [torch.empty(BATCH, repr_width) for _ in range(2)]
+    dh = [torch.empty(batch, repr_width) for _ in range(2)]
     return lambda: ext.step(x, y, weights, acts, grads, p, q, dw, h, cov, dh)

@@ -255,6 +255,7 @@ TORCH_LIBRARY_IMPL(twoway_fast, Autograd, m) {
   // argument each call.
   m.impl("twoway_step_gradients", torch::CppFunction::makeFallthrough());
   m.impl("twoway_sgd_step", torch::CppFunction::makeFallthrough());
+  m.impl("twoway_adam_step", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace twoway_fast

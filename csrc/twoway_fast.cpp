@@ -62,13 +62,23 @@ TORCH_LIBRARY(twoway_fast, m) {
         "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
         "float[] coefficients, int loss_options, float decorrelation_eps) -> "
         "(Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
-  // The same, then every parameter takes torch.optim.SGD's update in place (momentum_buffers in the
-  // parameters' order, empty when momentum is 0; the gradients are the loss's, without SGD's weight decay).
+  // The same, then the parameters flagged in update (one flag per parameter, in the order of grads) take
+  // torch.optim.SGD's update in place (momentum_buffers: one per updated parameter, in that order, none
+  // when momentum is 0; the gradients are the loss's, without SGD's weight decay).
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
-        "float[] coefficients, int loss_options, float decorrelation_eps, Tensor(e!)[] momentum_buffers, float lr, "
-        "float momentum, float dampening, bool nesterov, float weight_decay, bool maximize) -> (Tensor terms, "
-        "Tensor[] grads, Tensor[] mean, Tensor[] std)");
+        "float[] coefficients, int loss_options, float decorrelation_eps, bool[] update, "
+        "Tensor(e!)[] momentum_buffers, float lr, float momentum, float dampening, bool nesterov, "
+        "float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
+  // Or torch.optim.Adam's update (AdamW's with decoupled_weight_decay): its state lists hold one tensor
+  // per updated parameter (max_exp_avg_sqs: none without amsgrad); each state_steps entry is counted up
+  // by one before its parameter's update, as the optimiser does.
+  m.def("twoway_adam_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
+        "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
+        "float[] coefficients, int loss_options, float decorrelation_eps, bool[] update, Tensor(e!)[] exp_avgs, "
+        "Tensor(f!)[] exp_avg_sqs, Tensor(g!)[] max_exp_avg_sqs, Tensor(h!)[] state_steps, float lr, "
+        "float beta1, float beta2, float epsilon, float weight_decay, bool decoupled_weight_decay, bool amsgrad, "
+        "bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
 
   // The 2-Way loss (docs/method.md#the-loss). hx_dec/hy_dec are the decorrelation's inputs; the terms,
   // coefficients and loss_options (the variants' bits) are described in csrc/loss_terms.h. Returns the

@@ -47,6 +47,7 @@ def calls(w=2, dx=3, dy=5):
     n, loss = net_args(dx, dy, w), loss_args(dx, dy, w)
     stats = dict(mean=_t(w), std=_t(w))
     step = {k: v for k, v in n.items()}
+    params = [*n["weights"], *n["bias"], *n["gamma"], *n["beta"]]
     step_tail = dict(**NET_TAIL, coefficients=LOSS_TAIL["coefficients"], loss_options=1, decorrelation_eps=1e-5)
     saved = dict(z=[_t(ROWS, w), _t(ROWS, w)], mean=[_t(w), _t(w)], std=[_t(w), _t(w)])
     grads = dict(grad_x_hat=_t(ROWS, dx), grad_y_hat=_t(ROWS, dy), grad_hx=_t(ROWS, w), grad_hy=_t(ROWS, w),
@@ -67,13 +68,20 @@ def calls(w=2, dx=3, dy=5):
          LOSS_TAIL),
         ("twoway_step_gradients", step, step_tail),
         ("twoway_sgd_step", {**step, "momentum_buffers": []},
-         dict(**step_tail, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False)),
+         dict(**step_tail, update=[False] * len(params), lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+              weight_decay=0.0, maximize=False)),
+        # The step counts travel with the settings: torch.optim keeps them on the CPU for any device.
+        ("twoway_adam_step", {**step, "exp_avgs": [_t(*q.shape) for q in params],
+                              "exp_avg_sqs": [_t(*q.shape) for q in params], "max_exp_avg_sqs": []},
+         dict(**step_tail, update=[True] * len(params), state_steps=[torch.tensor(1.0) for _ in params], lr=0.1,
+              beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+              maximize=False)),
         ("retrieval_ranks", dict(a=_t(3, w), b=_t(3, w), group=torch.arange(3)), dict(tile_rows=2)),
     ]
 
 
 def run(op, tensors, others):
-    with torch.no_grad():  # twoway_sgd_step updates in place
+    with torch.no_grad():  # the update ops update in place
         return getattr(OPS, op).default(**tensors, **others)
 
 

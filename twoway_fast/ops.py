@@ -202,8 +202,17 @@ def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak
 
 @torch.library.register_fake("twoway_fast::twoway_sgd_step")
 def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, loss_options,
-      decorrelation_eps, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+      decorrelation_eps, update, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
     _one_device("twoway_sgd_step", x=x, momentum_buffers=momentum_buffers)
+    return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
+                      loss_options, decorrelation_eps)
+
+
+@torch.library.register_fake("twoway_fast::twoway_adam_step")
+def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, loss_options,
+      decorrelation_eps, update, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, epsilon,
+      weight_decay, decoupled_weight_decay, amsgrad, maximize):
+    _one_device("twoway_adam_step", x=x, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
                       loss_options, decorrelation_eps)
 

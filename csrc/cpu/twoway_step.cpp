@@ -1,20 +1,22 @@
 // CPU kernels of the training-step ops (twoway_fast.step.direct.DirectStep): one call runs the network
 // op, the loss op, the loss's backward and the network's backward as the autograd step does, and returns
 // the loss terms, every parameter's gradient and the batch statistics. twoway_step_gradients stops
-// there (the caller's optimiser updates); twoway_sgd_step also applies torch.optim.SGD's update (weight
-// decay, momentum, dampening, Nesterov, maximize) to each parameter in the pass that completes its
-// gradient: a weight right after its gradient's GEMM, on the thread that ran it, while the gradient is in
-// that core's cache. The first SGD step, which creates the momentum buffers, is the optimiser's own.
+// there (the caller's optimiser updates); twoway_sgd_step and twoway_adam_step also apply
+// torch.optim.SGD's or Adam's update (csrc/cpu/parameter_updates.h) to each flagged parameter in the pass
+// that completes its gradient: a weight right after its gradient's GEMM, on the thread that ran it, while
+// the gradient is in that core's cache. The first step, which creates the optimiser's state, is the
+// optimiser's own.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
-#include "cpu/cpu_builds.h"  // run_fastest, with_flags
+#include "cpu/parameter_updates.h"
 #include "loss_terms.h"
 #include "twoway_loss_common.h"  // check_loss_inputs
 
@@ -24,108 +26,81 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-struct Sgd {
-  double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize;
-};
-
-// grad += decay * param (the loss's weight-decay gradient, LossPass::weight_grad_factor: rounded product,
-// then the sum, as autograd adds the loss's gradient to the network's); then, with o, torch.optim.SGD's
-// update of param and its momentum buffer buf (null without momentum). Returns the sum of param^2 before
-// the update, in double (for LossPass::add_weight_squares, summed here where the weights are read
-// anyway), in kLanes partial sums added in lane order (one order, so the baseline and AVX-512 builds give
-// the same bits).
-template <typename T>
-double complete_and_update(T* param, T* grad, T* buf, int64_t n, T decay, const Sgd* o) {
-  constexpr int kLanes = 16;
-  const Sgd none{};
-  const Sgd& s = o != nullptr ? *o : none;
-  const auto loop = [&](auto has_decay, auto update, auto has_wd, auto has_buf) {
-    return at::parallel_reduce(0, n, 1 << 15, 0.0, [&](int64_t i0, int64_t i1, double acc) {
-      double total = 0.0;
-      run_fastest([&] {
-        // Locals, not the captured references: the stores below could alias those, and GCC would reload
-        // them every element and keep the loop scalar.
-        T* __restrict p_ = param;
-        T* __restrict g_ = grad;
-        T* __restrict b_ = buf;
-        const T dec = decay, lr = static_cast<T>(s.lr), mom = static_cast<T>(s.momentum);
-        const T wd = static_cast<T>(s.weight_decay), undamped = static_cast<T>(1.0 - s.dampening);
-        const T sign = s.maximize ? T(-1) : T(1);
-        const bool nesterov = s.nesterov;
-        double lanes[kLanes] = {};
-        const auto element = [&](int64_t i, double& lane) {
-          const T p = p_[i];
-          lane += static_cast<double>(p) * static_cast<double>(p);
-          T g = g_[i];
-          if constexpr (has_decay) {
-            const T d = dec * p;
-            g = g + d;
-            g_[i] = g;
-          }
-          if constexpr (update) {
-            T step = sign * g;
-            if constexpr (has_wd) step = step + wd * p;
-            if constexpr (has_buf) {
-              const T b = b_[i] * mom + undamped * step;
-              b_[i] = b;
-              step = nesterov ? step + mom * b : b;
-            }
-            p_[i] = p - lr * step;
-          }
-        };
-        int64_t i = i0;
-        for (; i + kLanes <= i1; i += kLanes)
-#pragma omp simd
-          for (int l = 0; l < kLanes; ++l) element(i + l, lanes[l]);
-        for (int l = 0; i + l < i1; ++l) element(i + l, lanes[l]);
-        for (int l = 0; l < kLanes; ++l) total += lanes[l];
-      });
-      return acc + total;
-    }, std::plus<double>());
-  };
-  double squares = 0.0;
-  with_flags(decay != T(0), o != nullptr, s.weight_decay != 0.0, [&](auto has_decay, auto upd, auto has_wd) {
-    if (buf != nullptr) {
-      squares = loop(has_decay, upd, has_wd, std::true_type{});
-    } else {
-      squares = loop(has_decay, upd, has_wd, std::false_type{});
-    }
-  });
-  return squares;
-}
-
-double complete_and_update(const Tensor& param, const Tensor& grad, const Tensor* buf, double decay, const Sgd* o) {
-  double squares = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "twoway_sgd_update", [&] {
-    squares = complete_and_update<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                            buf == nullptr ? nullptr : buf->data_ptr<scalar_t>(), param.numel(),
-                                            static_cast<scalar_t>(decay), o);
-  });
-  return squares;
-}
-
-void check_updatable(TensorList params, TensorList buffers, bool momentum, const Tensor& x) {
+// The parameters that take the update (update[i]) must be contiguous tensors of x's dtype and device.
+void check_updatable(TensorList params, const std::vector<bool>& update, const Tensor& x) {
+  TORCH_CHECK(update.size() == params.size(), "update must hold one flag per parameter (", params.size(),
+              "), got ", update.size());
   for (size_t i = 0; i < params.size(); ++i) {
+    if (!update[i]) continue;
     const Tensor& q = params[i];
     TORCH_CHECK(q.is_contiguous(), "parameter ", i, " must be contiguous to be updated in place");
     TORCH_CHECK(q.scalar_type() == x.scalar_type() && q.device() == x.device(), "parameter ", i, " is ",
                 q.scalar_type(), " on ", q.device(), ", x is ", x.scalar_type(), " on ", x.device());
   }
-  if (!momentum) {
-    TORCH_CHECK(buffers.empty(), "momentum_buffers must be empty when momentum is 0, got ", buffers.size());
-    return;
-  }
-  TORCH_CHECK(buffers.size() == params.size(), "momentum_buffers must hold one buffer per parameter (",
-              params.size(), "), got ", buffers.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const Tensor& b = buffers[i];
-    TORCH_CHECK(b.sizes() == params[i].sizes() && b.scalar_type() == params[i].scalar_type() &&
-                    b.device() == params[i].device() && b.is_contiguous(),
-                "momentum buffer ", i, " must be a contiguous tensor like its parameter ", params[i].sizes(), " ",
-                params[i].scalar_type(), ", got ", b.sizes(), " ", b.scalar_type());
-  }
 }
+
+// An optimiser state list (name: momentum_buffers, exp_avgs, ...) must hold one contiguous tensor like its
+// parameter per updated parameter, in the parameters' order; returns them per parameter (null: none).
+std::vector<const Tensor*> state_of(const char* name, TensorList states, TensorList params,
+                                    const std::vector<bool>& update) {
+  const auto updated = static_cast<size_t>(std::count(update.begin(), update.end(), true));
+  TORCH_CHECK(states.size() == updated, name, " must hold one tensor per updated parameter (", updated, "), got ",
+              states.size());
+  std::vector<const Tensor*> out(params.size(), nullptr);
+  for (size_t i = 0, j = 0; i < params.size(); ++i) {
+    if (!update[i]) continue;
+    const Tensor& s = states[j];
+    TORCH_CHECK(s.sizes() == params[i].sizes() && s.scalar_type() == params[i].scalar_type() &&
+                    s.device() == params[i].device() && s.is_contiguous(),
+                name, " ", j, " must be a contiguous tensor like its parameter (", i, ": ", params[i].sizes(), " ",
+                params[i].scalar_type(), "), got ", s.sizes(), " ", s.scalar_type());
+    out[i] = &states[j++];
+  }
+  return out;
+}
+
+// One parameter's optimiser state (the tensors torch.optim keeps for it) and Adam's step count.
+struct ParamState {
+  const Tensor *momentum = nullptr, *exp_avg = nullptr, *exp_avg_sq = nullptr, *max_exp_avg_sq = nullptr;
+  double step = 0.0;
+};
+
+template <typename T>
+T* data_of(const Tensor* t) {
+  return t == nullptr ? nullptr : t->data_ptr<T>();
+}
+
+// complete_and_update (csrc/cpu/parameter_updates.h) on tensors: param's gradient completed with decay,
+// then updated by sgd or adam (or neither).
+double complete_and_update(const Tensor& param, const Tensor& grad, double decay, const Sgd* sgd, const Adam* adam,
+                           const ParamState& st) {
+  double squares = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "twoway_parameter_update", [&] {
+    const State<scalar_t> state{data_of<scalar_t>(st.momentum), data_of<scalar_t>(st.exp_avg),
+                                data_of<scalar_t>(st.exp_avg_sq), data_of<scalar_t>(st.max_exp_avg_sq), st.step};
+    squares = complete_and_update<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), param.numel(),
+                                            static_cast<scalar_t>(decay), sgd, adam, state);
+  });
+  return squares;
+}
+
+// The update a step op applies (SGD's, Adam's, or none: twoway_step_gradients) and to which parameters,
+// each with its state.
+struct StepUpdate {
+  const Sgd* sgd = nullptr;
+  const Adam* adam = nullptr;
+  std::vector<bool> update;       // per parameter, in the ops' order (weights, bias, gamma, beta)
+  std::vector<ParamState> state;  // per parameter
+
+  bool updates(size_t i) const { return !update.empty() && update[i]; }
+
+  // Completes parameter i's gradient with the loss's weight decay (decay: 0 for all but the weights), then
+  // updates it where the op does. Returns the sum of param^2 before the update.
+  double operator()(size_t i, const Tensor& param, const Tensor& grad, double decay) const {
+    if (!updates(i)) return complete_and_update(param, grad, decay, nullptr, nullptr, ParamState{});
+    return complete_and_update(param, grad, decay, sgd, adam, state[i]);
+  }
+};
 
 using StepResult = std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>;
 
@@ -145,13 +120,18 @@ struct StepArgs {
   double decorrelation_eps;
 };
 
-// Both ops: with sgd, each parameter also takes SGD's update (momentum_buffers as in the schema).
-StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_buffers) {
-  // The ATen calls inside (GEMMs, views, allocations) skip the autograd and view-tracking layers.
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+// The parameters in the ops' order: weights, bias, gamma, beta.
+std::vector<Tensor> parameters_of(const StepArgs& a) {
   std::vector<Tensor> params;
   for (TensorList list : {a.weights, a.bias, a.gamma, a.beta}) params.insert(params.end(), list.begin(), list.end());
-  if (sgd != nullptr) check_updatable(params, momentum_buffers, sgd->momentum != 0.0, a.x);
+  return params;
+}
+
+// Every step op: the gradients, each parameter's completed and updated by u as soon as it is known.
+StepResult training_step(const StepArgs& a, const StepUpdate& u) {
+  // The ATen calls inside (GEMMs, views, allocations) skip the autograd and view-tracking layers.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const std::vector<Tensor> params = parameters_of(a);
   // The dropout masks drawn once: the backward takes the forward's (nothing outlives the call).
   std::vector<Tensor> keep;
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
@@ -175,21 +155,19 @@ StepResult training_step(const StepArgs& a, const Sgd* sgd, TensorList momentum_
   }
   const double decay = loss.weight_grad_factor;
   std::vector<double> weight_squares(a.weights.size(), 0.0);  // each written by the thread of its GEMM
-  const auto buffer = [&](size_t i) { return momentum_buffers.empty() ? nullptr : &momentum_buffers[i]; };
   auto [gx, gy, grad_w, grad_b, grad_gamma, grad_beta] = twoway_net_backward_cpu(
       loss.grad_x_hat, loss.grad_y_hat, g_hx, g_hy, g_hx_pre, g_hy_pre, a.x, a.y, a.weights, a.gamma, a.beta,
       a.rng_states, a.p, a.repr, a.leak, a.act_first, z, mean, std, false,
       [&](int64_t k, Tensor& dw) {  // (contiguous already where updated: check_updatable)
-        weight_squares[k] = complete_and_update(a.weights[k].contiguous(), dw, buffer(k), decay, sgd);
+        weight_squares[k] = u(k, a.weights[k].contiguous(), dw, decay);
       },
       &keep);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
   for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(loss.grad_gammas[i]));
   grads.insert(grads.end(), grad_beta.begin(), grad_beta.end());
-  if (sgd != nullptr) {
-    for (size_t i = a.weights.size(); i < params.size(); ++i)
-      complete_and_update(params[i], grads[i], buffer(i), 0.0, sgd);
+  for (size_t i = a.weights.size(); i < params.size(); ++i) {
+    if (u.updates(i)) u(i, params[i], grads[i], 0.0);
   }
   for (double w : weight_squares) loss.add_weight_squares(w);
   return {loss.terms(a.coefficients, a.loss_options, a.x), grads, mean, std};
@@ -202,23 +180,74 @@ StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorLis
                                      double decorrelation_eps) {
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
                    loss_options, decorrelation_eps};
-  return training_step(a, nullptr, {});
+  return training_step(a, StepUpdate{});
+}
+
+// The parameters change in place, outside autograd (the Autograd key falls through: csrc/autograd.cpp).
+void check_no_grad(const char* op) {
+  TORCH_CHECK(!c10::GradMode::is_enabled(), op, " updates parameters in place: call it under torch.no_grad()");
 }
 
 StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
                                int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first,
                                at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
-                               TensorList momentum_buffers,
-                               double lr, double momentum, double dampening, bool nesterov, double weight_decay,
-                               bool maximize) {
-  // The parameters change in place, outside autograd (the Autograd key falls through: csrc/autograd.cpp).
-  TORCH_CHECK(!c10::GradMode::is_enabled(),
-              "twoway_sgd_step updates parameters in place: call it under torch.no_grad()");
+                               const c10::List<bool>& update_flags, TensorList momentum_buffers, double lr,
+                               double momentum, double dampening, bool nesterov, double weight_decay, bool maximize) {
+  check_no_grad("twoway_sgd_step");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
                    loss_options, decorrelation_eps};
+  const std::vector<Tensor> params = parameters_of(a);
+  const std::vector<bool> update(update_flags.begin(), update_flags.end());
+  check_updatable(params, update, x);
   const Sgd sgd{lr, momentum, dampening, weight_decay, nesterov, maximize};
-  return training_step(a, &sgd, momentum_buffers);
+  StepUpdate u{&sgd, nullptr, update, std::vector<ParamState>(params.size())};
+  if (momentum == 0.0) {
+    TORCH_CHECK(momentum_buffers.empty(), "momentum_buffers must be empty when momentum is 0, got ",
+                momentum_buffers.size());
+  } else {
+    const auto buffers = state_of("momentum_buffers", momentum_buffers, params, update);
+    for (size_t i = 0; i < params.size(); ++i) u.state[i].momentum = buffers[i];
+  }
+  return training_step(a, u);
+}
+
+StepResult twoway_adam_step_cpu(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias,
+                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
+                                int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first,
+                                at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
+                                const c10::List<bool>& update_flags, TensorList exp_avgs, TensorList exp_avg_sqs,
+                                TensorList max_exp_avg_sqs, TensorList state_steps, double lr, double beta1,
+                                double beta2, double epsilon, double weight_decay, bool decoupled_weight_decay,
+                                bool amsgrad, bool maximize) {
+  check_no_grad("twoway_adam_step");
+  const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
+                   loss_options, decorrelation_eps};
+  const std::vector<Tensor> params = parameters_of(a);
+  const std::vector<bool> update(update_flags.begin(), update_flags.end());
+  check_updatable(params, update, x);
+  const Adam adam{lr, beta1, beta2, epsilon, weight_decay, decoupled_weight_decay, amsgrad, maximize};
+  StepUpdate u{nullptr, &adam, update, std::vector<ParamState>(params.size())};
+  const auto m = state_of("exp_avgs", exp_avgs, params, update);
+  const auto v = state_of("exp_avg_sqs", exp_avg_sqs, params, update);
+  const auto vmax = amsgrad ? state_of("max_exp_avg_sqs", max_exp_avg_sqs, params, update)
+                            : std::vector<const Tensor*>(params.size(), nullptr);
+  TORCH_CHECK(amsgrad || max_exp_avg_sqs.empty(), "max_exp_avg_sqs must be empty without amsgrad, got ",
+              max_exp_avg_sqs.size());
+  const auto updated = static_cast<size_t>(std::count(update.begin(), update.end(), true));
+  TORCH_CHECK(state_steps.size() == updated, "state_steps must hold one step count per updated parameter (",
+              updated, "), got ", state_steps.size());
+  for (const Tensor& s : state_steps) {
+    TORCH_CHECK(s.numel() == 1 && s.is_floating_point() && s.device().is_cpu(),
+                "each of state_steps must be a one-element floating-point CPU tensor (torch.optim.Adam's \"step\"), "
+                "got ", s.sizes(), " ", s.scalar_type(), " on ", s.device());
+  }
+  for (size_t i = 0, j = 0; i < params.size(); ++i) {
+    if (!update[i]) continue;
+    state_steps[j].add_(1);  // as torch.optim.Adam counts the step before its update
+    u.state[i] = ParamState{nullptr, m[i], v[i], vmax[i], state_steps[j++].item<double>()};
+  }
+  return training_step(a, u);
 }
 
 }  // namespace
@@ -226,6 +255,7 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
 TORCH_LIBRARY_IMPL(twoway_fast, CPU, m) {
   m.impl("twoway_step_gradients", &twoway_step_gradients_cpu);
   m.impl("twoway_sgd_step", &twoway_sgd_step_cpu);
+  m.impl("twoway_adam_step", &twoway_adam_step_cpu);
 }
 
 }  // namespace twoway_fast

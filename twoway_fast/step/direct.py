@@ -1,11 +1,11 @@
 """A fused-backend training step with no autograd engine: one op call runs the network op, the loss op
 and both backward ops (csrc/cpu/twoway_step.cpp), the gradients land in p.grad and the BN running
-statistics are updated as in the autograd step. With torch.optim.SGD (the Trainer's default) the op,
-twoway_sgd_step, also applies SGD's update, each weight right after its gradient's GEMM while that
+statistics are updated as in the autograd step. With torch.optim.SGD, Adam or AdamW (step.fused_updates)
+the op also applies the optimiser's update, each weight right after its gradient's GEMM while that
 gradient is in cache; with any other optimiser, twoway_step_gradients, then optimizer.step(). It maps
 the gradients as csrc/autograd.cpp does (so it gives what the autograd step gives: the same gradients,
-and SGD's update up to the last-bit roundings of its products) without the graph, the module's argument
-packing and the engine's gradient accumulation (benchmarks/RESULTS.md has the times).
+and the optimiser's update up to the last-bit roundings of its products) without the graph, the module's
+argument packing and the engine's gradient accumulation (benchmarks/RESULTS.md has the times).
 
 It applies to one process or one with local statistics (no synced batch norms), outside CUDA graphs,
 on the CPU, where it is checked against the autograd step (tests/test_twoway_step.py)."""
@@ -23,6 +23,7 @@ from ..loss import TwoWayLoss
 from ..loss_terms import LossTerms, coefficient_list
 from ..loss_variants import loss_options
 from ..model import TwoWayNet
+from .fused_updates import FUSED_UPDATES
 
 # Step hooks of every optimiser (torch.optim.optimizer.register_optimizer_step_pre_hook / post_hook):
 # where one is set, the optimiser's own step runs, which calls it.
@@ -53,7 +54,8 @@ class DirectStep:
         self.weights, self.bias, self.gamma, self.beta = model.op_parameters()
         self.params = [*self.weights, *self.bias, *self.gamma, *self.beta]
         self.param_ids = {id(p) for p in self.params}
-        self.checked_group: list | None = None  # the optimiser's parameter list last found to be self.params
+        self.checked_group: list | None = None  # the optimiser's parameter list last checked
+        self.in_group: list[bool] = []  # per parameter of self.params: in that list
         # rng_states built once; each step writes its seed into the first column in place.
         self.states = rng_states(torch.zeros((), dtype=torch.int64, device=self.weights[0].device), len(model.hidden),
                                  first_row)
@@ -66,9 +68,9 @@ class DirectStep:
             raise ValueError("DirectStep is a training step: call model.train() first")
         net.check_views(x, y)
         self.seeds.fill_(seed)  # the step's rng states: (seed, position, first_row) per hidden position
-        sgd = self._sgd_settings()
+        fused_update = self.fused_update()
         # The last step's gradients freed before this one's exist.
-        if sgd is None:
+        if fused_update is None:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             for p in self.params:
@@ -77,42 +79,48 @@ class DirectStep:
         bias = None if net.act_first else [b.detach().clone() for b in self.bias]
         args = (x, y, self.weights, self.bias, self.gamma, self.beta, self.states, net.dropout, net.repr_layer,
                 net.leaks, net.bn_eps, net.act_first, self.coefficients, self.loss_options, self.eps)
-        ops = torch.ops.twoway_fast
-        terms, grads, mean, std = (ops.twoway_step_gradients.default(*args) if sgd is None
-                                   else ops.twoway_sgd_step.default(*args, *sgd))
+        if fused_update is None:
+            terms, grads, mean, std = torch.ops.twoway_fast.twoway_step_gradients.default(*args)
+        else:
+            op, update_args = fused_update
+            terms, grads, mean, std = op(*args, *update_args)
         for p, g in zip(self.params, grads):
             if p.requires_grad:  # a frozen parameter has no gradient, as in the autograd step
                 p.grad = g
         net.update_running_stats(fused.slot_means(net, mean, bias), std)
-        if sgd is None:
+        if fused_update is None:
             if self.reduce_gradients is not None:
                 self.reduce_gradients(self.params)
             self.optimizer.step()
         return LossTerms(*terms.unbind(0))
 
-    def _sgd_settings(self) -> tuple | None:
-        """The arguments of the twoway_sgd_step op that stand for self.optimizer.step(), or None where it
-        cannot: another optimiser, other parameters, hooks, frozen or non-contiguous parameters (updated in
-        place by the op), fixed batch-norm gamma and beta (repr_affine=False: the op would update them
-        too), gradients to reduce between backward and update, or momentum buffers still to create (the
-        optimiser's first step makes them)."""
+    def fused_update(self) -> tuple[Callable, tuple] | None:
+        """The training-step op that also applies self.optimizer's update, and its arguments after the
+        step's own (the parameters it updates, their state, the settings): step.fused_updates says for
+        which optimisers. None where no op can stand for self.optimizer.step(): another optimiser, several
+        parameter groups or parameters the model does not hand the ops, hooks, non-contiguous parameters
+        (updated in place by the op), gradients to reduce between backward and update, or state still to
+        create (the optimiser's first step makes it)."""
         opt = self.optimizer
-        if type(opt) is not torch.optim.SGD or self.reduce_gradients is not None or len(opt.param_groups) != 1:
+        found = FUSED_UPDATES.get(type(opt))
+        if found is None or self.reduce_gradients is not None or len(opt.param_groups) != 1:
             return None
         group = opt.param_groups[0]
         params = group["params"]
-        if params is not self.checked_group or len(params) != len(self.params):
-            if len(params) != len(self.params) or {id(p) for p in params} != self.param_ids:
+        if params is not self.checked_group:
+            if not {id(p) for p in params} <= self.param_ids:
                 return None
             self.checked_group = params
+            in_group = {id(p) for p in params}
+            self.in_group = [id(p) in in_group for p in self.params]
         if (group.get("differentiable", False) or getattr(opt, "_optimizer_step_pre_hooks", None)
-                or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)
-                or not all(p.requires_grad and p.is_contiguous() for p in self.params)):
+                or getattr(opt, "_optimizer_step_post_hooks", None) or any(_GLOBAL_STEP_HOOKS)):
             return None
-        buffers = []
-        if group["momentum"] != 0:
-            buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in self.params]
-            if any(b is None for b in buffers):
-                return None
-        return (buffers, float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
-                bool(group["nesterov"]), float(group["weight_decay"]), bool(group["maximize"]))
+        # The optimiser updates the parameters of its group that have a gradient: the trainable ones.
+        update = [g and p.requires_grad for g, p in zip(self.in_group, self.params)]
+        updated = [p for p, u in zip(self.params, update) if u]
+        if not all(p.is_contiguous() for p in updated):
+            return None
+        name, arguments = found
+        tail = arguments(group, opt.state, updated)
+        return None if tail is None else (getattr(torch.ops.twoway_fast, name).default, (update, *tail))
