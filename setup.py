@@ -73,8 +73,10 @@ def extension():
     # kernels' float selects (LeakyReLU) into vector blends, leaving their loops scalar.
     # -ffp-contract=off: the passes' AVX-512 build (csrc/cpu/cpu_builds.h) may not fuse a * b + c into
     # an FMA that the baseline build rounds twice, so both give the same bits.
+    # -fno-math-errno: nothing reads errno; without it GCC keeps a sqrt in a loop (Adam's update) a call
+    # that may set errno, and the loop scalar. The square roots round as before (IEEE).
     # The C++ standard is torch's choice (c++17 or c++20 by version).
-    cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
+    cxx += ["-fopenmp", "-fno-trapping-math", "-ffp-contract=off", "-fno-math-errno"]
     ldflags = ["-fopenmp"]
     if os.environ.get("TWOWAY_SANITIZE") == "1":
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
