@@ -41,7 +41,9 @@ PROVIDERS = ("fused", "reference", "compiled_reference", "compiled_fused", "dire
 
 def make_step(provider: str, shape: str, optimizer: str = "sgd"):
     """A no-argument callable running one training step. "direct_fused_unfused_update": DirectStep with
-    the optimiser's own update after the gradients op (as for an optimiser no op stands for)."""
+    the optimiser's own update after the gradients op (as for an optimiser no op stands for);
+    "direct_fused_bf16": DirectStep with the network's products in bfloat16 (train.precision "bf16");
+    "gemm_floor_bf16": the floor's products on bfloat16 operands."""
     dx, hidden, dy, batch = SHAPES[shape]
     torch.manual_seed(0)
     x, y = torch.randn(batch, dx), torch.randn(batch, dy)
@@ -49,8 +51,10 @@ def make_step(provider: str, shape: str, optimizer: str = "sgd"):
     if provider.startswith("gemm_floor"):
         # The preset may leave repr_layer unset (the middle position): the model resolves it.
         repr_width = hidden[preset.build_model(dx, dy, hidden=hidden).repr_layer]
-        floor = _gemm_floor if provider == "gemm_floor" else _gemm_floor_side_by_side
-        return floor(x, y, hidden, repr_width)
+        if provider == "gemm_floor_side_by_side":
+            return _gemm_floor_side_by_side(x, y, hidden, repr_width)
+        low = provider == "gemm_floor_bf16"
+        return _gemm_floor(*(x.bfloat16(), y.bfloat16()) if low else (x, y), hidden, repr_width)
     model = preset.build_model(dx, dy, hidden=hidden, backend="reference" if "reference" in provider else "fused")
     criterion = preset.build_loss(model)
     opt = OPTIMIZERS[optimizer](model.parameters())
@@ -58,7 +62,8 @@ def make_step(provider: str, shape: str, optimizer: str = "sgd"):
     if provider.startswith("direct_fused"):
         from twoway_fast.step.direct import DirectStep
 
-        direct = DirectStep(model, criterion, opt)
+        direct = DirectStep(model, criterion, opt,
+                            products=torch.bfloat16 if provider == "direct_fused_bf16" else None)
         if provider == "direct_fused_unfused_update":
             direct.fused_update = lambda: None
         return lambda: direct(x, y, seed)
@@ -78,17 +83,17 @@ def make_step(provider: str, shape: str, optimizer: str = "sgd"):
 
 
 def _gemm_floor(x: torch.Tensor, y: torch.Tensor, hidden: list[int], repr_width: int):
-    batch = x.shape[0]
+    batch, dtype = x.shape[0], x.dtype  # the network's operands in x's dtype
     sizes = [x.shape[1], *hidden, y.shape[1]]
     n = len(hidden)
-    h = torch.randn(batch, repr_width)
+    h = torch.randn(batch, repr_width)  # the loss's products stay float32
     cov = torch.empty(repr_width, repr_width)
     dh = torch.empty(batch, repr_width)
-    weights = [torch.randn(sizes[k + 1], sizes[k]) * 0.01 for k in range(n + 1)]
-    acts = [torch.empty(batch, s) for s in sizes]  # one buffer per width, reused by both channels
-    grads = [torch.empty(batch, s) for s in sizes]
-    p = [torch.randn(2 * batch, sizes[k + 1]) for k in range(n + 1)]
-    q = [torch.randn(2 * batch, sizes[k]) for k in range(n + 1)]
+    weights = [(torch.randn(sizes[k + 1], sizes[k]) * 0.01).to(dtype) for k in range(n + 1)]
+    acts = [torch.empty(batch, s, dtype=dtype) for s in sizes]  # one buffer per width, reused by both channels
+    grads = [torch.empty(batch, s, dtype=dtype) for s in sizes]
+    p = [torch.randn(2 * batch, sizes[k + 1], dtype=dtype) for k in range(n + 1)]
+    q = [torch.randn(2 * batch, sizes[k], dtype=dtype) for k in range(n + 1)]
     dw = [torch.empty_like(w) for w in weights]
 
     def step():

@@ -42,6 +42,23 @@ std::vector<Tensor> take(const variable_list& from, size_t& at, size_t count) {
 // Gradients for the trailing arguments that are no tensors (or need none): undefined.
 void pad_undefined(variable_list& grads, size_t count) { grads.resize(grads.size() + count); }
 
+// What the two hidden-block functions keep for their backward ops, which take the same arguments.
+void save_block(AutogradContext* ctx, const Tensor& z, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                const Tensor& std, const Tensor& rng_state, double p, double leak, bool act_first) {
+  ctx->save_for_backward({z, gamma, beta, mean, std, rng_state});
+  ctx->saved_data["p"] = p;
+  ctx->saved_data["leak"] = leak;
+  ctx->saved_data["act_first"] = act_first;
+}
+
+// backward_op(grad_out, z, gamma, beta, mean, std, rng_state, p, leak, act_first) with what save_block kept.
+template <typename Op>
+auto call_block_backward(const Op& backward_op, AutogradContext* ctx, const Tensor& grad_out) {
+  const auto s = ctx->get_saved_variables();
+  return backward_op.call(grad_out, s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["p"].toDouble(),
+                          ctx->saved_data["leak"].toDouble(), ctx->saved_data["act_first"].toBool());
+}
+
 // The hidden block (one position, batch statistics): mean and std are outputs, not differentiable.
 class HiddenBlockFunction : public torch::autograd::Function<HiddenBlockFunction> {
  public:
@@ -51,10 +68,7 @@ class HiddenBlockFunction : public torch::autograd::Function<HiddenBlockFunction
                                              double, double, bool)>("twoway_fast::hidden_block");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, std] = block.call(z, gamma, beta, rng_state, p, leak, eps, act_first);
-    ctx->save_for_backward({z, gamma, beta, mean, std, rng_state});
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["leak"] = leak;
-    ctx->saved_data["act_first"] = act_first;
+    save_block(ctx, z, gamma, beta, mean, std, rng_state, p, leak, act_first);
     ctx->mark_non_differentiable({mean, std});
     return {out, mean, std};
   }
@@ -63,10 +77,7 @@ class HiddenBlockFunction : public torch::autograd::Function<HiddenBlockFunction
     static const auto block_backward =
         op<BlockResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                        const Tensor&, double, double, bool)>("twoway_fast::hidden_block_backward");
-    const auto s = ctx->get_saved_variables();
-    auto [grad_z, grad_gamma, grad_beta] =
-        block_backward.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["p"].toDouble(),
-                            ctx->saved_data["leak"].toDouble(), ctx->saved_data["act_first"].toBool());
+    auto [grad_z, grad_gamma, grad_beta] = call_block_backward(block_backward, ctx, grads[0]);
     variable_list out = {grad_z, grad_gamma, grad_beta};
     pad_undefined(out, 5);  // rng_state, p, leak, eps, act_first
     return out;
@@ -89,10 +100,7 @@ class HiddenBlockWithStatsFunction : public torch::autograd::Function<HiddenBloc
         op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                   double, bool)>("twoway_fast::hidden_block_with_stats");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({z, gamma, beta, mean, std, rng_state});
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["leak"] = leak;
-    ctx->saved_data["act_first"] = act_first;
+    save_block(ctx, z, gamma, beta, mean, std, rng_state, p, leak, act_first);
     return block.call(z, gamma, beta, mean, std, rng_state, p, leak, act_first);
   }
 
@@ -100,10 +108,7 @@ class HiddenBlockWithStatsFunction : public torch::autograd::Function<HiddenBloc
     static const auto block_backward = op<BlockWithStatsBackwardResult(
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
         double, double, bool)>("twoway_fast::hidden_block_with_stats_backward");
-    const auto s = ctx->get_saved_variables();
-    auto [grad_z, grad_mean, grad_std, grad_gamma, grad_beta] =
-        block_backward.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["p"].toDouble(),
-                            ctx->saved_data["leak"].toDouble(), ctx->saved_data["act_first"].toBool());
+    auto [grad_z, grad_mean, grad_std, grad_gamma, grad_beta] = call_block_backward(block_backward, ctx, grads[0]);
     variable_list out = {grad_z, grad_gamma, grad_beta, grad_mean, grad_std};
     pad_undefined(out, 4);  // rng_state, p, leak, act_first
     return out;

@@ -5,7 +5,26 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace twoway_fast {
+
+// The dtype the GEMMs multiply in, where not the inputs' own (nullopt): bfloat16 does twice float32's
+// work per cycle on CPUs with AVX512_BF16 or AMX (oneDNN), summing in float32 inside the GEMM; the
+// products come back rounded to bfloat16, then in the inputs' dtype.
+using Products = c10::optional<at::ScalarType>;
+
+inline bool lowers(const at::Tensor& t, Products products) { return products && *products != t.scalar_type(); }
+
+// t in the products' dtype (t itself where that is its own).
+inline at::Tensor in_products(const at::Tensor& t, Products products) {
+  return lowers(t, products) ? t.to(*products) : t;
+}
+
+inline std::vector<at::Tensor> in_products(std::vector<at::Tensor> list, Products products) {
+  for (auto& t : list) t = in_products(t, products);
+  return list;
+}
 
 inline int64_t weight_out(const at::Tensor& w) { return w.dim() == 2 ? w.size(0) : w.size(0) * w.size(1); }
 inline int64_t weight_in(const at::Tensor& w) { return w.dim() == 2 ? w.size(1) : w.size(0) * w.size(2); }
@@ -29,16 +48,23 @@ inline void tied_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   }
 }
 
-inline at::Tensor tied_mm(const at::Tensor& a, const at::Tensor& w, bool transposed) {
+inline at::Tensor tied_mm(const at::Tensor& a, const at::Tensor& w, bool transposed, Products products = {}) {
+  if (lowers(a, products)) {
+    return tied_mm(a.to(*products), in_products(w, products), transposed).to(a.scalar_type());
+  }
   auto out = at::empty({a.size(0), transposed ? weight_in(w) : weight_out(w)}, a.options());
   tied_mm_out(out, a, w, transposed);
   return out;
 }
 
 // The weight gradient of both channels in one GEMM over the concatenated batch:
-// dW = P^T Q with P = [gA; hB] (2B, out) and Q = [hA; gB] (2B, in).
-inline at::Tensor tied_weight_grad(const at::Tensor& p, const at::Tensor& q, const at::Tensor& w) {
-  auto dw = at::empty_like(w, at::MemoryFormat::Contiguous);
+// dW = P^T Q with P = [gA; hB] (2B, out) and Q = [hA; gB] (2B, in), contiguous, in P's dtype.
+inline at::Tensor tied_weight_grad(const at::Tensor& p, const at::Tensor& q, const at::Tensor& w,
+                                   Products products = {}) {
+  if (lowers(p, products)) {
+    return tied_weight_grad(p.to(*products), q.to(*products), w).to(p.scalar_type());
+  }
+  auto dw = at::empty(w.sizes(), p.options());
   if (w.dim() == 2) return at::mm_out(dw, p.t(), q);
   const int64_t out_w = w.size(1), in_w = w.size(2);
   for (int64_t m = 0; m < w.size(0); ++m) {

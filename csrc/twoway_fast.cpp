@@ -57,17 +57,18 @@ TORCH_LIBRARY(twoway_fast, m) {
   // One training step's gradients (CPU): the network op, the loss op (loss_options as the loss op's, with
   // the bit kBeforeDropout for the decorrelation of hx_pre/hy_pre, else of hx/hy) and both backward ops in
   // one call. Returns the loss terms, the gradients of weights, bias, gamma, beta in that order, and
-  // per slot the batch mean and std as twoway_net returns them.
+  // per slot the batch mean and std as twoway_net returns them. products: the dtype the network's GEMMs
+  // multiply in (None: the inputs'; torch.bfloat16: csrc/tied_gemm.h); everything else in the inputs'.
   m.def("twoway_step_gradients(Tensor x, Tensor y, Tensor[] weights, Tensor[] bias, Tensor[] gamma, "
         "Tensor[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
-        "float[] coefficients, int loss_options, float decorrelation_eps) -> "
+        "float[] coefficients, int loss_options, float decorrelation_eps, ScalarType? products) -> "
         "(Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
   // The same, then the parameters flagged in update (one flag per parameter, in the order of grads) take
   // torch.optim.SGD's update in place (momentum_buffers: one per updated parameter, in that order, none
   // when momentum is 0; the gradients are the loss's, without SGD's weight decay).
   m.def("twoway_sgd_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
-        "float[] coefficients, int loss_options, float decorrelation_eps, bool[] update, "
+        "float[] coefficients, int loss_options, float decorrelation_eps, ScalarType? products, bool[] update, "
         "Tensor(e!)[] momentum_buffers, float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");
   // Or torch.optim.Adam's update (AdamW's with decoupled_weight_decay): its state lists hold one tensor
@@ -75,7 +76,8 @@ TORCH_LIBRARY(twoway_fast, m) {
   // by one before its parameter's update, as the optimiser does.
   m.def("twoway_adam_step(Tensor x, Tensor y, Tensor(a!)[] weights, Tensor(b!)[] bias, Tensor(c!)[] gamma, "
         "Tensor(d!)[] beta, Tensor rng_states, float[] p, int repr_layer, float[] leak, float eps, bool act_first, "
-        "float[] coefficients, int loss_options, float decorrelation_eps, bool[] update, Tensor(e!)[] exp_avgs, "
+        "float[] coefficients, int loss_options, float decorrelation_eps, ScalarType? products, bool[] update, "
+        "Tensor(e!)[] exp_avgs, "
         "Tensor(f!)[] exp_avg_sqs, Tensor(g!)[] max_exp_avg_sqs, Tensor(h!)[] state_steps, float lr, "
         "float beta1, float beta2, float epsilon, float weight_decay, bool decoupled_weight_decay, bool amsgrad, "
         "bool maximize) -> (Tensor terms, Tensor[] grads, Tensor[] mean, Tensor[] std)");

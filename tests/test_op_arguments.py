@@ -48,7 +48,8 @@ def calls(w=2, dx=3, dy=5):
     stats = dict(mean=_t(w), std=_t(w))
     step = {k: v for k, v in n.items()}
     params = [*n["weights"], *n["bias"], *n["gamma"], *n["beta"]]
-    step_tail = dict(**NET_TAIL, coefficients=LOSS_TAIL["coefficients"], loss_options=1, decorrelation_eps=1e-5)
+    step_tail = dict(**NET_TAIL, coefficients=LOSS_TAIL["coefficients"], loss_options=1, decorrelation_eps=1e-5,
+                     products=None)
     saved = dict(z=[_t(ROWS, w), _t(ROWS, w)], mean=[_t(w), _t(w)], std=[_t(w), _t(w)])
     grads = dict(grad_x_hat=_t(ROWS, dx), grad_y_hat=_t(ROWS, dy), grad_hx=_t(ROWS, w), grad_hy=_t(ROWS, w),
                  grad_hx_pre=None, grad_hy_pre=None)

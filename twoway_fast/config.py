@@ -10,6 +10,7 @@ from .config_types import check_value, hints_of
 SPLITS = ("train", "val", "test")  # the splits every data set has
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 LR_SCHEDULES = ("multistep", "cosine")
+PRECISIONS = ("fp32", "bf16")  # train.precision: the dtype of the network's matrix products
 PREPROCESS = ("none", "l2_rows", "standardize")
 
 
@@ -30,6 +31,7 @@ class TrainConfig:
     select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
     sync_stats: bool = True  # several processes: BN and decorrelation statistics over all their rows
     cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.step.graph); CUDA only
+    precision: str = "fp32"  # "bf16": the network's products in bfloat16 (the fused CPU step; docs/guide.md)
 
     def __post_init__(self):
         _check_types(self, "train")
@@ -40,6 +42,8 @@ class TrainConfig:
             raise ValueError(f"train.lr must be a positive finite number, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.select not in LOWER_IS_BETTER:
             raise ValueError(f"train.select must be one of {sorted(LOWER_IS_BETTER)}, got {self.select!r}")
 

@@ -191,7 +191,7 @@ def _(grad_terms, x, y, x_hat, y_hat, hx, hy, hx_dec, hy_dec, weights, gammas, c
 
 @torch.library.register_fake("twoway_fast::twoway_step_gradients")
 def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-               loss_options, decorrelation_eps):
+               loss_options, decorrelation_eps, products):
     _net_args("twoway_step", x, y, weights, bias=bias, gamma=gamma, beta=beta, rng_states=rng_states)
     widths = [_weight_out(w) for w in weights[:len(gamma) // 2]]
     stats = [x.new_empty(widths[k % len(widths)], dtype=stats_dtype(x.dtype)) for k in range(len(gamma))]
@@ -202,19 +202,20 @@ def _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak
 
 @torch.library.register_fake("twoway_fast::twoway_sgd_step")
 def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, loss_options,
-      decorrelation_eps, update, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize):
+      decorrelation_eps, products, update, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
+      maximize):
     _one_device("twoway_sgd_step", x=x, momentum_buffers=momentum_buffers)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-                      loss_options, decorrelation_eps)
+                      loss_options, decorrelation_eps, products)
 
 
 @torch.library.register_fake("twoway_fast::twoway_adam_step")
 def _(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients, loss_options,
-      decorrelation_eps, update, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, epsilon,
-      weight_decay, decoupled_weight_decay, amsgrad, maximize):
+      decorrelation_eps, products, update, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
+      epsilon, weight_decay, decoupled_weight_decay, amsgrad, maximize):
     _one_device("twoway_adam_step", x=x, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
     return _step_fake(x, y, weights, bias, gamma, beta, rng_states, p, repr_layer, leak, eps, act_first, coefficients,
-                      loss_options, decorrelation_eps)
+                      loss_options, decorrelation_eps, products)
 
 
 # ---------------------------------------------------------------- retrieval ranks

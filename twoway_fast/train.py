@@ -119,9 +119,14 @@ class Trainer:
             self.step = CapturedStep(self._eager_step, self.optimizer)
         elif direct_step_applies(model, criterion, train.device):  # the autograd step's result, faster
             reduce = self.ranks.average_gradients if self.ranks.world > 1 else None
-            self.step = DirectStep(model, criterion, self.optimizer, self.first_row, reduce)
+            products = torch.bfloat16 if config.precision == "bf16" else None
+            self.step = DirectStep(model, criterion, self.optimizer, self.first_row, reduce, products)
         else:
             self.step = self._eager_step
+        if config.precision == "bf16" and not isinstance(self.step, DirectStep):
+            raise ValueError("train.precision 'bf16' runs in the fused backend's CPU training step only: a "
+                             f"TwoWayNet with backend 'fused' (this one: {getattr(model, 'backend', None)!r}), "
+                             f"data on the CPU (here: {train.device}), one process or train.sync_stats false")
         # One process on the CPU: as many threads as other processes leave cores free (twoway_fast.cores).
         self.adapt_threads = adapt_threads and train.device.type == "cpu" and self.ranks.world == 1
         self.threads: ThreadBudget | None = None  # during fit, with the thread count fit started with

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "loss_terms.h"  // kSums
+#include "tied_gemm.h"   // Products
 
 namespace twoway_fast {
 
@@ -22,12 +23,13 @@ using NetBackwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Ten
 using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
 
 // keep_out: where given, receives the dropout masks' multipliers (one per hidden position, or
-// undefined), for a backward in the same call to use instead of drawing them again.
+// undefined), for a backward in the same call to use instead of drawing them again. products: the
+// dtype the GEMMs multiply in (csrc/tied_gemm.h), both directions.
 NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
                                 at::TensorList bias, at::TensorList gamma, at::TensorList beta,
                                 const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
                                 at::ArrayRef<double> leak, double eps, bool act_first,
-                                std::vector<at::Tensor>* keep_out = nullptr);
+                                std::vector<at::Tensor>* keep_out = nullptr, Products products = {});
 
 NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<at::Tensor>& grad_x_hat, const c10::optional<at::Tensor>& grad_y_hat,
@@ -36,7 +38,8 @@ NetBackwardResult twoway_net_backward_cpu(
     const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma, at::TensorList beta,
     const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first,
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
-    const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr);
+    const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr,
+    Products products = {});
 
 // The inputs of the 2-Way loss (the loss op's, csrc/twoway_fast.cpp), hx_dec/hy_dec the decorrelation's.
 struct LossInputs {

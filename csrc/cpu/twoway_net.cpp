@@ -70,13 +70,13 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
 NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                                 TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                                 at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
-                                bool act_first, std::vector<Tensor>* keep_out) {
+                                bool act_first, std::vector<Tensor>* keep_out, Products products) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   const ChannelLayout L{n};
   check_net_bias(net, bias_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
-  const auto weights = contiguous(weights_in), bias = contiguous(bias_in);
+  const auto weights = in_products(contiguous(weights_in), products), bias = contiguous(bias_in);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto keep = all_keep_multipliers(net, x);
   std::vector<Tensor> z(2 * n), mean(2 * n), std(2 * n);
@@ -87,7 +87,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
       const int64_t k = L.forward_position(c, step), slot = L.slot(c, k);
       // Batch norm right after the GEMM cancels the bias: skip it (the op's mean then excludes it).
       // Before a LeakyReLU it counts: the block's pass adds it to z.
-      z[slot] = tied_mm(a, weights[L.weight(c, k)], L.transposed(c));
+      z[slot] = tied_mm(a, weights[L.weight(c, k)], L.transposed(c), products);
       const Tensor& b = act_first ? bias[L.bias(c, k)] : maybe_undefined();
       const int64_t cols = net.s[k + 1];
       mean[slot] = at::empty({cols}, x.options());
@@ -104,7 +104,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
       if (k == repr) h[c] = next, h_pre[c] = pre;
       a = next;
     }
-    out[c] = tied_mm(a, weights[L.weight(c, n)], L.transposed(c));
+    out[c] = tied_mm(a, weights[L.weight(c, n)], L.transposed(c), products);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twoway_net_output_bias", [&] {
       add_row_vector<scalar_t>(out[c].data_ptr<scalar_t>(), bias[L.bias(c, n)].data_ptr<scalar_t>(), B,
                                out[c].size(1));
@@ -121,14 +121,15 @@ NetBackwardResult twoway_net_backward_cpu(
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first, TensorList z_in,
     TensorList mean_in, TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad,
-    const std::vector<Tensor>* keep_in) {
+    const std::vector<Tensor>* keep_in, Products products) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   const ChannelLayout L{n};
   const auto& s = net.s;
   check_net_saved(net, z_in, mean_in, std_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
-  const auto weights = contiguous(weights_in), gamma = contiguous(gamma_in), beta = contiguous(beta_in);
+  const auto weights = in_products(contiguous(weights_in), products);
+  const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
   const auto keep = keep_in != nullptr ? *keep_in : all_keep_multipliers(net, x);
   const auto opts = x.options();
@@ -148,7 +149,7 @@ NetBackwardResult twoway_net_backward_cpu(
     const Tensor grad_out = L.grad_output_rows(c, P, Q, B);
     copy_or_zero(grad_out, c == 0 ? grad_y_hat : grad_x_hat, c == 0 ? "grad_y_hat" : "grad_x_hat");
     L.input_rows(c, P, Q, B).copy_(c == 0 ? x : y);
-    Tensor g = tied_mm(grad_out, weights[L.weight(c, n)], !L.transposed(c));
+    Tensor g = tied_mm(grad_out, weights[L.weight(c, n)], !L.transposed(c), products);
     for (int64_t step = 0; step < n; ++step) {
       const int64_t k = L.backward_position(c, step), slot = L.slot(c, k);
       const int64_t cols = s[k + 1];
@@ -171,7 +172,7 @@ NetBackwardResult twoway_net_backward_cpu(
       });
       // The gradient at the next block (or at the channel's input) goes through the same weight.
       const bool last = step == n - 1;
-      if (!last || input_grads) g = tied_mm(gz, weights[L.weight(c, k)], !L.transposed(c));
+      if (!last || input_grads) g = tied_mm(gz, weights[L.weight(c, k)], !L.transposed(c), products);
     }
     grad_in[c] = input_grads ? g : at::empty({0}, opts);
     grad_bias[L.bias(c, n)] = grad_out.sum(0);
@@ -183,7 +184,7 @@ NetBackwardResult twoway_net_backward_cpu(
   const auto share = split_by_size(sizes);
   side_by_side([&](int t) {
     for (int64_t k : share[t]) {
-      grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k]);
+      grad_weights[k] = tied_weight_grad(P[k], Q[k], weights[k], products);
       if (on_weight_grad) on_weight_grad(k, grad_weights[k]);
     }
   });

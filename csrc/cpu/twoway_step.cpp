@@ -118,7 +118,15 @@ struct StepArgs {
   at::ArrayRef<double> coefficients;
   int64_t loss_options;
   double decorrelation_eps;
+  Products products;
 };
+
+// The GEMMs' dtype: the inputs' own (nullopt or x's) or bfloat16.
+Products checked_products(c10::optional<at::ScalarType> products, const Tensor& x) {
+  TORCH_CHECK(!products || *products == x.scalar_type() || *products == at::kBFloat16,
+              "products must be None, x's dtype (", x.scalar_type(), ") or torch.bfloat16, got ", *products);
+  return products;
+}
 
 // The parameters in the ops' order: weights, bias, gamma, beta.
 std::vector<Tensor> parameters_of(const StepArgs& a) {
@@ -136,7 +144,7 @@ StepResult training_step(const StepArgs& a, const StepUpdate& u) {
   std::vector<Tensor> keep;
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
       twoway_net_cpu(a.x, a.y, a.weights, a.bias, a.gamma, a.beta, a.rng_states, a.p, a.repr, a.leak, a.eps,
-                     a.act_first, &keep);
+                     a.act_first, &keep, a.products);
   const bool before_dropout = has(a.loss_options, option::kBeforeDropout);
   const Tensor& hx_dec = before_dropout ? hx_pre : hx;
   const Tensor& hy_dec = before_dropout ? hy_pre : hy;
@@ -161,7 +169,7 @@ StepResult training_step(const StepArgs& a, const StepUpdate& u) {
       [&](int64_t k, Tensor& dw) {  // (contiguous already where updated: check_updatable)
         weight_squares[k] = u(k, a.weights[k].contiguous(), dw, decay);
       },
-      &keep);
+      &keep, a.products);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
   for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(loss.grad_gammas[i]));
@@ -177,9 +185,9 @@ StepResult twoway_step_gradients_cpu(const Tensor& x, const Tensor& y, TensorLis
                                      TensorList gamma, TensorList beta, const Tensor& rng_states,
                                      at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
                                      bool act_first, at::ArrayRef<double> coefficients, int64_t loss_options,
-                                     double decorrelation_eps) {
+                                     double decorrelation_eps, c10::optional<at::ScalarType> products) {
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   loss_options, decorrelation_eps};
+                   loss_options, decorrelation_eps, checked_products(products, x)};
   return training_step(a, StepUpdate{});
 }
 
@@ -192,11 +200,11 @@ StepResult twoway_sgd_step_cpu(const Tensor& x, const Tensor& y, TensorList weig
                                TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
                                int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first,
                                at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
-                               const c10::List<bool>& update_flags, TensorList momentum_buffers, double lr,
+                               c10::optional<at::ScalarType> products, const c10::List<bool>& update_flags, TensorList momentum_buffers, double lr,
                                double momentum, double dampening, bool nesterov, double weight_decay, bool maximize) {
   check_no_grad("twoway_sgd_step");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   loss_options, decorrelation_eps};
+                   loss_options, decorrelation_eps, checked_products(products, x)};
   const std::vector<Tensor> params = parameters_of(a);
   const std::vector<bool> update(update_flags.begin(), update_flags.end());
   check_updatable(params, update, x);
@@ -216,13 +224,13 @@ StepResult twoway_adam_step_cpu(const Tensor& x, const Tensor& y, TensorList wei
                                 TensorList gamma, TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p,
                                 int64_t repr, at::ArrayRef<double> leak, double eps, bool act_first,
                                 at::ArrayRef<double> coefficients, int64_t loss_options, double decorrelation_eps,
-                                const c10::List<bool>& update_flags, TensorList exp_avgs, TensorList exp_avg_sqs,
+                                c10::optional<at::ScalarType> products, const c10::List<bool>& update_flags, TensorList exp_avgs, TensorList exp_avg_sqs,
                                 TensorList max_exp_avg_sqs, TensorList state_steps, double lr, double beta1,
                                 double beta2, double epsilon, double weight_decay, bool decoupled_weight_decay,
                                 bool amsgrad, bool maximize) {
   check_no_grad("twoway_adam_step");
   const StepArgs a{x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first, coefficients,
-                   loss_options, decorrelation_eps};
+                   loss_options, decorrelation_eps, checked_products(products, x)};
   const std::vector<Tensor> params = parameters_of(a);
   const std::vector<bool> update(update_flags.begin(), update_flags.end());
   check_updatable(params, update, x);
