@@ -63,7 +63,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             keeps the decorrelation from swamping it (4 dimensions: lc 3 did better than 6, and 6
             better than 12), and on small data (about 1000s of rows) the digits preset's settings did
             better.
-        epochs: 20 by default (None: the preset's, 12 for mnist).
+        epochs: 20 by default (None: the preset's, 20 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
         validation_fraction: the share of the rows held out (by the preset's data.split_seed) to pick
