@@ -22,15 +22,22 @@ using NetBackwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Ten
 // while dW_k is in that core's cache; the op has no further use of weights[k] by then.
 using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
 
-// keep_out: where given, receives the dropout masks' multipliers (one per hidden position, or
-// undefined), for a backward in the same call to use instead of drawing them again. products: the
-// dtype the GEMMs multiply in (csrc/tied_gemm.h), both directions.
+// What a forward hands the backward of the same call (the step ops), so that the backward neither draws
+// the dropout masks again nor casts the weights again: the masks' multipliers (one per hidden position,
+// or undefined) and the weights as the GEMMs take them (contiguous, in the products' dtype).
+struct NetCarry {
+  std::vector<at::Tensor> keep, gemm_weights;
+};
+
+// carry_out: where given, receives the NetCarry. products: the dtype the GEMMs multiply in
+// (csrc/tied_gemm.h), both directions.
 NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
                                 at::TensorList bias, at::TensorList gamma, at::TensorList beta,
                                 const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
                                 at::ArrayRef<double> leak, double eps, bool act_first,
-                                std::vector<at::Tensor>* keep_out = nullptr, Products products = {});
+                                NetCarry* carry_out = nullptr, Products products = {});
 
+// carry: the forward's, where the same call ran it.
 NetBackwardResult twoway_net_backward_cpu(
     const c10::optional<at::Tensor>& grad_x_hat, const c10::optional<at::Tensor>& grad_y_hat,
     const c10::optional<at::Tensor>& grad_hx, const c10::optional<at::Tensor>& grad_hy,
@@ -38,8 +45,7 @@ NetBackwardResult twoway_net_backward_cpu(
     const at::Tensor& x, const at::Tensor& y, at::TensorList weights, at::TensorList gamma, at::TensorList beta,
     const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first,
     at::TensorList z, at::TensorList mean, at::TensorList std, bool input_grads,
-    const WeightGradHook& on_weight_grad = nullptr, const std::vector<at::Tensor>* keep = nullptr,
-    Products products = {});
+    const WeightGradHook& on_weight_grad = nullptr, const NetCarry* carry = nullptr, Products products = {});
 
 // The inputs of the 2-Way loss (the loss op's, csrc/twoway_fast.cpp), hx_dec/hy_dec the decorrelation's.
 struct LossInputs {

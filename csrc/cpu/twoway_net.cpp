@@ -70,7 +70,7 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
 NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                                 TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                                 at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
-                                bool act_first, std::vector<Tensor>* keep_out, Products products) {
+                                bool act_first, NetCarry* carry_out, Products products) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   const ChannelLayout L{n};
@@ -110,7 +110,7 @@ NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorLi
                                out[c].size(1));
     });
   });
-  if (keep_out != nullptr) *keep_out = keep;
+  if (carry_out != nullptr) *carry_out = {keep, weights};
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
 
@@ -121,17 +121,17 @@ NetBackwardResult twoway_net_backward_cpu(
     const Tensor& y_in, TensorList weights_in, TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
     at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, bool act_first, TensorList z_in,
     TensorList mean_in, TensorList std_in, bool input_grads, const WeightGradHook& on_weight_grad,
-    const std::vector<Tensor>* keep_in, Products products) {
+    const NetCarry* carry, Products products) {
   const Net net = cpu_net(x_in, y_in, weights_in, gamma_in, beta_in, rng_states, p, repr, leak);
   const int64_t n = net.n, B = net.batch;
   const ChannelLayout L{n};
   const auto& s = net.s;
   check_net_saved(net, z_in, mean_in, std_in, x_in);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
-  const auto weights = in_products(contiguous(weights_in), products);
+  const auto weights = carry != nullptr ? carry->gemm_weights : in_products(contiguous(weights_in), products);
   const auto gamma = contiguous(gamma_in), beta = contiguous(beta_in);
   const auto z = contiguous(z_in), mean = contiguous(mean_in), std = contiguous(std_in);
-  const auto keep = keep_in != nullptr ? *keep_in : all_keep_multipliers(net, x);
+  const auto keep = carry != nullptr ? carry->keep : all_keep_multipliers(net, x);
   const auto opts = x.options();
   // The loss's direct gradients at the representation: both or neither (a missing one is zero).
   Tensor extra[2] = {grad_or_undefined(grad_hx, {B, s[repr + 1]}, x, "grad_hx"),

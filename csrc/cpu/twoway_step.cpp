@@ -39,11 +39,15 @@ void check_updatable(TensorList params, const std::vector<bool>& update, const T
   }
 }
 
+size_t updated_count(const std::vector<bool>& update) {
+  return static_cast<size_t>(std::count(update.begin(), update.end(), true));
+}
+
 // An optimiser state list (name: momentum_buffers, exp_avgs, ...) must hold one contiguous tensor like its
 // parameter per updated parameter, in the parameters' order; returns them per parameter (null: none).
 std::vector<const Tensor*> state_of(const char* name, TensorList states, TensorList params,
                                     const std::vector<bool>& update) {
-  const auto updated = static_cast<size_t>(std::count(update.begin(), update.end(), true));
+  const size_t updated = updated_count(update);
   TORCH_CHECK(states.size() == updated, name, " must hold one tensor per updated parameter (", updated, "), got ",
               states.size());
   std::vector<const Tensor*> out(params.size(), nullptr);
@@ -140,11 +144,12 @@ StepResult training_step(const StepArgs& a, const StepUpdate& u) {
   // The ATen calls inside (GEMMs, views, allocations) skip the autograd and view-tracking layers.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const std::vector<Tensor> params = parameters_of(a);
-  // The dropout masks drawn once: the backward takes the forward's (nothing outlives the call).
-  std::vector<Tensor> keep;
+  // The dropout masks drawn and the weights cast once: the backward takes the forward's (nothing outlives
+  // the call).
+  NetCarry carry;
   const auto [x_hat, y_hat, hx, hy, hx_pre, hy_pre, z, mean, std] =
       twoway_net_cpu(a.x, a.y, a.weights, a.bias, a.gamma, a.beta, a.rng_states, a.p, a.repr, a.leak, a.eps,
-                     a.act_first, &keep, a.products);
+                     a.act_first, &carry, a.products);
   const bool before_dropout = has(a.loss_options, option::kBeforeDropout);
   const Tensor& hx_dec = before_dropout ? hx_pre : hx;
   const Tensor& hy_dec = before_dropout ? hy_pre : hy;
@@ -169,7 +174,7 @@ StepResult training_step(const StepArgs& a, const StepUpdate& u) {
       [&](int64_t k, Tensor& dw) {  // (contiguous already where updated: check_updatable)
         weight_squares[k] = u(k, a.weights[k].contiguous(), dw, decay);
       },
-      &keep, a.products);
+      &carry, a.products);
   std::vector<Tensor> grads = grad_w;
   grads.insert(grads.end(), grad_b.begin(), grad_b.end());
   for (size_t i = 0; i < grad_gamma.size(); ++i) grads.push_back(grad_gamma[i].add_(loss.grad_gammas[i]));
@@ -242,7 +247,7 @@ StepResult twoway_adam_step_cpu(const Tensor& x, const Tensor& y, TensorList wei
                             : std::vector<const Tensor*>(params.size(), nullptr);
   TORCH_CHECK(amsgrad || max_exp_avg_sqs.empty(), "max_exp_avg_sqs must be empty without amsgrad, got ",
               max_exp_avg_sqs.size());
-  const auto updated = static_cast<size_t>(std::count(update.begin(), update.end(), true));
+  const size_t updated = updated_count(update);
   TORCH_CHECK(state_steps.size() == updated, "state_steps must hold one step count per updated parameter (",
               updated, "), got ", state_steps.size());
   for (const Tensor& s : state_steps) {
