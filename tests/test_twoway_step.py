@@ -210,23 +210,34 @@ def bias_left_out(model, opt):
 def test_update_ops_leave_what_the_optimiser_does_not_update(change, opt_name):
     # A frozen bias (no gradient: the optimiser skips it) or one outside the optimiser's group: the ops'
     # update flags leave it as it is, and update the rest as the optimiser would.
+    def fresh_gradient(model):
+        model.x_bias[0].grad = None  # each step's gradient, as the direct step gives it
+
+    twin, left = changed_twins_step(change, opt_name, fused=True, before_step=fresh_gradient)
+    assert torch.equal(twin.x_bias[0], left)
+
+
+def changed_twins_step(change, opt_name, fused, before_step=lambda model: None):
+    """Three direct steps against the autograd steps of a twin, `change` made to both models and
+    optimisers; fused: whether the update op stands for the optimiser after each step. Returns the direct
+    step's model and its x_bias[0] as it was before the steps."""
     model, criterion, opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout", opt_name)
     twin, twin_criterion, twin_opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout",
                                           opt_name)
     change(model, opt)
     change(twin, twin_opt)
     direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
-    left = twin.x_bias[0].detach().clone()
+    first = twin.x_bias[0].detach().clone()
     gen = torch.Generator().manual_seed(3)
     for step in range(3):
         x, y = torch.randn(16, 10, generator=gen, dtype=torch.float64), torch.randn(16, 12, generator=gen,
                                                                                    dtype=torch.float64)
-        model.x_bias[0].grad = None  # each step's gradient, as the direct step gives it
+        before_step(model)
         autograd_step(model, criterion, opt, x, y, step)
         direct(x, y, step)
-        assert direct.fused_update() is not None
-    assert_same_state(twin, twin_opt, model, opt, torch.float64, update_rounding=True)
-    assert torch.equal(twin.x_bias[0], left)
+        assert (direct.fused_update() is not None) == fused
+    assert_same_state(twin, twin_opt, model, opt, torch.float64, update_rounding=fused)
+    return twin, first
 
 
 def two_groups(model, opt):
@@ -262,20 +273,7 @@ def test_what_the_ops_cannot_stand_for_takes_the_optimiser(change, opt_name):
     # op, an optimiser subclass (it may change the update): the optimiser's own update, as the autograd step
     # (the op would take one lr for both groups, skip the hook, refuse the weight it cannot update in
     # place, leave the foreign parameter, or update as its base class does).
-    model, criterion, opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout", opt_name)
-    twin, twin_criterion, twin_opt = make(torch.float64, "act_then_bn", 0.5, "second_moment", "after_dropout",
-                                          opt_name)
-    change(model, opt)
-    change(twin, twin_opt)
-    direct = DirectStep(twin, twin_criterion, twin_opt, first_row=FIRST_ROW)
-    gen = torch.Generator().manual_seed(3)
-    for step in range(3):
-        x, y = torch.randn(16, 10, generator=gen, dtype=torch.float64), torch.randn(16, 12, generator=gen,
-                                                                                   dtype=torch.float64)
-        autograd_step(model, criterion, opt, x, y, step)
-        direct(x, y, step)
-        assert direct.fused_update() is None
-    assert_same_state(twin, twin_opt, model, opt, torch.float64)
+    changed_twins_step(change, opt_name, fused=False)
 
 
 STEP_ARGS = 16  # the arguments every step op takes first; then the update flags and the optimiser's
