@@ -12,13 +12,13 @@ RECONSTRUCTIONS = ("sum", "mean")
 
 
 class TwoWayLoss(nn.Module):
-    """criterion(out, x, y) -> LossTerms(total, recon_x, recon_y, midway, decorr_x, decorr_y,
-    weight_decay, gamma_penalty): the weighted total and each term unweighted.
+    """criterion(out, x, y) -> LossTerms: the weighted total and each term unweighted
+    (twoway_fast.loss_terms.LossTerms).
 
-    coefficients: each term's weight by name (twoway_fast.loss_terms.COEFFICIENTS: lx, ly the
-    reconstructions', lh the mid-way term's, lc the decorrelation's, wd the weight decay's, lg the gamma
-    penalty's). Defaults are the original's (faithful) settings with the mnist preset's lh and lc; the
-    presets (twoway_fast.presets) carry tuned ones that keep the representation from collapsing.
+    coefficients: each term's weight by name: twoway_fast.loss_terms.COEFFICIENTS (the names, in the ops'
+    order, and their defaults) and COEFFICIENT_OF (the terms each one weighs). Defaults are the
+    original's (faithful) settings with the mnist preset's lh and lc; the presets (twoway_fast.presets)
+    carry tuned ones that keep the representation from collapsing.
 
     reconstruction: "sum" (the original: squared error summed over a row's elements) or "mean" (over
     its elements: lx and ly are divided by the view widths, so a reconstruction weighs the same

@@ -33,6 +33,9 @@ COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0
 # The coefficient each term enters the total with, in term order.
 COEFFICIENT_OF = {"recon_x": "lx", "recon_y": "ly", "midway": "lh", "decorr_x": "lc", "decorr_y": "lc",
                   "weight_decay": "wd", "gamma_penalty": "lg"}
+# The terms ||C||_F - ||diag C||_2 of a matrix C = a^T b / rows of the decorrelation inputs, with the
+# channels of a and b: the synced backend sums each C over every rank's rows.
+MATRIX_TERMS = {"decorr_x": ("x", "x"), "decorr_y": ("y", "y")}
 
 
 def coefficients_of(given: Mapping[str, float]) -> dict[str, float]:

@@ -159,7 +159,7 @@ class SegmentTable {
  public:
   void add(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t stride, Op op, int sum, bool in_acc) {
     TORCH_CHECK(t_.count < kMaxSegments, "the CUDA twoway_loss takes at most ", kMaxSegments,
-                " sums (8 + 5 n for n hidden positions): too many weights and gammas");
+                " summed tensors (one per term's input, 5 per hidden position): too many weights and gammas");
     Segment& s = t_.s[t_.count++];
     s.a = a.data_ptr();
     s.b = b.defined() ? b.data_ptr() : nullptr;

@@ -1,6 +1,6 @@
 // CUDA kernel of the 2-Way loss (docs/method.md#the-loss), same signatures and results as
-// csrc/cpu/twoway_loss.cpp. Forward: the decorrelation matrices C = H^T H / B (one GEMM each, in float
-// for half and bfloat16 inputs, after the correlation form's column standardisation), then ONE
+// csrc/cpu/twoway_loss.cpp. Forward: the terms' matrices (twoway_loss_terms.cuh's loss_matrices: one small
+// GEMM each, in float for half and bfloat16 inputs), then ONE
 // reduction kernel over every sum the terms need and a one-block kernel that combines them
 // (csrc/cuda/loss_sums.cuh; which sums: csrc/cuda/twoway_loss_terms.cuh); the log mid-way term adds a
 // column-sum kernel before them. Backward: twoway_loss_terms.cuh's loss_gradients. Nothing is read on
@@ -27,11 +27,6 @@ std::vector<Tensor> contiguous_all(TensorList list) {
   return out;
 }
 
-// C = H^T H / B in the accumulation type (float for half and bfloat16).
-Tensor decorrelation_matrix(const Tensor& h, bool correlation, double eps) {
-  return second_moment(decorrelation_input(h.to(stats_dtype(h.scalar_type())).contiguous(), correlation, eps));
-}
-
 std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Tensor& y_in, const Tensor& x_hat_in,
                                                     const Tensor& y_hat_in, const Tensor& hx_in, const Tensor& hy_in,
                                                     const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
@@ -44,17 +39,15 @@ std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Te
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto x = x_in.contiguous(), y = y_in.contiguous(), x_hat = x_hat_in.contiguous();
   const auto y_hat = y_hat_in.contiguous(), hx = hx_in.contiguous(), hy = hy_in.contiguous();
-  const bool correlation = has(options, option::kCorrelation);
-  const auto cx = decorrelation_matrix(hx_dec, correlation, eps);
-  const auto cy = decorrelation_matrix(hy_dec, correlation, eps);
+  const auto m = loss_matrices(hx_dec, hy_dec, has(options, option::kCorrelation), eps);
   const auto w = contiguous_all(weights), g = contiguous_all(gammas);
-  const SegmentTable table = loss_forward_table(x, y, x_hat, y_hat, hx, hy, cx, cy, w, g, options);
+  const SegmentTable table = loss_forward_table(x, y, x_hat, y_hat, hx, hy, m, w, g, options);
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
   // The terms in float for half and bfloat16 inputs: a sum of squares soon passes float16's 65504.
   auto terms = at::empty({kTerms}, x.options().dtype(stats_dtype(x.scalar_type())));
   reduce(table, sums, terms, static_cast<double>(x.size(0)), LossCoefficients(coefficients), options,
          x.scalar_type(), term_columns(hx, hy, options));
-  return {terms, cx, cy};
+  return {terms, m.cx, m.cy};
 }
 
 LossBackwardResult twoway_loss_backward_cuda(const Tensor& grad_terms, const Tensor& x, const Tensor& y,

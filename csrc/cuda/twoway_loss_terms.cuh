@@ -14,20 +14,32 @@
 
 namespace twoway_fast {
 
+// The matrices whose norms the terms take, in the accumulation type (float for half and bfloat16),
+// contiguous: the decorrelation's C = H^T H / B of each channel (the forward op's results, which its
+// backward takes).
+struct LossMatrices {
+  at::Tensor cx, cy;
+};
+
+inline LossMatrices loss_matrices(const at::Tensor& hx_dec, const at::Tensor& hy_dec, bool correlation, double eps) {
+  const auto acc = stats_dtype(hx_dec.scalar_type());
+  const auto Hx = decorrelation_input(hx_dec.to(acc).contiguous(), correlation, eps);
+  const auto Hy = decorrelation_input(hy_dec.to(acc).contiguous(), correlation, eps);
+  return {second_moment(Hx), second_moment(Hy)};
+}
+
 // The forward's table: every sum of the terms (sums[kMidway] stays 0 in the log form, which takes column
-// sums). All tensors contiguous; cx and cy in the accumulation type (float for half and bfloat16), the
-// others in x's dtype.
+// sums). All tensors contiguous; the matrices from loss_matrices, the others in x's dtype.
 inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_hat,
                                        const at::Tensor& y_hat, const at::Tensor& hx, const at::Tensor& hy,
-                                       const at::Tensor& cx, const at::Tensor& cy,
-                                       const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& gammas,
-                                       int64_t options) {
+                                       const LossMatrices& m, const std::vector<at::Tensor>& weights,
+                                       const std::vector<at::Tensor>& gammas, int64_t options) {
   SegmentTable table;
   table.add(x, x_hat, x.numel(), 1, kSquaredDifference, sum::kReconX, false);
   table.add(y, y_hat, y.numel(), 1, kSquaredDifference, sum::kReconY, false);
   if (!has(options, option::kMidwayLog)) table.add(hx, hy, hx.numel(), 1, kSquaredDifference, sum::kMidway, false);
-  table.add_norms(cx, sum::kFroX, sum::kDiagX);
-  table.add_norms(cy, sum::kFroY, sum::kDiagY);
+  table.add_norms(m.cx, sum::kFroX, sum::kDiagX);
+  table.add_norms(m.cy, sum::kFroY, sum::kDiagY);
   for (const auto& t : weights) table.add_all(t, kSquare, sum::kWeightDecay);
   for (const auto& t : gammas) {
     table.add_all(t, kSquare, sum::kWeightDecay);

@@ -46,8 +46,8 @@ std::tuple<Tensor, Tensor, int64_t> loss_sums(const Tensor& x, const Tensor& y, 
   using namespace twoway_fast;
   const auto w = contiguous_all(weights), g = contiguous_all(gammas);
   const auto table = loss_forward_table(x.contiguous(), y.contiguous(), x_hat.contiguous(), y_hat.contiguous(),
-                                        hx.contiguous(), hy.contiguous(), cx.contiguous(), cy.contiguous(), w, g,
-                                        options);
+                                        hx.contiguous(), hy.contiguous(), LossMatrices{cx.contiguous(), cy.contiguous()},
+                                        w, g, options);
   if (blocks == 0) blocks = table.blocks();
   auto partials = at::empty({blocks, kSums}, x.options().dtype(at::kDouble));
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));

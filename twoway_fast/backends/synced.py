@@ -19,7 +19,7 @@ from .._extension import has_kernel
 from ..distributed import count_all_reduce
 from ..dropout import rng_states
 from ..loss_variants import decorrelation_inputs, log_midway
-from ..loss_terms import LossTerms, with_terms, without
+from ..loss_terms import MATRIX_TERMS, LossTerms, with_terms, without
 from ..types import TwoWayOutput
 from . import reference
 
@@ -123,24 +123,25 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: st
 
 def global_terms(out: TwoWayOutput, form: str, where: str, eps: float, midway_form: str, group) -> dict[str, Tensor]:
     """The terms that are no means of per-row terms, over every rank's rows in one all-reduce (each waits
-    for every rank): reference.decorrelation of both representations from the global C = h^T h over N*B
-    rows (for the correlation form of columns centred and scaled by their global statistics) and, in the
-    log form, reference.midway from the global column sums of (hx - hy)^2."""
+    for every rank): each of loss_terms.MATRIX_TERMS from its global C = a^T b over N*B rows of the
+    decorrelation inputs (for the correlation form, columns centred and scaled by their global statistics)
+    and, in the log form, reference.midway from the global column sums of (hx - hy)^2."""
     hx, hy = decorrelation_inputs(out, form, where)
     if form == "correlation":
         zero = hx.new_zeros((), dtype=torch.float64)
         (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
         hx, hy = (hx - mx) / sx, (hy - my) / sy
-    k = hx.shape[1]
-    parts = [hx.T @ hx, hy.T @ hy]
+    h, k = {"x": hx, "y": hy}, hx.shape[1]
+    parts = [h[a].T @ h[b] for a, b in MATRIX_TERMS.values()]
     if midway_form == "log":
         parts.append((out.hx - out.hy).pow(2).sum(0))
     sums = _all_reduce(torch.cat([p.reshape(-1) for p in parts]), group) / global_rows(hx.shape[0], group)
-    cx, cy = sums[:k * k].view(k, k), sums[k * k:2 * k * k].view(k, k)
-    terms = {name: torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
-             for name, c in (("decorr_x", cx), ("decorr_y", cy))}
+    terms = {}
+    for i, name in enumerate(MATRIX_TERMS):
+        c = sums[i * k * k:(i + 1) * k * k].view(k, k)
+        terms[name] = torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
     if midway_form == "log":
-        terms["midway"] = log_midway(sums[2 * k * k:])
+        terms["midway"] = log_midway(sums[len(MATRIX_TERMS) * k * k:])
     return terms
 
 
