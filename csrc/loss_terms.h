@@ -18,13 +18,15 @@ namespace twoway_fast {
 
 // terms = (total, then each term unweighted), as the loss and step ops return them.
 namespace term {
-enum : int { kTotal, kReconX, kReconY, kMidway, kDecorrX, kDecorrY, kWeightDecay, kGammaPenalty, kCount };
+enum : int {
+  kTotal, kReconX, kReconY, kMidway, kDecorrX, kDecorrY, kWeightDecay, kGammaPenalty, kDecorrXy, kCount
+};
 }
 constexpr int kTerms = term::kCount;
 
-// coefficients = (lx, ly, lh, lc, wd, lg), as the ops take them.
+// coefficients = (lx, ly, lh, lc, wd, lg, lxy), as the ops take them.
 namespace coefficient {
-enum : int { kLx, kLy, kLh, kLc, kWd, kLg, kCount };
+enum : int { kLx, kLy, kLh, kLc, kWd, kLg, kLxy, kCount };
 }
 constexpr int kCoefficients = coefficient::kCount;
 
@@ -37,6 +39,7 @@ TWOWAY_HOST_DEVICE constexpr int coefficient_of(int t) {
     case term::kDecorrX:
     case term::kDecorrY: return coefficient::kLc;
     case term::kWeightDecay: return coefficient::kWd;
+    case term::kDecorrXy: return coefficient::kLxy;
     default: return coefficient::kLg;
   }
 }
@@ -58,12 +61,15 @@ constexpr double kMidwayLogEps = 1e-3;
 
 // The sums the terms are computed from, in double, whichever device adds them up.
 namespace sum {
-enum : int { kReconX, kReconY, kMidway, kFroX, kDiagX, kFroY, kDiagY, kWeightDecay, kGammaPenalty, kCount };
+enum : int {
+  kReconX, kReconY, kMidway, kFroX, kDiagX, kFroY, kDiagY, kWeightDecay, kGammaPenalty, kFroXy, kDiagXy, kCount
+};
 }
 constexpr int kSums = sum::kCount;
 // What each sum adds up (a and b the op's tensors, C the decorrelation matrices):
 //   kReconX/kReconY: (x_hat - x)^2, (y_hat - y)^2 over every element;  kMidway: (hx - hy)^2 (the sum form)
-//   kFroX/kFroY: C^2 over every element;  kDiagX/kDiagY: C^2 over the diagonal
+//   kFroX/kFroY/kFroXy: C^2 over every element;  kDiagX/kDiagY/kDiagXy: C^2 over the diagonal (Cxy the
+//   cross-view matrix Hx^T Hy / B)
 //   kWeightDecay: every weight and gamma squared;  kGammaPenalty: every gamma's 1 / gamma^2
 
 // terms from the sums over `rows` rows; the log mid-way term comes summed already (log_midway, from
@@ -78,6 +84,7 @@ TWOWAY_HOST_DEVICE inline void terms_from_sums(const double* s, double rows, int
   t[term::kDecorrY] = ::sqrt(s[sum::kFroY]) - ::sqrt(s[sum::kDiagY]);
   t[term::kWeightDecay] = s[sum::kWeightDecay];
   t[term::kGammaPenalty] = s[sum::kGammaPenalty];
+  t[term::kDecorrXy] = ::sqrt(s[sum::kFroXy]) - ::sqrt(s[sum::kDiagXy]);
   t[term::kTotal] = 0;
   for (int i = 1; i < kTerms; ++i) t[term::kTotal] += coefficients[coefficient_of(i)] * t[i];
 }

@@ -182,6 +182,10 @@ def test_loss_terms_by_hand():
     assert t.gamma_penalty.item() == pytest.approx(4 + 0.25)
     want = 0.625 + 2 * 2 + 3 * 2.5 + 4 * (t.decorr_x + t.decorr_y).item() + 5 * 18.25 + 6 * 4.25
     assert t.total.item() == pytest.approx(want)
+    # Cxy = hx^T hy / 2 = [[5, 7.5], [7, 10]]: the cross-view term, weighed by lxy (0 unless given)
+    assert t.decorr_xy.item() == pytest.approx(math.sqrt(25 + 56.25 + 49 + 100) - math.sqrt(25 + 100))
+    t_xy = reference.loss(out, x, y, w, g, lx=1, ly=2, lh=3, lc=4, wd=5, lg=6, lxy=7)
+    assert t_xy.total.item() == pytest.approx(want + 7 * t.decorr_xy.item())
     # before_dropout: diagonal second moments, nothing off the diagonal to penalise
     t = reference.loss(out, x, y, w, g, decorrelation_input="before_dropout")
     assert t.decorr_x.item() == pytest.approx(0) and t.decorr_y.item() == pytest.approx(0)

@@ -26,16 +26,19 @@ class LossTerms(NamedTuple):
     """sum ||W_i||_F^2 + sum gamma^2."""
     gamma_penalty: Tensor
     """sum 1 / gamma^2."""
+    decorr_xy: Tensor
+    """||Cxy||_F - ||diag Cxy||_2, Cxy the cross-view matrix of hx and hy (the decorrelation's form and inputs)."""
 
 
-# The coefficients in the ops' order, with their defaults (the original's, lh and lc the mnist preset's).
-COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0.05}
+# The coefficients in the ops' order, with their defaults (the original's, lh and lc the mnist preset's; lxy,
+# the cross-view decorrelation's, is no term of the original).
+COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0.05, "lxy": 0.0}
 # The coefficient each term enters the total with, in term order.
 COEFFICIENT_OF = {"recon_x": "lx", "recon_y": "ly", "midway": "lh", "decorr_x": "lc", "decorr_y": "lc",
-                  "weight_decay": "wd", "gamma_penalty": "lg"}
+                  "weight_decay": "wd", "gamma_penalty": "lg", "decorr_xy": "lxy"}
 # The terms ||C||_F - ||diag C||_2 of a matrix C = a^T b / rows of the decorrelation inputs, with the
 # channels of a and b: the synced backend sums each C over every rank's rows.
-MATRIX_TERMS = {"decorr_x": ("x", "x"), "decorr_y": ("y", "y")}
+MATRIX_TERMS = {"decorr_x": ("x", "x"), "decorr_y": ("y", "y"), "decorr_xy": ("x", "y")}
 
 
 def coefficients_of(given: Mapping[str, float]) -> dict[str, float]:

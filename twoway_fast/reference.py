@@ -196,15 +196,24 @@ def midway(hx: Tensor, hy: Tensor, form: str = "sum") -> Tensor:
     return log_midway((hx - hy).pow(2).mean(0)) if form == "log" else squared_distance(hx, hy)
 
 
-def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5) -> Tensor:
-    """||C||_F - ||diag(C)||_2 with C the uncentred second moment h^T h / B ("second_moment") or the
-    batch correlation matrix ("correlation": columns centred, scaled to unit variance with eps)."""
+def standardised(h: Tensor, form: str, eps: float) -> Tensor:
+    """The decorrelation's input: h ("second_moment"), or its columns centred and scaled to unit variance
+    with eps ("correlation")."""
     if form == "correlation":
         centred = h - h.mean(0)
-        h = centred / torch.sqrt(centred.pow(2).mean(0) + eps)
-    elif form != "second_moment":
+        return centred / torch.sqrt(centred.pow(2).mean(0) + eps)
+    if form != "second_moment":
         check_loss_variant(form, "after_dropout")
-    c = h.T @ h / h.shape[0]
+    return h
+
+
+def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5, other: Tensor | None = None) -> Tensor:
+    """||C||_F - ||diag(C)||_2 with C the uncentred second moment h^T h / B ("second_moment") or the
+    batch correlation matrix ("correlation": columns centred, scaled to unit variance with eps). With
+    `other`, the cross-view form: C = h^T other / B of the two views, the same way."""
+    a = standardised(h, form, eps)
+    b = a if other is None else standardised(other, form, eps)
+    c = a.T @ b / h.shape[0]
     return torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
 
 
@@ -213,8 +222,8 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
          decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
          **coefficients: float) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
-    both channels; coefficients lx, ly, lh, lc, wd, lg, by default the original's (faithful) ones (lh, lc
-    of the mnist preset: twoway_fast.loss_terms.COEFFICIENTS)."""
+    both channels; coefficients lx, ly, lh, lc, wd, lg, lxy, by default the original's (faithful) ones (lh,
+    lc of the mnist preset; lxy 0: twoway_fast.loss_terms.COEFFICIENTS)."""
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     return with_total(dict(
         recon_x=squared_distance(x, out.x_hat),
@@ -224,4 +233,5 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
         decorr_y=decorrelation(hy, decorrelation_form, decorrelation_eps),
         weight_decay=sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas),
         gamma_penalty=sum(g.pow(-2).sum() for g in gammas),
+        decorr_xy=decorrelation(hx, decorrelation_form, decorrelation_eps, other=hy),
     ), coefficients)

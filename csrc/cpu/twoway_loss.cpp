@@ -204,26 +204,38 @@ std::pair<Tensor, Tensor> decorrelation_input_cpu(const Tensor& h_in, bool corre
   return {H, inv_std};
 }
 
-// Gradient of w * (||C||_F - ||diag C||_2), C = H^T H / B, with respect to h (H = h, or h's columns
-// standardised): dH = (2 w / B) H G with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0 where
-// its norm is 0), computed as (2 w / B) (H C / ||C||_F - H diag(C) / ||diag C||_2) so that no k x k
-// temporary is built; then through the standardisation dh = inv_std (dH - mean(dH) - H mean(dH * H)).
-// One GEMM, then one pass (three in the correlation form, column means in double) over the B x k block.
-// decorrelation_grad_of takes H and inv_std as decorrelation_input_cpu gives them, C and its norms.
-Tensor decorrelation_grad_of(const Tensor& H, const Tensor& inv_std, const Tensor& c, double fro, double diag,
-                             double w, bool correlation) {
-  const double scale = 2.0 * w / H.size(0);
-  auto dH = at::mm(H, c);
-  const int64_t rows = H.size(0), cols = H.size(1);
-  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "twoway_loss_decorrelation_grad", [&] {
+// Gradient of w * (||C||_F - ||diag C||_2), C = A^T D / B (the decorrelation's H^T H, or the cross-view
+// Hx^T Hy), with respect to A: (w / B) D G^T with G = C / ||C||_F - diag(C) / ||diag C||_2 (a part is 0
+// where its norm is 0), computed as (w / B) (D C^T / ||C||_F - D diag(C) / ||diag C||_2) so that no k x k
+// temporary is built (c_t is C^T; for D = A, where C is symmetric, both sides' share: scale 2 w / B). One
+// GEMM and one pass over the B x k block; added to *dA when it is defined.
+void add_norm_grad(Tensor* dA, const Tensor& D, const Tensor& c_t, double fro, double diag, double scale) {
+  auto g = at::mm(D, c_t);
+  const int64_t rows = D.size(0), cols = D.size(1);
+  AT_DISPATCH_FLOATING_TYPES(D.scalar_type(), "twoway_loss_norm_grad", [&] {
     const auto a = static_cast<scalar_t>(fro > 0 ? scale / fro : 0.0);
     const auto b = static_cast<scalar_t>(diag > 0 ? scale / diag : 0.0);
-    const scalar_t* x = H.data_ptr<scalar_t>();
-    const scalar_t* cd = c.data_ptr<scalar_t>();
-    scalar_t* d = dH.data_ptr<scalar_t>();
+    const scalar_t* x = D.data_ptr<scalar_t>();
+    const scalar_t* cd = c_t.data_ptr<scalar_t>();
+    scalar_t* d = g.data_ptr<scalar_t>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j) d[r * cols + j] = d[r * cols + j] * a - x[r * cols + j] * cd[j * cols + j] * b;
-    if (!correlation) return;
+  });
+  if (dA->defined())
+    dA->add_(g);
+  else
+    *dA = std::move(g);
+}
+
+// The gradient dH with respect to H (decorrelation_input_cpu's) carried to h: in the correlation form
+// through the standardisation, dh = inv_std (dH - mean(dH) - H mean(dH * H)) with the column means in
+// double (three passes over the B x k block), in place; dH itself otherwise.
+Tensor standardisation_grad(Tensor dH, const Tensor& H, const Tensor& inv_std, bool correlation) {
+  if (!correlation) return dH;
+  const int64_t rows = H.size(0), cols = H.size(1);
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "twoway_loss_standardisation_grad", [&] {
+    const scalar_t* x = H.data_ptr<scalar_t>();
+    scalar_t* d = dH.data_ptr<scalar_t>();
     std::vector<double> m1(cols, 0.0), m2(cols, 0.0);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j) {
@@ -307,6 +319,12 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
   if (grads)
     for (int i = 1; i < kTerms; ++i) w[i] = term_weight(grad_terms[0], grad_terms[i], coefficients.data(), i);
   const double B = static_cast<double>(in.x.size(0));
+  // The cross-view term needs both channels' H: its gradient joins theirs before the standardisation's.
+  const bool cross_grad = grads && w[term::kDecorrXy] != 0.0;
+  std::array<Tensor, 2> H, inv_std, dH;
+  const auto carry_to_h = [&](int ch) {
+    (ch == 0 ? r.grad_hx_dec : r.grad_hy_dec) = standardisation_grad(dH[ch], H[ch], inv_std[ch], correlation);
+  };
   side_by_side([&](int ch) {  // a channel each, the midway pair with Y
     const bool is_x = ch == 0;
     squared_distance(is_x ? in.x_hat : in.y_hat, is_x ? in.x : in.y,
@@ -321,15 +339,30 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
       squared_distance(in.hx, in.hy, sums ? &s[sum::kMidway] : nullptr, 2.0 * w[term::kMidway] / B,
                        grads ? &r.grad_hx : nullptr, grads ? &r.grad_hy : nullptr);
     }
-    const auto [H, inv_std] = decorrelation_input_cpu(is_x ? in.hx_dec : in.hy_dec, correlation, eps);
+    std::tie(H[ch], inv_std[ch]) = decorrelation_input_cpu(is_x ? in.hx_dec : in.hy_dec, correlation, eps);
     Tensor& cm = is_x ? r.cx : r.cy;
-    cm = c != nullptr ? c[ch].contiguous() : second_moment(H);
+    cm = c != nullptr ? c[ch].contiguous() : second_moment(H[ch]);
     const auto [fro, diag] = square_norms(cm);
     if (sums) s[is_x ? sum::kFroX : sum::kFroY] = fro, s[is_x ? sum::kDiagX : sum::kDiagY] = diag;
-    if (grads)
-      (is_x ? r.grad_hx_dec : r.grad_hy_dec) = decorrelation_grad_of(
-          H, inv_std, cm, std::sqrt(fro), std::sqrt(diag), w[is_x ? term::kDecorrX : term::kDecorrY], correlation);
+    if (!grads) return;
+    add_norm_grad(&dH[ch], H[ch], cm, std::sqrt(fro), std::sqrt(diag),
+                  2.0 * w[is_x ? term::kDecorrX : term::kDecorrY] / B);
+    if (!cross_grad) carry_to_h(ch);
   });
+  if (sums || cross_grad) {  // the cross-view term: Cxy = Hx^T Hy / B
+    auto cxy = at::empty({H[0].size(1), H[1].size(1)}, H[0].options());
+    at::addmm_out(cxy, cxy, H[0].t(), H[1], /*beta=*/0, /*alpha=*/1.0 / B);
+    const auto [fro, diag] = square_norms(cxy);
+    if (sums) s[sum::kFroXy] = fro, s[sum::kDiagXy] = diag;
+    if (cross_grad) {
+      const auto cxy_t = cxy.t().contiguous();
+      side_by_side([&](int ch) {
+        add_norm_grad(&dH[ch], H[1 - ch], ch == 0 ? cxy_t : cxy, std::sqrt(fro), std::sqrt(diag),
+                      w[term::kDecorrXy] / B);
+        carry_to_h(ch);
+      });
+    }
+  }
   if (sums) {
     const auto square = [](double v) { return v * v; };
     s[sum::kWeightDecay] = sum_over(in.weights, square) + sum_over(in.gammas, square);

@@ -16,16 +16,22 @@ namespace twoway_fast {
 
 // The matrices whose norms the terms take, in the accumulation type (float for half and bfloat16),
 // contiguous: the decorrelation's C = H^T H / B of each channel (the forward op's results, which its
-// backward takes).
+// backward takes) and the cross-view Cxy = Hx^T Hy / B.
 struct LossMatrices {
-  at::Tensor cx, cy;
+  at::Tensor cx, cy, cxy;
 };
+
+// Cxy = Hx^T Hy / B, as second_moment rounds H^T H / B.
+inline at::Tensor cross_moment(const at::Tensor& Hx, const at::Tensor& Hy) {
+  auto c = at::empty({Hx.size(1), Hy.size(1)}, Hx.options());
+  return at::addmm_out(c, c, Hx.t(), Hy, /*beta=*/0, /*alpha=*/1.0 / Hx.size(0));
+}
 
 inline LossMatrices loss_matrices(const at::Tensor& hx_dec, const at::Tensor& hy_dec, bool correlation, double eps) {
   const auto acc = stats_dtype(hx_dec.scalar_type());
   const auto Hx = decorrelation_input(hx_dec.to(acc).contiguous(), correlation, eps);
   const auto Hy = decorrelation_input(hy_dec.to(acc).contiguous(), correlation, eps);
-  return {second_moment(Hx), second_moment(Hy)};
+  return {second_moment(Hx), second_moment(Hy), cross_moment(Hx, Hy)};
 }
 
 // The forward's table: every sum of the terms (sums[kMidway] stays 0 in the log form, which takes column
@@ -40,6 +46,7 @@ inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y,
   if (!has(options, option::kMidwayLog)) table.add(hx, hy, hx.numel(), 1, kSquaredDifference, sum::kMidway, false);
   table.add_norms(m.cx, sum::kFroX, sum::kDiagX);
   table.add_norms(m.cy, sum::kFroY, sum::kDiagY);
+  table.add_norms(m.cxy, sum::kFroXy, sum::kDiagXy);
   for (const auto& t : weights) table.add_all(t, kSquare, sum::kWeightDecay);
   for (const auto& t : gammas) {
     table.add_all(t, kSquare, sum::kWeightDecay);
@@ -55,16 +62,20 @@ inline at::Tensor term_columns(const at::Tensor& hx, const at::Tensor& hy, int64
   return has(options, option::kMidwayLog) ? midway_column_sums(hx, hy) : at::Tensor();
 }
 
-// csrc/cpu/twoway_loss.cpp's decorrelation_grad_of, with the term's weight w and C's norms as 0-dim
-// device tensors; a part whose norm is 0 contributes 0, chosen on the device. h and c in the
-// accumulation type.
-inline at::Tensor decorrelation_grad(const at::Tensor& h, const at::Tensor& c, const at::Tensor& fro,
-                                     const at::Tensor& diag, const at::Tensor& w, bool correlation, double eps) {
-  const auto scale = w * (2.0 / h.size(0));
+// csrc/cpu/twoway_loss.cpp's add_norm_grad: the gradient of w * (||C||_F - ||diag C||_2), C = A^T D / B,
+// with respect to A, from D, c_t = C^T, C's norms as 0-dim device tensors and scale = w / B (2 w / B for
+// D = A); a part whose norm is 0 contributes 0, chosen on the device.
+inline at::Tensor norm_grad(const at::Tensor& D, const at::Tensor& c_t, const at::Tensor& fro, const at::Tensor& diag,
+                            const at::Tensor& scale) {
   const auto zero = at::zeros_like(fro);
-  const auto H = decorrelation_input(h, correlation, eps);
-  auto dH = at::mm(H, c) * at::where(fro > 0, scale / fro, zero);
-  dH = dH - H * c.diagonal() * at::where(diag > 0, scale / diag, zero);
+  const auto dA = at::mm(D, c_t) * at::where(fro > 0, scale / fro, zero);
+  return dA - D * c_t.diagonal() * at::where(diag > 0, scale / diag, zero);
+}
+
+// csrc/cpu/twoway_loss.cpp's standardisation_grad: dH (with respect to H = decorrelation_input(h)) carried
+// to h.
+inline at::Tensor standardisation_grad(const at::Tensor& dH, const at::Tensor& H, const at::Tensor& h, bool correlation,
+                                       double eps) {
   if (!correlation) return dH;
   const auto inv_std = column_moments(h, eps).second;
   return (dH - dH.mean(0) - H * (dH * H).mean(0)) * inv_std;
@@ -87,6 +98,10 @@ inline LossBackwardResult loss_gradients(const at::Tensor& grad_terms, const at:
   SegmentTable table;  // the norms of C
   table.add_norms(cx, sum::kFroX, sum::kDiagX);
   table.add_norms(cy, sum::kFroY, sum::kDiagY);
+  const auto hx_acc = hx_dec.to(acc).contiguous(), hy_acc = hy_dec.to(acc).contiguous();
+  const auto Hx = decorrelation_input(hx_acc, correlation, eps), Hy = decorrelation_input(hy_acc, correlation, eps);
+  const auto cxy = cross_moment(Hx, Hy);  // not saved by the forward: one small GEMM
+  table.add_norms(cxy, sum::kFroXy, sum::kDiagXy);
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
   reduce(table, sums, Tensor(), static_cast<double>(x.size(0)), LossCoefficients(coefficients), options,
          x.scalar_type());
@@ -105,10 +120,14 @@ inline LossBackwardResult loss_gradients(const at::Tensor& grad_terms, const at:
   }
   auto grad_hx = (hx - hy) * midway_scale;
   auto grad_hy = -grad_hx;
-  auto grad_hx_dec = decorrelation_grad(hx_dec.to(acc).contiguous(), cx, norms[sum::kFroX], norms[sum::kDiagX],
-                                        w[term::kDecorrX], correlation, eps);
-  auto grad_hy_dec = decorrelation_grad(hy_dec.to(acc).contiguous(), cy, norms[sum::kFroY], norms[sum::kDiagY],
-                                        w[term::kDecorrY], correlation, eps);
+  // The decorrelation's and the cross-view term's gradients with respect to H, then through H to h.
+  const auto cross_scale = w[term::kDecorrXy] * (1.0 / B);
+  auto dHx = norm_grad(Hx, cx, norms[sum::kFroX], norms[sum::kDiagX], w[term::kDecorrX] * (2.0 / B));
+  dHx = dHx + norm_grad(Hy, cxy.t(), norms[sum::kFroXy], norms[sum::kDiagXy], cross_scale);
+  auto dHy = norm_grad(Hy, cy, norms[sum::kFroY], norms[sum::kDiagY], w[term::kDecorrY] * (2.0 / B));
+  dHy = dHy + norm_grad(Hx, cxy, norms[sum::kFroXy], norms[sum::kDiagXy], cross_scale);
+  const auto grad_hx_dec = standardisation_grad(dHx, Hx, hx_acc, correlation, eps);
+  const auto grad_hy_dec = standardisation_grad(dHy, Hy, hy_acc, correlation, eps);
   std::vector<Tensor> grad_weights, grad_gammas;
   for (const auto& wt : weights) grad_weights.push_back(wt * (w[term::kWeightDecay] * 2.0));
   for (const auto& gm : gammas)
