@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from twoway_fast import data, plots, presets
+from twoway_fast.loss_terms import COEFFICIENT_OF
 from twoway_fast.evaluation import encode, fit_projection
 from twoway_fast.train import Trainer, TrainConfig, build
 
@@ -49,6 +50,11 @@ def test_loss_is_the_stack_of_weighted_terms_and_says_how_each_side_is_measured(
     for ax, part in ((train, "train"), (val, "val")):
         top = ax.collections[-1].get_paths()[0].vertices[:, 1].max()
         assert top == pytest.approx(max(row[part]["total"] for row in log), rel=1e-6)
+    # Each weighted term has its band; a term weighted 0 (the preset's lxy) has none.
+    labels = " ".join(t.get_text() for t in val.get_legend().get_texts())
+    for term, coefficient in COEFFICIENT_OF.items():
+        assert (f" x {term} (" in labels) == (coefficients[coefficient] != 0), term
+    assert coefficients["lxy"] == 0
 
 
 def test_spectrum_is_sorted_against_linear_cca(figures):

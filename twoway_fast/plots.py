@@ -39,10 +39,10 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_losses(log: list[dict], coefficients: dict[str, float], path: Path) -> None:
-    """The loss as it is minimised: each term times its coefficient, stacked, so the top edge is the
-    total; training (mean over the epoch's steps, in training mode) beside validation (eval mode)."""
+    """The loss as it is minimised: each term times its coefficient (those weighted 0 left out), stacked, so
+    the top edge is the total; training (mean over the epoch's steps, in training mode) beside validation (eval mode)."""
     epochs = [row["epoch"] for row in log]
-    terms = TERMS[1:]
+    terms = [t for t in TERMS[1:] if coefficients[COEFFICIENT_OF[t]] != 0]  # the terms that weigh in
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     panels = [("train", "training split: mean over each epoch's steps\n(training mode: dropout, batch statistics)")]
     if all("val" in row for row in log):
