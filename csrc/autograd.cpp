@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "op_results.h"
 namespace twoway_fast {
 namespace {
 
@@ -15,16 +16,6 @@ using at::Tensor;
 using at::TensorList;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using NetResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                             std::vector<Tensor>, std::vector<Tensor>>;
-using NetBackwardResult = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>,
-                                     std::vector<Tensor>, std::vector<Tensor>>;
-using BlockResult = std::tuple<Tensor, Tensor, Tensor>;
-using BlockWithStatsBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-using LossResult = std::tuple<Tensor, Tensor, Tensor>;
-using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                                      std::vector<Tensor>>;
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {

@@ -22,6 +22,8 @@
 #include <limits>
 #include <tuple>
 
+#include "op_results.h"
+
 namespace twoway_fast {
 
 // Everything the counting pass needs besides the block.
@@ -105,9 +107,8 @@ inline std::tuple<at::Tensor, at::Tensor> band(const at::Tensor& centre, const a
 // true_scores(a, b, group) -> (m,) double: dot64(a[group[j]], b[j]). count(block, row0, prep,
 // ranks_a rows of the tile, counts_b): see the kernels.
 template <typename TrueScores, typename Count>
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_tiled(const at::Tensor& a_in, const at::Tensor& b_in,
-                                                         const at::Tensor& group_in, int64_t tile_rows,
-                                                         TrueScores&& true_scores, Count&& count) {
+RanksResult retrieval_ranks_tiled(const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& group_in,
+                                  int64_t tile_rows, TrueScores&& true_scores, Count&& count) {
   check_retrieval_inputs(a_in, b_in, group_in, tile_rows);
   const bool reduced = a_in.scalar_type() == at::kHalf || a_in.scalar_type() == at::kBFloat16;
   Prepared p;

@@ -1,6 +1,6 @@
-// The one TORCH_LIBRARY block: every op schema of twoway_fast, defined once. Kernels register per
-// dispatch key in csrc/cpu/*.cpp and csrc/cuda/*.cu, every op's autograd in csrc/autograd.cpp, every
-// fake kernel in twoway_fast/ops.py.
+// The one TORCH_LIBRARY block: every op schema of twoway_fast, defined once (the C++ type of each op's
+// results: csrc/op_results.h). Kernels register per dispatch key in csrc/cpu/*.cpp and csrc/cuda/*.cu,
+// every op's autograd in csrc/autograd.cpp, every fake kernel in twoway_fast/ops.py.
 #include <Python.h>
 #include <torch/library.h>
 

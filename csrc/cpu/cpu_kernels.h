@@ -10,14 +10,11 @@
 #include <vector>
 
 #include "loss_terms.h"  // kSums
+#include "op_results.h"
 #include "tied_gemm.h"   // Products
 
 namespace twoway_fast {
 
-using NetForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                    std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
-using NetBackwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                                     std::vector<at::Tensor>, std::vector<at::Tensor>>;
 // Called with (k, dW_k) on the thread that computed weights[k]'s gradient, right after its GEMM,
 // while dW_k is in that core's cache; the op has no further use of weights[k] by then.
 using WeightGradHook = std::function<void(int64_t, at::Tensor&)>;
@@ -31,7 +28,7 @@ struct NetCarry {
 
 // carry_out: where given, receives the NetCarry. products: the dtype the GEMMs multiply in
 // (csrc/tied_gemm.h), both directions.
-NetForwardResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
+NetResult twoway_net_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList weights,
                                 at::TensorList bias, at::TensorList gamma, at::TensorList beta,
                                 const at::Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
                                 at::ArrayRef<double> leak, double eps, bool act_first,

@@ -9,14 +9,14 @@
 #include "cpu/block_backward.h"
 #include "cpu/block_forward.h"
 #include "cpu/dropout_multipliers.h"
+#include "op_results.h"
 #include "philox.h"
 
 namespace twoway_fast {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in,
-                                                                const at::Tensor& beta_in, const at::Tensor& rng_state,
-                                                                double p, double leak, double eps, bool act_first) {
+BlockResult hidden_block_cpu(const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                             const at::Tensor& rng_state, double p, double leak, double eps, bool act_first) {
   check_hidden_block(z_in, gamma_in, beta_in, rng_state, p);
   // block_forward adds a bias to z in place in act_first order: give it its own copy (and a zero bias).
   const auto z = act_first ? z_in.contiguous().clone() : z_in.contiguous();
@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cpu(const at::Tensor
   return {out, mean, std};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cpu(
+BlockResult hidden_block_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
     const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
     bool act_first) {

@@ -8,6 +8,7 @@
 #include "cpu/block_backward.h"
 #include "cpu/block_forward.h"
 #include "cpu/dropout_multipliers.h"
+#include "op_results.h"
 #include "philox.h"
 
 namespace twoway_fast {
@@ -33,7 +34,7 @@ at::Tensor hidden_block_with_stats_cpu(const at::Tensor& z_in, const at::Tensor&
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hidden_block_with_stats_backward_cpu(
+BlockWithStatsBackwardResult hidden_block_with_stats_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
     const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
     bool act_first) {

@@ -81,8 +81,8 @@ void count_block(const at::Tensor& block, int64_t row0, const Prepared& p, int64
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cpu(const at::Tensor& a, const at::Tensor& b,
-                                                       const at::Tensor& group, int64_t tile_rows) {
+RanksResult retrieval_ranks_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group,
+                                int64_t tile_rows) {
   TORCH_CHECK(a.device().is_cpu(), "retrieval_ranks (CPU kernel): expected CPU tensors, got ", a.device());
   auto count = [](const at::Tensor& block, int64_t row0, const Prepared& p, at::Tensor ranks_a,
                   at::Tensor& counts_b) {

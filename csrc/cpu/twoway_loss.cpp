@@ -25,10 +25,6 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-using LossResult = std::tuple<Tensor, Tensor, Tensor>;
-using LossBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                                      std::vector<Tensor>>;
-
 constexpr int kSumLanes = 16;           // partial sums per reduction (see lane_sum)
 constexpr int64_t kSumGrain = 1 << 17;  // elements below which a reduction runs on the calling thread
 

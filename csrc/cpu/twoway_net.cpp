@@ -67,7 +67,7 @@ void add_row_vector(T* m, const T* v, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-NetForwardResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
+NetResult twoway_net_cpu(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                                 TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                                 at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
                                 bool act_first, NetCarry* carry_out, Products products) {
@@ -194,7 +194,7 @@ NetBackwardResult twoway_net_backward_cpu(
 namespace {
 
 // The registered ops: masks drawn by each, no hook.
-NetForwardResult twoway_net_op(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias, TensorList gamma,
+NetResult twoway_net_op(const Tensor& x, const Tensor& y, TensorList weights, TensorList bias, TensorList gamma,
                                TensorList beta, const Tensor& rng_states, at::ArrayRef<double> p, int64_t repr,
                                at::ArrayRef<double> leak, double eps, bool act_first) {
   return twoway_net_cpu(x, y, weights, bias, gamma, beta, rng_states, p, repr, leak, eps, act_first);

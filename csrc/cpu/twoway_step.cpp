@@ -106,8 +106,6 @@ struct StepUpdate {
   }
 };
 
-using StepResult = std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>;
-
 // The network and the loss as the training-step ops take them.
 struct StepArgs {
   const Tensor& x;

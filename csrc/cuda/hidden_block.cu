@@ -9,13 +9,13 @@
 
 #include "checks.h"
 #include "cuda/block_passes.cuh"
+#include "op_results.h"
 
 namespace twoway_fast {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cuda(const at::Tensor& z_in, const at::Tensor& gamma_in,
-                                                                 const at::Tensor& beta_in, const at::Tensor& rng_state,
-                                                                 double p, double leak, double eps, bool act_first) {
+BlockResult hidden_block_cuda(const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                              const at::Tensor& rng_state, double p, double leak, double eps, bool act_first) {
   check_hidden_block(z_in, gamma_in, beta_in, rng_state, p);
   const c10::cuda::CUDAGuard guard(z_in.device());
   // No bias here, so the forward pass never writes z (it may be the caller's tensor).
@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_cuda(const at::Tenso
   return {out, mean.to(z.scalar_type()), std.to(z.scalar_type())};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> hidden_block_backward_cuda(
+BlockResult hidden_block_backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& z_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
     const at::Tensor& mean_in, const at::Tensor& std_in, const at::Tensor& rng_state, double p, double leak,
     bool act_first) {

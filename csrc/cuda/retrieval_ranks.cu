@@ -113,8 +113,8 @@ void count_cuda(const at::Tensor& block, int64_t row0, const Prepared& p, at::Te
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cuda(const at::Tensor& a, const at::Tensor& b,
-                                                        const at::Tensor& group, int64_t tile_rows) {
+RanksResult retrieval_ranks_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& group,
+                                 int64_t tile_rows) {
   TORCH_CHECK(a.is_cuda(), "retrieval_ranks (CUDA kernel): expected CUDA tensors, got ", a.device());
   const c10::cuda::CUDAGuard guard(a.device());
   return retrieval_ranks_tiled(a, b, group, tile_rows, true_scores_cuda, count_cuda);

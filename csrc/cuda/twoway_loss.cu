@@ -27,7 +27,7 @@ std::vector<Tensor> contiguous_all(TensorList list) {
   return out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> twoway_loss_cuda(const Tensor& x_in, const Tensor& y_in, const Tensor& x_hat_in,
+LossResult twoway_loss_cuda(const Tensor& x_in, const Tensor& y_in, const Tensor& x_hat_in,
                                                     const Tensor& y_hat_in, const Tensor& hx_in, const Tensor& hy_in,
                                                     const Tensor& hx_dec, const Tensor& hy_dec, TensorList weights,
                                                     TensorList gammas, at::ArrayRef<double> coefficients,

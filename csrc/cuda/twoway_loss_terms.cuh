@@ -10,6 +10,7 @@
 
 #include "cuda/loss_sums.cuh"
 #include "loss_terms.h"
+#include "op_results.h"
 #include "twoway_loss_common.h"  // decorrelation_input, column_moments
 
 namespace twoway_fast {
@@ -80,9 +81,6 @@ inline at::Tensor standardisation_grad(const at::Tensor& dH, const at::Tensor& H
   const auto inv_std = column_moments(h, eps).second;
   return (dH - dH.mean(0) - H * (dH * H).mean(0)) * inv_std;
 }
-
-using LossBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                      std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 // The gradients of sum_i grad_terms[i] * terms[i] (the backward op's results) from C in the accumulation
 // type, contiguous.

@@ -13,6 +13,7 @@
 
 #include "channel_layout.h"
 #include "cuda/block_passes.cuh"
+#include "op_results.h"
 #include "twoway_net_checks.h"
 
 namespace twoway_fast {
@@ -26,10 +27,7 @@ T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
-                                 std::vector<Tensor>, std::vector<Tensor>>;
-
-ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
+NetResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList weights_in, TensorList bias_in,
                               TensorList gamma_in, TensorList beta_in, const Tensor& rng_states,
                               at::ArrayRef<double> p, int64_t repr, at::ArrayRef<double> leak, double eps,
                               bool act_first) {
@@ -78,10 +76,7 @@ ForwardResult twoway_net_cuda(const Tensor& x_in, const Tensor& y_in, TensorList
   return {out[1], out[0], h[0], h[1], h_pre[0], h_pre[1], z, mean, std};
 }
 
-using BackwardResult = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
-                                  std::vector<Tensor>>;
-
-BackwardResult twoway_net_backward_cuda(
+NetBackwardResult twoway_net_backward_cuda(
     const c10::optional<Tensor>& grad_x_hat, const c10::optional<Tensor>& grad_y_hat,
     const c10::optional<Tensor>& grad_hx, const c10::optional<Tensor>& grad_hy,
     const c10::optional<Tensor>& grad_hx_pre, const c10::optional<Tensor>& grad_hy_pre, const Tensor& x_in,
