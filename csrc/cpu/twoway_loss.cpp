@@ -1,6 +1,7 @@
 // CPU kernel of the 2-Way loss (docs/method.md#the-loss): one pass (twoway_loss_pass) that the loss op, its
 // backward and the training-step ops run, computing each term's sums (loss_terms.h) and gradient: one pass
-// per distance, the decorrelation's matrix C as one small GEMM, sums in double.
+// per distance, each matrix a term takes norms of (C of each view, the cross-view Cxy) one small GEMM,
+// sums in double.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
