@@ -26,11 +26,14 @@ inline at::Tensor decorrelation_input(const at::Tensor& h, bool correlation, dou
   return (h - mean) * inv_std;
 }
 
-// C = H^T H / B, one GEMM.
-inline at::Tensor second_moment(const at::Tensor& H) {
-  auto c = at::empty({H.size(1), H.size(1)}, H.options());
-  return at::addmm_out(c, c, H.t(), H, /*beta=*/0, /*alpha=*/1.0 / H.size(0));
+// C = A^T D / B (B rows), one GEMM: the cross-view Cxy = Hx^T Hy / B.
+inline at::Tensor cross_moment(const at::Tensor& A, const at::Tensor& D) {
+  auto c = at::empty({A.size(1), D.size(1)}, A.options());
+  return at::addmm_out(c, c, A.t(), D, /*beta=*/0, /*alpha=*/1.0 / A.size(0));
 }
+
+// C = H^T H / B, one GEMM.
+inline at::Tensor second_moment(const at::Tensor& H) { return cross_moment(H, H); }
 
 inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
   TORCH_CHECK(t.sizes() == like.sizes(), name, " must have the shape of ", like_name, " ", like.sizes(), ", got ",

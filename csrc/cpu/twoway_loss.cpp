@@ -18,7 +18,7 @@
 #include "cpu/parallel_chunks.h"  // kParallelMinElements, grain_for
 #include "cpu/side_by_side.h"
 #include "loss_terms.h"
-#include "twoway_loss_common.h"  // check_loss_inputs, second_moment
+#include "twoway_loss_common.h"  // check_loss_inputs, second_moment, cross_moment
 
 namespace twoway_fast {
 namespace {
@@ -347,8 +347,7 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
     if (!cross_grad) carry_to_h(ch);
   });
   if (sums || cross_grad) {  // the cross-view term: Cxy = Hx^T Hy / B
-    auto cxy = at::empty({H[0].size(1), H[1].size(1)}, H[0].options());
-    at::addmm_out(cxy, cxy, H[0].t(), H[1], /*beta=*/0, /*alpha=*/1.0 / B);
+    const auto cxy = cross_moment(H[0], H[1]);
     const auto [fro, diag] = square_norms(cxy);
     if (sums) s[sum::kFroXy] = fro, s[sum::kDiagXy] = diag;
     if (cross_grad) {

@@ -11,7 +11,7 @@
 #include "cuda/loss_sums.cuh"
 #include "loss_terms.h"
 #include "op_results.h"
-#include "twoway_loss_common.h"  // decorrelation_input, column_moments
+#include "twoway_loss_common.h"  // decorrelation_input, column_moments, second_moment, cross_moment
 
 namespace twoway_fast {
 
@@ -21,12 +21,6 @@ namespace twoway_fast {
 struct LossMatrices {
   at::Tensor cx, cy, cxy;
 };
-
-// Cxy = Hx^T Hy / B, as second_moment rounds H^T H / B.
-inline at::Tensor cross_moment(const at::Tensor& Hx, const at::Tensor& Hy) {
-  auto c = at::empty({Hx.size(1), Hy.size(1)}, Hx.options());
-  return at::addmm_out(c, c, Hx.t(), Hy, /*beta=*/0, /*alpha=*/1.0 / Hx.size(0));
-}
 
 inline LossMatrices loss_matrices(const at::Tensor& hx_dec, const at::Tensor& hy_dec, bool correlation, double eps) {
   const auto acc = stats_dtype(hx_dec.scalar_type());
