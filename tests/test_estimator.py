@@ -56,6 +56,22 @@ def test_fit_transform_score():
         clone(est).fit(x, None)
 
 
+def test_preprocess_standardize_makes_the_fit_blind_to_each_columns_scale_and_offset():
+    x, y = two_views()
+    scale_x, scale_y = np.float32(1000) * np.arange(1, 11, dtype=np.float32), np.float32(1e-3)
+    shifted = (x * scale_x + 50, y * scale_y - 7)
+    kw = dict(hidden=[32, 4, 32], lc=3.0, epochs=5, lr=1e-3, optimizer="Adam", batch_size=32)
+    held_out = two_views(seed=1)
+    held_out_shifted = (held_out[0] * scale_x + 50, held_out[1] * scale_y - 7)
+    plain = TwoWayEstimator(preprocess="standardize", **kw).fit(x, y)
+    moved = TwoWayEstimator(preprocess="standardize", **kw).fit(*shifted)
+    assert moved.score(*held_out_shifted) == pytest.approx(plain.score(*held_out), abs=1e-3)
+    raw = TwoWayEstimator(**kw).fit(*shifted)  # the mnist preset's "none" sees the scales
+    assert abs(raw.score(*held_out_shifted) - plain.score(*held_out)) > 1e-2
+    with pytest.raises(ValueError, match="data.preprocess must be one of"):
+        TwoWayEstimator(preprocess="zscore", **kw).fit(x, y)
+
+
 def test_pipeline_and_grid_search():
     x, y = two_views(200)
     pipe = make_pipeline(StandardScaler(), TwoWayEstimator(hidden=[16, 4, 16], epochs=3, batch_size=50))

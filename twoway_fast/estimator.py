@@ -66,6 +66,9 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         epochs: 20 by default (None: the preset's, 20 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
+        preprocess: "none", "standardize" or "l2_rows", applied to each view; None = the preset's
+            (mnist: "none", for pixels in [0, 1]). "standardize" makes the fit independent of each
+            column's scale and offset, which "none" is not (docs/method.md#data).
         validation_fraction: the share of the rows held out (by the preset's data.split_seed) to pick
             the best epoch by the preset's train.select, as the command line does; the model returned
             is that epoch's. 0 or None, or too few rows to hold out 2: no validation, the last epoch.
@@ -82,7 +85,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def __init__(self, preset="mnist", faithful=False, n_components=None, hidden=None, repr_layer=None, dropout=None,
                  bn_eps=None, lh=None, lc=None, epochs=20, batch_size=None, lr=None, optimizer=None,
-                 validation_fraction=0.1, device="cpu", random_state=0, verbose=False):
+                 preprocess=None, validation_fraction=0.1, device="cpu", random_state=0, verbose=False):
         self.preset = preset
         self.faithful = faithful
         self.n_components = n_components
@@ -96,6 +99,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.batch_size = batch_size
         self.lr = lr
         self.optimizer = optimizer
+        self.preprocess = preprocess
         self.validation_fraction = validation_fraction
         self.device = device
         self.random_state = random_state
@@ -178,7 +182,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                              f"n_samples={X.shape[0]}")
         seed = self._seed()
         base = presets.resolve(self.preset, self.faithful)
-        data = DataConfig(**base.data)
+        data = DataConfig(**base.data | ({} if self.preprocess is None else {"preprocess": self.preprocess}))
         train_rows, val_rows = self._held_out(RawSplit(X, Y, "the rows given to fit"), data)
         preset = self._preset(train_rows.x.shape[0], seed)
         fitted = fit_preprocessing(train_rows, data)
