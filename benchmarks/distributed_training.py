@@ -1,5 +1,5 @@
 """Data-parallel training throughput: samples/s of the Trainer (twoway_fast.train) in 1 and 2 processes
-(gloo on 127.0.0.1, as torchrun sets up), and the bytes (and calls) each process all-reduces per step.
+(gloo on 127.0.0.1, as torchrun sets up), and the bytes (and collectives) each process sends per step.
 
     .venv/bin/python benchmarks/distributed_training.py [--steps 40] [--epochs 2] [--rounds 3] [--backend fused]
 
@@ -48,10 +48,10 @@ def _worker(rank: int, world: int, port: int, threads: int, steps: int, epochs: 
     config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=1e-4, sync_stats=sync)
     trainer = Trainer(model, criterion, data.Split(x, y, None, torch.device("cpu")), None, config, None,
                       progress=False)
-    before, calls = distributed.bytes_all_reduced, distributed.all_reduce_calls
+    before, calls = distributed.bytes_sent, distributed.collective_calls
     log = trainer.fit()
-    per_step = (distributed.bytes_all_reduced - before) / (epochs * steps)
-    calls_per_step = (distributed.all_reduce_calls - calls) / (epochs * steps)
+    per_step = (distributed.bytes_sent - before) / (epochs * steps)
+    calls_per_step = (distributed.collective_calls - calls) / (epochs * steps)
     if rank == 0:
         grads = sum(p.numel() * p.element_size() for p in model.parameters())
         Path(out).write_text(json.dumps({"samples_per_s": [row["samples_per_s"] for row in log],
@@ -92,9 +92,9 @@ def main():
         r = results[name]
         stats = r["bytes_per_step"] - r["gradient_bytes"]
         print(f"{name:<28} {world} x {threads} threads: best {max(r['samples_per_s']):8.0f} samples/s "
-              f"(epochs: {', '.join(f'{s:.0f}' for s in r['samples_per_s'])}); all-reduced per step and process "
+              f"(epochs: {', '.join(f'{s:.0f}' for s in r['samples_per_s'])}); sent per step and process "
               f"{r['bytes_per_step']:.0f} B = gradients {r['gradient_bytes']} B + statistics and metrics "
-              f"{stats:.0f} B, in {r['calls_per_step']:.2f} all-reduces", flush=True)
+              f"{stats:.0f} B, in {r['calls_per_step']:.2f} collectives", flush=True)
     base = max(results["1 process"]["samples_per_s"])
     for name in results:
         print(f"{name:<28} / 1 process: {max(results[name]['samples_per_s']) / base:.2f}x")

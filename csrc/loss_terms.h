@@ -4,7 +4,7 @@
 // csrc/cuda/twoway_loss_terms.cuh) and differentiates them. Python's copy: twoway_fast/loss_terms.py
 // (tests/test_loss_terms.py reads this header against it).
 #pragma once
-#include <math.h>  // ::sqrt, the same function on the host and (under nvcc) on the device
+#include <math.h>  // ::sqrt, ::log: the same functions on the host and (under nvcc) on the device
 
 #include <cstdint>
 
@@ -19,14 +19,15 @@ namespace twoway_fast {
 // terms = (total, then each term unweighted), as the loss and step ops return them.
 namespace term {
 enum : int {
-  kTotal, kReconX, kReconY, kMidway, kDecorrX, kDecorrY, kWeightDecay, kGammaPenalty, kDecorrXy, kCount
+  kTotal, kReconX, kReconY, kMidway, kDecorrX, kDecorrY, kWeightDecay, kGammaPenalty, kDecorrXy, kUniformX,
+  kUniformY, kCount
 };
 }
 constexpr int kTerms = term::kCount;
 
-// coefficients = (lx, ly, lh, lc, wd, lg, lxy), as the ops take them.
+// coefficients = (lx, ly, lh, lc, wd, lg, lxy, lu), as the ops take them.
 namespace coefficient {
-enum : int { kLx, kLy, kLh, kLc, kWd, kLg, kLxy, kCount };
+enum : int { kLx, kLy, kLh, kLc, kWd, kLg, kLxy, kLu, kCount };
 }
 constexpr int kCoefficients = coefficient::kCount;
 
@@ -40,6 +41,8 @@ TWOWAY_HOST_DEVICE constexpr int coefficient_of(int t) {
     case term::kDecorrY: return coefficient::kLc;
     case term::kWeightDecay: return coefficient::kWd;
     case term::kDecorrXy: return coefficient::kLxy;
+    case term::kUniformX:
+    case term::kUniformY: return coefficient::kLu;
     default: return coefficient::kLg;
   }
 }
@@ -59,10 +62,16 @@ TWOWAY_HOST_DEVICE constexpr bool has(int64_t options, int64_t bit) { return (op
 // representations match exactly (d_i = 0).
 constexpr double kMidwayLogEps = 1e-3;
 
+// The uniformity term's temperature t in exp(-t ||u_i - u_j||^2) (Wang and Isola's t = 2), and the
+// smallest norm a centred code row is divided by (a constant row's u is 0, not NaN).
+constexpr double kUniformityTemperature = 2.0;
+constexpr double kUniformityEps = 1e-12;
+
 // The sums the terms are computed from, in double, whichever device adds them up.
 namespace sum {
 enum : int {
-  kReconX, kReconY, kMidway, kFroX, kDiagX, kFroY, kDiagY, kWeightDecay, kGammaPenalty, kFroXy, kDiagXy, kCount
+  kReconX, kReconY, kMidway, kFroX, kDiagX, kFroY, kDiagY, kWeightDecay, kGammaPenalty, kFroXy, kDiagXy,
+  kGapsX, kGapsDiagX, kGapsY, kGapsDiagY, kCount
 };
 }
 constexpr int kSums = sum::kCount;
@@ -71,6 +80,15 @@ constexpr int kSums = sum::kCount;
 //   kFroX/kFroY/kFroXy: C^2 over every element;  kDiagX/kDiagY/kDiagXy: C^2 over the diagonal (Cxy the
 //   cross-view matrix Hx^T Hy / B)
 //   kWeightDecay: every weight and gamma squared;  kGammaPenalty: every gamma's 1 / gamma^2
+//   kGapsX/kGapsY: exp(2 t (G_ij - 1)) = exp(-t ||u_i - u_j||^2) over every element of G = U U^T (U the
+//   decorrelation input's rows, each centred and scaled to unit norm: the uniformity term's points);
+//   kGapsDiagX/kGapsDiagY: the same over the diagonal (i = j, no pair)
+
+// The uniformity term, log mean_{i != j} exp(-t ||u_i - u_j||^2), from the sums over every element of G and
+// over its diagonal; 0 for fewer than two rows (no pair).
+TWOWAY_HOST_DEVICE inline double uniformity(double gaps, double diag, double rows) {
+  return rows < 2 ? 0.0 : ::log((gaps - diag) / (rows * (rows - 1)));
+}
 
 // terms from the sums over `rows` rows; the log mid-way term comes summed already (log_midway, from
 // per-column sums each device adds in its own order). The total last, each term times its coefficient
@@ -85,6 +103,8 @@ TWOWAY_HOST_DEVICE inline void terms_from_sums(const double* s, double rows, int
   t[term::kWeightDecay] = s[sum::kWeightDecay];
   t[term::kGammaPenalty] = s[sum::kGammaPenalty];
   t[term::kDecorrXy] = ::sqrt(s[sum::kFroXy]) - ::sqrt(s[sum::kDiagXy]);
+  t[term::kUniformX] = uniformity(s[sum::kGapsX], s[sum::kGapsDiagX], rows);
+  t[term::kUniformY] = uniformity(s[sum::kGapsY], s[sum::kGapsDiagY], rows);
   t[term::kTotal] = 0;
   for (int i = 1; i < kTerms; ++i) t[term::kTotal] += coefficients[coefficient_of(i)] * t[i];
 }

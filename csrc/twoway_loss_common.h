@@ -1,6 +1,6 @@
 // The parts of the 2-Way loss op (docs/method.md#the-loss) shared by its CPU and CUDA kernels besides the
-// terms' description (loss_terms.h): input checks and the decorrelation's matrix C, all through ATen (any
-// device, no host reads).
+// terms' description (loss_terms.h): input checks, the decorrelation's matrix C and the uniformity term's
+// points and gradient, all through ATen (any device, no host reads).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -35,6 +35,36 @@ inline at::Tensor cross_moment(const at::Tensor& A, const at::Tensor& D) {
 // C = H^T H / B, one GEMM.
 inline at::Tensor second_moment(const at::Tensor& H) { return cross_moment(H, H); }
 
+// The uniformity term's points: each row of h centred over its columns and divided by its norm, at least
+// kUniformityEps (the divisors kept, (B, 1)).
+struct UnitRows {
+  at::Tensor u, norms;
+};
+
+inline UnitRows unit_rows(const at::Tensor& h) {
+  const auto c = h - h.mean(1, /*keepdim=*/true);
+  auto norms = at::linalg_vector_norm(c, 2, 1, /*keepdim=*/true).clamp_min(kUniformityEps);
+  return {c / norms, std::move(norms)};
+}
+
+// E = exp(2 t (U U^T - 1)), each element exp(-t ||u_i - u_j||^2) of two unit rows: the uniformity term is
+// log(S / (B (B - 1))) of S, the sum of E off its diagonal. One B x B x k GEMM.
+inline at::Tensor gaps(const at::Tensor& u) {
+  return at::mm(u, u.t()).sub_(1).mul_(2 * kUniformityTemperature).exp_();
+}
+
+// The gradient of w * log(S) with respect to h, from E = gaps(u) (its diagonal zeroed here) and w_over_s = w / S
+// (a double, or a 0-dim device tensor): dU = 4 t (w / S) E U, through the row norms (dc = (du - u (u . du)) / n
+// where the norm was not clamped, du / n where it was) and the row centring (dh = dc - its row mean).
+template <typename Scale>
+at::Tensor uniformity_grad(at::Tensor e, const UnitRows& points, const Scale& w_over_s) {
+  e.diagonal().zero_();
+  const auto du = at::mm(e, points.u) * (w_over_s * (4 * kUniformityTemperature));
+  const auto radial = (points.u * du).sum(1, /*keepdim=*/true) * (points.norms > kUniformityEps);
+  const auto dc = (du - points.u * radial) / points.norms;
+  return dc - dc.mean(1, /*keepdim=*/true);
+}
+
 inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
   TORCH_CHECK(t.sizes() == like.sizes(), name, " must have the shape of ", like_name, " ", like.sizes(), ", got ",
               t.sizes());
@@ -64,7 +94,7 @@ inline void check_loss_inputs(const at::Tensor& x, const at::Tensor& y, const at
   TORCH_CHECK(x.size(0) == y.size(0) && x.size(0) == hx.size(0), "x, y and hx must have the same rows, got ",
               x.size(0), ", ", y.size(0), " and ", hx.size(0));
   TORCH_CHECK(x.size(0) >= 1, "the loss needs at least one row");
-  TORCH_CHECK(coefficients.size() == kCoefficients, "coefficients must be (lx, ly, lh, lc, wd, lg), got ",
+  TORCH_CHECK(coefficients.size() == kCoefficients, "coefficients must be (lx, ly, lh, lc, wd, lg, lxy, lu), got ",
               coefficients.size(), " values");
   TORCH_CHECK((options & ~option::kAll) == 0, "loss_options must combine the bits of ", option::kAll, ", got ",
               options);

@@ -28,7 +28,7 @@ def trainer(run_dir=None, *, backend="fused", order="act_then_bn", form="second_
     torch.manual_seed(0)
     model = TwoWayNet(32, 32, [24, 8, 24], order=order, backend=backend, dropout=[0.5, 0.0, 0.5],
                       repr_affine=repr_affine).to(dtype)
-    criterion = TwoWayLoss(model, lh=2.0, lc=2.0, lxy=0.5, decorrelation=form, decorrelation_input="before_dropout",
+    criterion = TwoWayLoss(model, lh=2.0, lc=2.0, lxy=0.5, lu=0.8, decorrelation=form, decorrelation_input="before_dropout",
                            midway=midway)
     config = TrainConfig(epochs=epochs, batch_size=16, lr=lr, lr_milestones=[], sync_stats=sync_stats)
     train = digits_split("train", dtype, ROWS)

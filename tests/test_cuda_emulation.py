@@ -102,7 +102,7 @@ def test_emulated_half_precision_kernels_match_float32_cpu_passes(kernels, act_f
         torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol * scale, msg=lambda m: f"{dtype} {name}: {m}")
 
 
-def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, cxy, weights, gammas, midway_log=False):
+def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, cxy, ex, ey, weights, gammas, midway_log=False):
     """The kernel's sums (csrc/loss_terms.h's sum order) in float64 torch (the midway sum 0 in the log form,
     which takes column sums instead)."""
     d = lambda t: t.double()  # noqa: E731
@@ -111,7 +111,8 @@ def expected_sums(x, y, x_hat, y_hat, hx, hy, cx, cy, cxy, weights, gammas, midw
     return torch.stack([square(d(x) - d(x_hat)), square(d(y) - d(y_hat)), midway, square(cx),
                         square(cx.diagonal()), square(cy), square(cy.diagonal()),
                         sum(square(t) for t in [*weights, *gammas]), sum(d(g).pow(-2).sum() for g in gammas),
-                        square(cxy), square(cxy.diagonal())])
+                        square(cxy), square(cxy.diagonal()), d(ex).sum(), d(ex).diagonal().sum(), d(ey).sum(),
+                        d(ey).diagonal().sum()])
 
 
 def cross_matrix(hx_dec, hy_dec, correlation=False):
@@ -119,6 +120,14 @@ def cross_matrix(hx_dec, hy_dec, correlation=False):
     form = "correlation" if correlation else "second_moment"
     a, b = (reference.standardised(h.float() if h.dtype in HALF_TOLERANCE else h, form, 1e-5) for h in (hx_dec, hy_dec))
     return a.T @ b / a.shape[0]
+
+
+def gaps(h_dec):
+    """The op's uniformity matrix E = exp(4 (U U^T - 1)) of a decorrelation input (float32 for half and
+    bfloat16)."""
+    h = h_dec.float() if h_dec.dtype in HALF_TOLERANCE else h_dec
+    u = torch.nn.functional.normalize(h - h.mean(1, keepdim=True), dim=1, eps=1e-12)
+    return torch.exp(4 * (u @ u.T - 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -131,11 +140,11 @@ def test_emulated_loss_kernels_match_cpu_op(loss_kernels, batch, dx, dy, k, corr
     coefficients = list(COEFFICIENTS.values())
     terms, cx, cy = ops.twoway_loss(x, y, *out, weights, gammas, coefficients, options(midway_log, correlation),
                                     1e-5)  # the CPU op
-    cxy = cross_matrix(out[4], out[5], correlation)
-    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas, coefficients,
+    cxy, ex, ey = cross_matrix(out[4], out[5], correlation), gaps(out[4]), gaps(out[5])
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas, coefficients,
                                           options(midway_log, False), 0)
-    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas, midway_log), rtol=1e-12,
-                               atol=1e-12)
+    want = expected_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas, midway_log)
+    torch.testing.assert_close(sums, want, rtol=1e-12, atol=1e-12)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(got, terms, rtol=tol, atol=tol)
 
@@ -147,11 +156,11 @@ def test_emulated_loss_kernels_with_more_tiles_than_blocks(loss_kernels):
     out, gammas = [t.detach() for t in out], [g.detach() for g in gammas]
     weights = [w.detach() for w in weights] + [torch.empty(0, 7), torch.randn(300, 200)]  # an empty segment too
     cx, cy = (h.T @ h / h.shape[0] for h in out[2:4])
-    cxy = cross_matrix(out[2], out[3])
-    sums, _, table_blocks = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas,
+    cxy, ex, ey = cross_matrix(out[2], out[3]), gaps(out[2]), gaps(out[3])
+    sums, _, table_blocks = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas,
                                                    list(COEFFICIENTS.values()), 0, 3)
     assert table_blocks > 3 * 4, "the table has several tiles per block"
-    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas), rtol=1e-12,
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas), rtol=1e-12,
                                atol=1e-12)
 
 
@@ -161,11 +170,12 @@ def test_emulated_half_precision_loss_kernels_match_float32_reference(loss_kerne
     half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
     out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
     cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])  # the op's C: float32
-    cxy = cross_matrix(out[2], out[3])
-    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas, list(COEFFICIENTS.values()),
+    cxy, ex, ey = cross_matrix(out[2], out[3]), gaps(out[2]), gaps(out[3])
+    sums, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas,
+                                          list(COEFFICIENTS.values()),
                                           0, 0)
     assert got.dtype == torch.float32  # terms in float32: this weight decay passes float16's range
-    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, weights, gammas), rtol=1e-12,
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas), rtol=1e-12,
                                atol=1e-12)
     f = lambda ts: [t.float() for t in ts]  # noqa: E731
     want = reference.loss(reference.TwoWayOutput(*f(out)), x.float(), y.float(), f(weights), f(gammas),
@@ -188,7 +198,8 @@ def test_emulated_half_precision_log_midway_matches_float32_reference(loss_kerne
     half = lambda ts: [t.detach().to(dtype) for t in ts]  # noqa: E731
     out, (x, y), weights, gammas = half(out), half([x, y]), half(weights), half(gammas)
     cx, cy = (h.float().T @ h.float() / h.shape[0] for h in out[2:4])
-    _, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cross_matrix(out[2], out[3]), weights, gammas,
+    _, got, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cross_matrix(out[2], out[3]), gaps(out[2]),
+                                       gaps(out[3]), weights, gammas,
                                        list(COEFFICIENTS.values()),
                                        options(True, False), 0)
     f = lambda ts: [t.float() for t in ts]  # noqa: E731

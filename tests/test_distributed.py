@@ -167,7 +167,7 @@ def test_synced_log_midway_on_one_rank_is_the_plain_loss(one_rank_group, backend
     x, y = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
     out = model(x, y, seed=2)
     backend_loss = resolve_backend(backend, x.device).loss
-    kwargs = dict(lh=1.5, lc=0.5, lxy=0.7, midway_form="log", decorrelation_form="correlation",
+    kwargs = dict(lh=1.5, lc=0.5, lxy=0.7, lu=0.9, midway_form="log", decorrelation_form="correlation",
                   decorrelation_input="after_dropout", decorrelation_eps=1e-5)
     got = synced.loss(backend_loss, out, x, y, list(model.weights), model.gammas(), group=one_rank_group, **kwargs)
     want = backend_loss(out, x, y, list(model.weights), model.gammas(), **kwargs)

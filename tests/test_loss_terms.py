@@ -1,7 +1,7 @@
 """The loss's one description, in C++ (csrc/loss_terms.h, host and device) and in Python
 (twoway_fast/loss_terms.py, loss_variants.py), read against each other: the terms in one order, each
-term's coefficient, the coefficients' order, the variants' bits and the log mid-way eps; and the total
-summed from the terms as the kernels sum it."""
+term's coefficient, the coefficients' order, the variants' bits, the log mid-way eps and the uniformity's
+constants; and the total summed from the terms as the kernels sum it."""
 import re
 from pathlib import Path
 
@@ -48,6 +48,8 @@ def test_variant_bits_and_eps_match_the_header():
     assert int(bits["kAll"]) == loss_variants.loss_options("log", "correlation", "before_dropout")
     eps = re.search(r"kMidwayLogEps = ([\d.e+-]+);", HEADER).group(1)
     assert float(eps) == loss_variants.MIDWAY_LOG_EPS
+    for constant, name in (("kUniformityTemperature", "UNIFORMITY_TEMPERATURE"), ("kUniformityEps", "UNIFORMITY_EPS")):
+        assert float(re.search(rf"{constant} = ([\d.e+-]+);", HEADER).group(1)) == getattr(loss_terms, name), name
 
 
 def test_total_is_each_term_times_its_coefficient_in_term_order():

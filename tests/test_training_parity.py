@@ -38,7 +38,7 @@ def test_fifty_sgd_steps_follow_the_reference(preset, dtype):
     torch.manual_seed(6)
     if preset.startswith("mnist"):
         model_kw = dict(order="act_then_bn", dropout=[0.5, 0.0, 0.5], bn_eps=1e-5)
-        loss_kw = dict(lh=2.0, lc=2.0, lxy=1.0, decorrelation="correlation", decorrelation_input="before_dropout")
+        loss_kw = dict(lh=2.0, lc=2.0, lxy=1.0, lu=1.0, decorrelation="correlation", decorrelation_input="before_dropout")
         if preset == "mnist-log-midway":
             model_kw["repr_affine"], loss_kw["midway"] = False, "log"
             loss_kw["lxy"] = 1.0 if dtype == torch.float64 else 0.3

@@ -16,7 +16,7 @@ from fused_pairs import close  # noqa: E402
 
 VARIANTS = [("second_moment", "after_dropout"), ("second_moment", "before_dropout"),
             ("correlation", "after_dropout"), ("correlation", "before_dropout")]
-COEFFICIENTS = dict(lx=1.0, ly=0.7, lh=2.0, lc=0.5, wd=0.05, lg=0.05, lxy=0.8)
+COEFFICIENTS = dict(lx=1.0, ly=0.7, lh=2.0, lc=0.5, wd=0.05, lg=0.05, lxy=0.8, lu=1.3)
 
 
 def options(midway_log: bool, correlation: bool) -> int:

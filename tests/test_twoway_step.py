@@ -35,7 +35,7 @@ def make(dtype, order, dropout, decorrelation, decorrelation_input, opt_name, re
         for p in [*model.x_bias, *model.y_bias, *(bn.beta for bn in [*model.bn_x, *model.bn_y])]:
             if isinstance(p, torch.nn.Parameter):  # not the fixed ones (repr_affine=False)
                 p.normal_(0, 0.1)
-    criterion = TwoWayLoss(model, lh=0.7, lc=0.3, wd=0.02, lg=0.04, lxy=0.4, decorrelation=decorrelation,
+    criterion = TwoWayLoss(model, lh=0.7, lc=0.3, wd=0.02, lg=0.04, lxy=0.4, lu=0.6, decorrelation=decorrelation,
                            decorrelation_input=decorrelation_input, midway=midway)
     return model, criterion, optimizer(opt_name, model)
 
@@ -137,7 +137,7 @@ def test_step_gradients_with_log_midway_equal_the_reference_step(dtype, repr_aff
     ref = copy.deepcopy(model)
     ref.backend = "reference"
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 12, dtype=dtype)
-    want = TwoWayLoss(ref, lh=0.7, lc=0.3, wd=0.02, lg=0.04, lxy=0.4, decorrelation="correlation",
+    want = TwoWayLoss(ref, lh=0.7, lc=0.3, wd=0.02, lg=0.04, lxy=0.4, lu=0.6, decorrelation="correlation",
                       decorrelation_input="before_dropout", midway="log")(ref(x, y, seed=9, first_row=FIRST_ROW), x, y)
     want.total.backward()
     got = DirectStep(model, criterion, opt, first_row=FIRST_ROW)(x, y, 9)

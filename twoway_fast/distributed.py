@@ -15,15 +15,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-# Every all-reduce of this process, forward and backward (the benchmark reads them).
-all_reduce_calls = 0
-bytes_all_reduced = 0
+# Every collective of a training step in this process (all-reduces, the synced loss's all-gather), forward and
+# backward, and the bytes this process put in (the benchmark reads them).
+collective_calls = 0
+bytes_sent = 0
 
 
-def count_all_reduce(t: Tensor) -> None:
-    global all_reduce_calls, bytes_all_reduced
-    all_reduce_calls += 1
-    bytes_all_reduced += t.numel() * t.element_size()
+def count_collective(t: Tensor) -> None:
+    global collective_calls, bytes_sent
+    collective_calls += 1
+    bytes_sent += t.numel() * t.element_size()
 
 
 def init_from_env(device: str) -> str:
@@ -71,7 +72,7 @@ class Ranks:
         params = [p for p in params if p.requires_grad]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        count_all_reduce(flat)
+        count_collective(flat)
         dist.all_reduce(flat)
         flat /= self.world
         for p, g in zip(params, flat.split([g.numel() for g in grads])):
@@ -82,7 +83,7 @@ class Ranks:
         if self.world == 1:
             return t
         t = t.clone()
-        count_all_reduce(t)
+        count_collective(t)
         dist.all_reduce(t)
         return t / self.world
 

@@ -28,17 +28,30 @@ class LossTerms(NamedTuple):
     """sum 1 / gamma^2."""
     decorr_xy: Tensor
     """||Cxy||_F - ||diag Cxy||_2, Cxy the cross-view matrix of hx and hy (the decorrelation's form and inputs)."""
+    uniform_x: Tensor
+    """log mean_{i != j} exp(-2 ||u_i - u_j||^2) = log mean_{i != j} exp(4 (u_i . u_j - 1)), u_i the decorrelation
+    input's rows each centred and scaled to unit norm: how close the codes of different pairs crowd."""
+    uniform_y: Tensor
+    """The same of the Y channel's codes."""
 
 
 # The coefficients in the ops' order, with their defaults (the original's, lh and lc the mnist preset's; lxy,
-# the cross-view decorrelation's, is no term of the original).
-COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0.05, "lxy": 0.0}
+# the cross-view decorrelation's, and lu, the uniformity's, weigh no term of the original).
+COEFFICIENTS = {"lx": 1.0, "ly": 1.0, "lh": 0.5, "lc": 0.05, "wd": 0.05, "lg": 0.05, "lxy": 0.0, "lu": 0.0}
 # The coefficient each term enters the total with, in term order.
 COEFFICIENT_OF = {"recon_x": "lx", "recon_y": "ly", "midway": "lh", "decorr_x": "lc", "decorr_y": "lc",
-                  "weight_decay": "wd", "gamma_penalty": "lg", "decorr_xy": "lxy"}
+                  "weight_decay": "wd", "gamma_penalty": "lg", "decorr_xy": "lxy",
+                  "uniform_x": "lu", "uniform_y": "lu"}
 # The terms ||C||_F - ||diag C||_2 of a matrix C = a^T b / rows of the decorrelation inputs, with the
 # channels of a and b: the synced backend sums each C over every rank's rows.
 MATRIX_TERMS = {"decorr_x": ("x", "x"), "decorr_y": ("y", "y"), "decorr_xy": ("x", "y")}
+# The terms of every pair of rows of one channel's decorrelation input: the synced backend gathers every
+# rank's rows for them.
+PAIR_TERMS = {"uniform_x": "x", "uniform_y": "y"}
+# The uniformity term's temperature t in exp(-t ||u_i - u_j||^2) (Wang and Isola's t = 2), and the smallest
+# norm a centred code row is divided by (a constant row's u is 0, not NaN).
+UNIFORMITY_TEMPERATURE = 2.0
+UNIFORMITY_EPS = 1e-12
 
 
 def coefficients_of(given: Mapping[str, float]) -> dict[str, float]:

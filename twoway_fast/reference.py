@@ -18,7 +18,7 @@ from .dropout import rng_states
 from .init import glorot_uniform_  # noqa: F401
 from .loss_variants import (DECORRELATION_FORMS, DECORRELATION_INPUTS, check_loss_variant,  # noqa: F401
                             check_midway, decorrelation_inputs, log_midway)
-from .loss_terms import LossTerms, with_total
+from .loss_terms import UNIFORMITY_EPS, UNIFORMITY_TEMPERATURE, LossTerms, with_total
 from .types import TwoWayOutput
 
 MASK32 = 0xFFFFFFFF
@@ -217,13 +217,25 @@ def decorrelation(h: Tensor, form: str = "second_moment", eps: float = 1e-5, oth
     return torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
 
 
+def uniformity(h: Tensor) -> Tensor:
+    """log mean_{i != j} exp(2 t (u_i . u_j - 1)) over the pairs of rows, u_i row i of h centred over its columns
+    and scaled to unit norm (the points correlation similarity compares): for unit rows exp(-t ||u_i - u_j||^2),
+    Wang and Isola's (2020) uniformity, t = 2; a constant row's u is 0. 0 for one row (no pair)."""
+    rows = h.shape[0]
+    if rows < 2:
+        return h.sum() * 0
+    u = F.normalize(h - h.mean(1, keepdim=True), dim=1, eps=UNIFORMITY_EPS)
+    pairs = ~torch.eye(rows, dtype=torch.bool, device=h.device)
+    return torch.log(torch.exp(2 * UNIFORMITY_TEMPERATURE * (u @ u.T - 1))[pairs].mean())
+
+
 def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gammas: Sequence[Tensor], *,
          midway_form: str = "sum", decorrelation_form: str = "second_moment",
          decorrelation_input: str = "after_dropout", decorrelation_eps: float = 1e-5,
          **coefficients: float) -> LossTerms:
     """The 2-Way loss. `weights` are the shared W_i (each counted once), `gammas` every BN gamma of
-    both channels; coefficients lx, ly, lh, lc, wd, lg, lxy, by default the original's (faithful) ones (lh,
-    lc of the mnist preset; lxy 0: twoway_fast.loss_terms.COEFFICIENTS)."""
+    both channels; coefficients lx, ly, lh, lc, wd, lg, lxy, lu, by default the original's (faithful) ones (lh,
+    lc of the mnist preset; lxy and lu 0: twoway_fast.loss_terms.COEFFICIENTS)."""
     hx, hy = decorrelation_inputs(out, decorrelation_form, decorrelation_input)
     return with_total(dict(
         recon_x=squared_distance(x, out.x_hat),
@@ -234,4 +246,6 @@ def loss(out: TwoWayOutput, x: Tensor, y: Tensor, weights: Sequence[Tensor], gam
         weight_decay=sum(w.pow(2).sum() for w in weights) + sum(g.pow(2).sum() for g in gammas),
         gamma_penalty=sum(g.pow(-2).sum() for g in gammas),
         decorr_xy=decorrelation(hx, decorrelation_form, decorrelation_eps, other=hy),
+        uniform_x=uniformity(hx),
+        uniform_y=uniformity(hy),
     ), coefficients)

@@ -1,7 +1,7 @@
 // CPU kernel of the 2-Way loss (docs/method.md#the-loss): one pass (twoway_loss_pass) that the loss op, its
 // backward and the training-step ops run, computing each term's sums (loss_terms.h) and gradient: one pass
-// per distance, each matrix a term takes norms of (C of each view, the cross-view Cxy) one small GEMM,
-// sums in double.
+// per distance, each matrix a term takes norms of (C of each view, the cross-view Cxy) one small GEMM, the
+// uniformity term's pairs of rows (twoway_loss_common.h) one B x B GEMM a view, sums in double.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,7 +18,7 @@
 #include "cpu/parallel_chunks.h"  // kParallelMinElements, grain_for
 #include "cpu/side_by_side.h"
 #include "loss_terms.h"
-#include "twoway_loss_common.h"  // check_loss_inputs, second_moment, cross_moment
+#include "twoway_loss_common.h"  // check_loss_inputs, second_moment, cross_moment, unit_rows, gaps, uniformity_grad
 
 namespace twoway_fast {
 namespace {
@@ -318,7 +318,7 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
   const double B = static_cast<double>(in.x.size(0));
   // The cross-view term needs both channels' H: its gradient joins theirs before the standardisation's.
   const bool cross_grad = grads && w[term::kDecorrXy] != 0.0;
-  std::array<Tensor, 2> H, inv_std, dH;
+  std::array<Tensor, 2> H, inv_std, dH, uniform_grad;
   const auto carry_to_h = [&](int ch) {
     (ch == 0 ? r.grad_hx_dec : r.grad_hy_dec) = standardisation_grad(dH[ch], H[ch], inv_std[ch], correlation);
   };
@@ -336,6 +336,14 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
       squared_distance(in.hx, in.hy, sums ? &s[sum::kMidway] : nullptr, 2.0 * w[term::kMidway] / B,
                        grads ? &r.grad_hx : nullptr, grads ? &r.grad_hy : nullptr);
     }
+    const auto points = unit_rows(is_x ? in.hx_dec : in.hy_dec);
+    auto e = gaps(points.u);
+    const double gaps_all = e.sum(at::kDouble).item<double>();
+    const double gaps_diag = e.diagonal().sum(at::kDouble).item<double>();
+    if (sums) s[is_x ? sum::kGapsX : sum::kGapsY] = gaps_all, s[is_x ? sum::kGapsDiagX : sum::kGapsDiagY] = gaps_diag;
+    const double w_uniform = w[is_x ? term::kUniformX : term::kUniformY];
+    if (grads && w_uniform != 0.0 && B >= 2)
+      uniform_grad[ch] = uniformity_grad(std::move(e), points, w_uniform / (gaps_all - gaps_diag));
     std::tie(H[ch], inv_std[ch]) = decorrelation_input_cpu(is_x ? in.hx_dec : in.hy_dec, correlation, eps);
     Tensor& cm = is_x ? r.cx : r.cy;
     cm = c != nullptr ? c[ch].contiguous() : second_moment(H[ch]);
@@ -359,6 +367,8 @@ LossPass twoway_loss_pass(const LossInputs& in, at::ArrayRef<double> coefficient
       });
     }
   }
+  for (int ch = 0; ch < 2; ++ch)
+    if (uniform_grad[ch].defined()) (ch == 0 ? r.grad_hx_dec : r.grad_hy_dec).add_(uniform_grad[ch]);
   if (sums) {
     const auto square = [](double v) { return v * v; };
     s[sum::kWeightDecay] = sum_over(in.weights, square) + sum_over(in.gammas, square);

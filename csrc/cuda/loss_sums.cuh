@@ -23,7 +23,7 @@
 
 namespace twoway_fast {
 
-enum Op : int { kSquaredDifference, kSquare, kInverseSquare };
+enum Op : int { kSquaredDifference, kSquare, kInverseSquare, kValue };
 
 // One tensor's contribution: sum over i < n of op(a[i * stride], b[i * stride]) into sums[sum]. a and b
 // hold the inputs' dtype T, or the accumulation type A (float or double) when in_acc (the matrices C).
@@ -36,7 +36,7 @@ struct Segment {
   bool in_acc;
 };
 
-// Passed by value as a kernel argument (under 4 KB): 8 + 5 n segments for n hidden positions.
+// Passed by value as a kernel argument (under 4 KB): at most 14 + 5 n segments for n hidden positions.
 constexpr int kMaxSegments = 64;
 struct Segments {
   Segment s[kMaxSegments];
@@ -57,6 +57,7 @@ __device__ __forceinline__ double element(const Segment& s, int64_t i) {
     const double d = a - static_cast<double>(static_cast<const T*>(s.b)[o]);
     return d * d;
   }
+  if (s.op == kValue) return a;
   return s.op == kSquare ? a * a : 1.0 / (a * a);
 }
 
@@ -159,7 +160,7 @@ class SegmentTable {
  public:
   void add(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t stride, Op op, int sum, bool in_acc) {
     TORCH_CHECK(t_.count < kMaxSegments, "the CUDA twoway_loss takes at most ", kMaxSegments,
-                " summed tensors (one per term's input, 5 per hidden position): too many weights and gammas");
+                " summed tensors (14, and 5 per hidden position): too many weights and gammas");
     Segment& s = t_.s[t_.count++];
     s.a = a.data_ptr();
     s.b = b.defined() ? b.data_ptr() : nullptr;
@@ -172,6 +173,11 @@ class SegmentTable {
   void add_norms(const at::Tensor& c, int fro, int diag) {
     add(c, at::Tensor(), c.numel(), 1, kSquare, fro, true);
     add(c, at::Tensor(), c.size(0), c.size(0) + 1, kSquare, diag, true);
+  }
+  // The sum of every element and of the diagonal of a contiguous (B, B) matrix E.
+  void add_sums(const at::Tensor& e, int all, int diag) {
+    add(e, at::Tensor(), e.numel(), 1, kValue, all, true);
+    add(e, at::Tensor(), e.size(0), e.size(0) + 1, kValue, diag, true);
   }
   const Segments& segments() const { return t_; }
   // Thread blocks of the sums kernel: a fixed bound, so the partials' layout does not vary.

@@ -11,22 +11,23 @@
 #include "cuda/loss_sums.cuh"
 #include "loss_terms.h"
 #include "op_results.h"
-#include "twoway_loss_common.h"  // decorrelation_input, column_moments, second_moment, cross_moment
+#include "twoway_loss_common.h"  // decorrelation_input, column_moments, second_moment, cross_moment, unit_rows, gaps
 
 namespace twoway_fast {
 
-// The matrices whose norms the terms take, in the accumulation type (float for half and bfloat16),
+// The matrices the terms are summed from, in the accumulation type (float for half and bfloat16),
 // contiguous: the decorrelation's C = H^T H / B of each channel (the forward op's results, which its
-// backward takes) and the cross-view Cxy = Hx^T Hy / B.
+// backward takes), the cross-view Cxy = Hx^T Hy / B, and the uniformity term's E = gaps(U) of each channel.
 struct LossMatrices {
-  at::Tensor cx, cy, cxy;
+  at::Tensor cx, cy, cxy, ex, ey;
 };
 
 inline LossMatrices loss_matrices(const at::Tensor& hx_dec, const at::Tensor& hy_dec, bool correlation, double eps) {
   const auto acc = stats_dtype(hx_dec.scalar_type());
-  const auto Hx = decorrelation_input(hx_dec.to(acc).contiguous(), correlation, eps);
-  const auto Hy = decorrelation_input(hy_dec.to(acc).contiguous(), correlation, eps);
-  return {second_moment(Hx), second_moment(Hy), cross_moment(Hx, Hy)};
+  const auto hx = hx_dec.to(acc).contiguous(), hy = hy_dec.to(acc).contiguous();
+  const auto Hx = decorrelation_input(hx, correlation, eps), Hy = decorrelation_input(hy, correlation, eps);
+  return {second_moment(Hx), second_moment(Hy), cross_moment(Hx, Hy), gaps(unit_rows(hx).u),
+          gaps(unit_rows(hy).u)};
 }
 
 // The forward's table: every sum of the terms (sums[kMidway] stays 0 in the log form, which takes column
@@ -42,6 +43,8 @@ inline SegmentTable loss_forward_table(const at::Tensor& x, const at::Tensor& y,
   table.add_norms(m.cx, sum::kFroX, sum::kDiagX);
   table.add_norms(m.cy, sum::kFroY, sum::kDiagY);
   table.add_norms(m.cxy, sum::kFroXy, sum::kDiagXy);
+  table.add_sums(m.ex, sum::kGapsX, sum::kGapsDiagX);
+  table.add_sums(m.ey, sum::kGapsY, sum::kGapsDiagY);
   for (const auto& t : weights) table.add_all(t, kSquare, sum::kWeightDecay);
   for (const auto& t : gammas) {
     table.add_all(t, kSquare, sum::kWeightDecay);
@@ -87,13 +90,17 @@ inline LossBackwardResult loss_gradients(const at::Tensor& grad_terms, const at:
   using at::Tensor;
   const auto acc = cx.scalar_type();
   const bool correlation = has(options, option::kCorrelation);
-  SegmentTable table;  // the norms of C
+  SegmentTable table;  // the norms of C and the sums of E
   table.add_norms(cx, sum::kFroX, sum::kDiagX);
   table.add_norms(cy, sum::kFroY, sum::kDiagY);
   const auto hx_acc = hx_dec.to(acc).contiguous(), hy_acc = hy_dec.to(acc).contiguous();
   const auto Hx = decorrelation_input(hx_acc, correlation, eps), Hy = decorrelation_input(hy_acc, correlation, eps);
   const auto cxy = cross_moment(Hx, Hy);  // not saved by the forward: one small GEMM
   table.add_norms(cxy, sum::kFroXy, sum::kDiagXy);
+  const UnitRows points[2] = {unit_rows(hx_acc), unit_rows(hy_acc)};  // nor are the uniformity's E
+  Tensor e[2] = {gaps(points[0].u), gaps(points[1].u)};
+  table.add_sums(e[0], sum::kGapsX, sum::kGapsDiagX);
+  table.add_sums(e[1], sum::kGapsY, sum::kGapsDiagY);
   auto sums = at::empty({kSums}, x.options().dtype(at::kDouble));
   reduce(table, sums, Tensor(), static_cast<double>(x.size(0)), LossCoefficients(coefficients), options,
          x.scalar_type());
@@ -118,14 +125,20 @@ inline LossBackwardResult loss_gradients(const at::Tensor& grad_terms, const at:
   dHx = dHx + norm_grad(Hy, cxy.t(), norms[sum::kFroXy], norms[sum::kDiagXy], cross_scale);
   auto dHy = norm_grad(Hy, cy, norms[sum::kFroY], norms[sum::kDiagY], w[term::kDecorrY] * (2.0 / B));
   dHy = dHy + norm_grad(Hx, cxy, norms[sum::kFroXy], norms[sum::kDiagXy], cross_scale);
-  const auto grad_hx_dec = standardisation_grad(dHx, Hx, hx_acc, correlation, eps);
-  const auto grad_hy_dec = standardisation_grad(dHy, Hy, hy_acc, correlation, eps);
+  Tensor grad_dec[2] = {standardisation_grad(dHx, Hx, hx_acc, correlation, eps),
+                        standardisation_grad(dHy, Hy, hy_acc, correlation, eps)};
+  for (int ch = 0; ch < 2; ++ch) {  // the uniformity term's, w / S with S = sum E - its diagonal (0: one row)
+    const bool is_x = ch == 0;
+    const auto pairs = sums[is_x ? sum::kGapsX : sum::kGapsY] - sums[is_x ? sum::kGapsDiagX : sum::kGapsDiagY];
+    const auto& weight = w[is_x ? term::kUniformX : term::kUniformY];
+    grad_dec[ch] = grad_dec[ch] + uniformity_grad(e[ch], points[ch], at::where(pairs > 0, weight / pairs, 0.0));
+  }
   std::vector<Tensor> grad_weights, grad_gammas;
   for (const auto& wt : weights) grad_weights.push_back(wt * (w[term::kWeightDecay] * 2.0));
   for (const auto& gm : gammas)
     grad_gammas.push_back(gm * (w[term::kWeightDecay] * 2.0) - gm.pow(-3) * (w[term::kGammaPenalty] * 2.0));
-  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_hx_dec.to(hx.scalar_type()),
-          grad_hy_dec.to(hx.scalar_type()), grad_weights, grad_gammas};
+  return {grad_x_hat, grad_y_hat, grad_hx, grad_hy, grad_dec[0].to(hx.scalar_type()),
+          grad_dec[1].to(hx.scalar_type()), grad_weights, grad_gammas};
 }
 #endif
 

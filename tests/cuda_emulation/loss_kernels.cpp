@@ -41,13 +41,16 @@ Tensor column_sums(const Tensor& a_in, const Tensor& b_in) {
 std::tuple<Tensor, Tensor, int64_t> loss_sums(const Tensor& x, const Tensor& y, const Tensor& x_hat,
                                               const Tensor& y_hat, const Tensor& hx, const Tensor& hy,
                                               const Tensor& cx, const Tensor& cy, const Tensor& cxy,
+                                              const Tensor& ex, const Tensor& ey,
                                               const std::vector<Tensor>& weights,
                                               const std::vector<Tensor>& gammas, std::vector<double> coefficients,
                                               int64_t options, int64_t blocks) {
   using namespace twoway_fast;
   const auto w = contiguous_all(weights), g = contiguous_all(gammas);
   const auto table = loss_forward_table(x.contiguous(), y.contiguous(), x_hat.contiguous(), y_hat.contiguous(),
-                                        hx.contiguous(), hy.contiguous(), LossMatrices{cx.contiguous(), cy.contiguous(), cxy.contiguous()},
+                                        hx.contiguous(), hy.contiguous(),
+                                        LossMatrices{cx.contiguous(), cy.contiguous(), cxy.contiguous(),
+                                                     ex.contiguous(), ey.contiguous()},
                                         w, g, options);
   if (blocks == 0) blocks = table.blocks();
   auto partials = at::empty({blocks, kSums}, x.options().dtype(at::kDouble));

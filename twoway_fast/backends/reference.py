@@ -19,3 +19,5 @@ def predict(net, a, channel: str):
 # The pieces of a network walk (synced.py's, with statistics over several processes).
 tied_linear = oracle.tied_linear
 hidden_block_with_stats = oracle.hidden_block_with_stats
+# The uniformity term of rows (synced.py's, of every rank's rows).
+uniformity = oracle.uniformity

@@ -3,8 +3,8 @@ of every rank of a process group (TwoWayNet.stats_group, set by the trainer unde
 the fused ops or the reference. The batch norms, the decorrelation covariance and the log mid-way term's
 per-dimension distances see the rows of every rank: their sums are all-reduced by a differentiable
 all-reduce whose backward all-reduces the incoming gradient (as torch.distributed.nn.functional's, now
-deprecated, did), so N ranks of B rows compute the gradient of one batch of N*B rows
-(tests/test_distributed.py).
+deprecated, did); the uniformity term's pairs of rows see every rank's rows through a differentiable
+all-gather. So N ranks of B rows compute the gradient of one batch of N*B rows (tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._extension import has_kernel
-from ..distributed import count_all_reduce
+from ..distributed import count_collective
 from ..dropout import rng_states
 from ..loss_variants import decorrelation_inputs, log_midway
-from ..loss_terms import MATRIX_TERMS, LossTerms, with_terms, without
+from ..loss_terms import MATRIX_TERMS, PAIR_TERMS, LossTerms, with_terms, without
 from ..types import TwoWayOutput
 from . import reference
 
@@ -44,7 +44,7 @@ class _AllReduce(torch.autograd.Function):
 
 def _sum_over_ranks(t: Tensor, group) -> Tensor:
     t = t.contiguous().clone()
-    count_all_reduce(t)
+    count_collective(t)
     dist.all_reduce(t, group=group)
     return t
 
@@ -52,6 +52,26 @@ def _sum_over_ranks(t: Tensor, group) -> Tensor:
 def _all_reduce(t: Tensor, group) -> Tensor:
     """Differentiable sum over the ranks of `group`."""
     return _AllReduce.apply(t, group)
+
+
+class _AllGather(torch.autograd.Function):
+    """Every rank's rows of a group, in rank order; backward sums the incoming gradients over the ranks (each
+    rank's loss takes every row) and keeps this rank's rows, as _AllReduce's backward does for sums."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group) -> Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+        t = t.contiguous()
+        count_collective(t)
+        dist.all_gather(parts, t, group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows = grad.shape[0] // dist.get_world_size(ctx.group)
+        rank = dist.get_rank(ctx.group)
+        return _sum_over_ranks(grad, ctx.group)[rank * rows:(rank + 1) * rows], None
 
 
 def global_rows(rows: int, group) -> int:
@@ -122,11 +142,14 @@ def forward(net, x: Tensor, y: Tensor, seed: Tensor, first_row: int, backend: st
 
 
 def global_terms(out: TwoWayOutput, form: str, where: str, eps: float, midway_form: str, group) -> dict[str, Tensor]:
-    """The terms that are no means of per-row terms, over every rank's rows in one all-reduce (each waits
-    for every rank): each of loss_terms.MATRIX_TERMS from its global C = a^T b over N*B rows of the
-    decorrelation inputs (for the correlation form, columns centred and scaled by their global statistics)
-    and, in the log form, reference.midway from the global column sums of (hx - hy)^2."""
+    """The terms that are no means of per-row terms, over every rank's rows in one all-reduce and one
+    all-gather (each waits for every rank): each of loss_terms.MATRIX_TERMS from its global C = a^T b over N*B rows of the
+    decorrelation inputs (for the correlation form, columns centred and scaled by their global statistics),
+    each of loss_terms.PAIR_TERMS from every rank's rows of its channel's decorrelation input (one
+    all-gather) and, in the log form, reference.midway from the global column sums of (hx - hy)^2."""
     hx, hy = decorrelation_inputs(out, form, where)
+    every_row = dict(zip("xy", _AllGather.apply(torch.cat([hx, hy], 1), group).split(hx.shape[1], 1)))
+    terms = {name: reference.uniformity(every_row[c]) for name, c in PAIR_TERMS.items()}
     if form == "correlation":
         zero = hx.new_zeros((), dtype=torch.float64)
         (mx, sx), (my, sy) = column_stats([hx, hy], [zero, zero], eps, group)
@@ -136,7 +159,6 @@ def global_terms(out: TwoWayOutput, form: str, where: str, eps: float, midway_fo
     if midway_form == "log":
         parts.append((out.hx - out.hy).pow(2).sum(0))
     sums = _all_reduce(torch.cat([p.reshape(-1) for p in parts]), group) / global_rows(hx.shape[0], group)
-    terms = {}
     for i, name in enumerate(MATRIX_TERMS):
         c = sums[i * k * k:(i + 1) * k * k].view(k, k)
         terms[name] = torch.linalg.matrix_norm(c) - torch.linalg.vector_norm(torch.diagonal(c))
