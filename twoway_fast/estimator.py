@@ -116,7 +116,8 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"random_state must be an int, None or a numpy RandomState or Generator, got "
                              f"{self.random_state!r}") from err
 
-    def _preset(self, rows: int, seed: int) -> presets.Preset:
+    def _preset(self, seed: int) -> presets.Preset:
+        """The preset with the estimator's parameters laid over it (those not None)."""
         base = presets.resolve(self.preset, self.faithful)
         chosen = {
             "model": {"hidden": self.hidden, "repr_layer": self.repr_layer, "dropout": self.dropout,
@@ -124,6 +125,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             "loss": {"lh": self.lh, "lc": self.lc},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "optimizer": self.optimizer, "seed": seed},
+            "data": {"preprocess": self.preprocess},
         }
         table = {s: {k: v for k, v in values.items() if v is not None} for s, values in chosen.items()}
         model = base.model | table["model"]
@@ -136,8 +138,6 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 raise ValueError(f"repr_layer must be a hidden position in 0..{len(hidden) - 1}, got {at}")
             hidden[at] = int(self.n_components)
         table["model"]["hidden"] = hidden
-        batch = table["train"].get("batch_size", base.train.get("batch_size", 128))
-        table["train"]["batch_size"] = min(batch, rows)
         return base.merged(table, "TwoWayEstimator parameters")
 
     def _views(self, X, y, reset: bool):
@@ -181,10 +181,12 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"{type(self).__name__} needs at least 2 rows for its batch statistics, got "
                              f"n_samples={X.shape[0]}")
         seed = self._seed()
-        base = presets.resolve(self.preset, self.faithful)
-        data = DataConfig(**base.data | ({} if self.preprocess is None else {"preprocess": self.preprocess}))
+        preset = self._preset(seed)
+        data = DataConfig(**preset.data)
         train_rows, val_rows = self._held_out(RawSplit(X, Y, "the rows given to fit"), data)
-        preset = self._preset(train_rows.x.shape[0], seed)
+        rows = train_rows.x.shape[0]
+        if TrainConfig(**preset.train).batch_size > rows:  # one batch of every training row
+            preset = preset.merged({"train": {"batch_size": rows}}, "TwoWayEstimator")
         fitted = fit_preprocessing(train_rows, data)
         device = torch.device(self.device)
         train = prepared_split(train_rows, fitted, data.group_size, device)
