@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from twoway_fast import TwoWayEstimator
+from twoway_fast import TwoWayEstimator, presets
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(hidden=[8, 4, 8], epochs=1)
@@ -226,3 +226,11 @@ def test_pickled_estimator_gives_identical_outputs_in_a_fresh_process(tmp_path):
     here, there = np.load(tmp_path / "here.npz"), np.load(tmp_path / "there.npz")
     for name in ("z", "p", "q"):
         np.testing.assert_array_equal(there[name], here[name])
+
+
+def test_loss_weights_are_laid_over_the_preset(pinned_preset):
+    est = TwoWayEstimator(preset=pinned_preset, lh=1.5, lc=2.5, lu=3.5)
+    assert {k: est._preset(0).loss[k] for k in ("lh", "lc", "lu")} == {"lh": 1.5, "lc": 2.5, "lu": 3.5}
+    kept = TwoWayEstimator(preset=pinned_preset)._preset(0).loss  # None: the preset's (lu unset: 0)
+    assert kept["lh"] == 4.0 and kept["lc"] == 10.0 and "lu" not in kept
+    assert TwoWayEstimator()._preset(0).loss["lu"] == presets.get("mnist").loss["lu"]

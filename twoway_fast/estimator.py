@@ -58,11 +58,11 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             None: that of the preset or of `hidden`.
         hidden: hidden widths; None = the preset's.
         repr_layer, dropout, bn_eps: model values; None = the preset's.
-        lh, lc: mid-way and decorrelation weights; None = the preset's. The mnist preset's (lh 2,
-            lc 6) are tuned for a 50-d code on 54000 rows; for a code of a few dimensions a lower lc
-            keeps the decorrelation from swamping it (4 dimensions: lc 3 did better than 6, and 6
-            better than 12), and on small data (about 1000s of rows) the digits preset's settings did
-            better.
+        lh, lc, lu: mid-way, decorrelation and uniformity weights; None = the preset's. The mnist
+            preset's (lh 2, lc 6, lu 12) are tuned for a 50-d code on 54000 rows; for a code of a few
+            dimensions a lower lc keeps the decorrelation from swamping it (4 dimensions: lc 3 did
+            better than 6, and 6 better than 12), and on small data (about 1000s of rows) the digits
+            preset's settings did better.
         epochs: 20 by default (None: the preset's, 20 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
@@ -84,7 +84,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     """
 
     def __init__(self, preset="mnist", faithful=False, n_components=None, hidden=None, repr_layer=None, dropout=None,
-                 bn_eps=None, lh=None, lc=None, epochs=20, batch_size=None, lr=None, optimizer=None,
+                 bn_eps=None, lh=None, lc=None, lu=None, epochs=20, batch_size=None, lr=None, optimizer=None,
                  preprocess=None, validation_fraction=0.1, device="cpu", random_state=0, verbose=False):
         self.preset = preset
         self.faithful = faithful
@@ -95,6 +95,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.bn_eps = bn_eps
         self.lh = lh
         self.lc = lc
+        self.lu = lu
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -122,7 +123,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         chosen = {
             "model": {"hidden": self.hidden, "repr_layer": self.repr_layer, "dropout": self.dropout,
                       "bn_eps": self.bn_eps},
-            "loss": {"lh": self.lh, "lc": self.lc},
+            "loss": {"lh": self.lh, "lc": self.lc, "lu": self.lu},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "optimizer": self.optimizer, "seed": seed},
             "data": {"preprocess": self.preprocess},
