@@ -186,6 +186,11 @@ def test_loss_terms_by_hand():
     assert t.decorr_xy.item() == pytest.approx(math.sqrt(25 + 56.25 + 49 + 100) - math.sqrt(25 + 100))
     t_xy = reference.loss(out, x, y, w, g, lx=1, ly=2, lh=3, lc=4, wd=5, lg=6, lxy=7)
     assert t_xy.total.item() == pytest.approx(want + 7 * t.decorr_xy.item())
+    # Uniformity: hx's rows, centred, point the same way (log exp(4 (1 - 1)) = 0), hy's opposite ways
+    # (log exp(4 (-1 - 1)) = -8); weighed by lu (0 unless given)
+    assert t.uniform_x.item() == pytest.approx(0, abs=1e-12) and t.uniform_y.item() == pytest.approx(-8)
+    t_u = reference.loss(out, x, y, w, g, lx=1, ly=2, lh=3, lc=4, wd=5, lg=6, lu=0.5)
+    assert t_u.total.item() == pytest.approx(want - 4)
     # before_dropout: diagonal second moments, nothing off the diagonal to penalise
     t = reference.loss(out, x, y, w, g, decorrelation_input="before_dropout")
     assert t.decorr_x.item() == pytest.approx(0) and t.decorr_y.item() == pytest.approx(0)

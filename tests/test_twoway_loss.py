@@ -93,6 +93,23 @@ def test_log_midway_of_equal_representations_is_k_log_eps():
     assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniformity_of_constant_and_repeated_rows(dtype, threads):
+    """A constant code row (centred, it is 0: no direction) and rows repeated exactly (distance 0): the
+    uniformity term and its gradient finite and the reference's, also at a batch of one row (no pair: 0)."""
+    out, x, y, weights, gammas = loss_inputs(6, 3, 4, 5, dtype)
+    with torch.no_grad():
+        out.hx[0] = 0.7
+        out.hx[1] = out.hx[2]
+        out.hy[3] = out.hy[4]
+    kwargs = dict(**COEFFICIENTS, decorrelation_form="correlation", decorrelation_eps=1e-5)
+    check_against_reference(out, x, y, weights, gammas, dtype, kwargs)
+    one = reference.TwoWayOutput(*(t[:1].detach().requires_grad_() for t in out))
+    terms = fused.loss(one, x[:1], y[:1], weights, gammas, **kwargs)
+    assert terms.uniform_x.item() == 0 and terms.uniform_y.item() == 0
+    assert torch.count_nonzero(torch.autograd.grad(terms.uniform_x, one.hx)[0]) == 0
+
+
 @pytest.mark.parametrize("midway", ["sum", "log"])
 @pytest.mark.parametrize("form", ["second_moment", "correlation"])
 def test_gradcheck_float64(form, midway):
