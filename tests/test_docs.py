@@ -75,7 +75,7 @@ def test_method_page_presets_table_matches_the_preset_files(name):
     optimizer, lr = row["optimizer, lr"].split(", ")
     assert optimizer == train["optimizer"] and float(lr) == train["lr"]
     assert int(row["epochs"]) == train["epochs"] and row["preprocess"] == preset.data["preprocess"]
-    other = {"repr_affine false": model.get("repr_affine") is False,
+    other = {f"lu {loss.get('lu', 0):g}": loss.get("lu", 0) != 0, "repr_affine false": model.get("repr_affine") is False,
              "repr_linear true": model.get("repr_linear") is True,
              "reconstruction mean": loss.get("reconstruction") == "mean", "midway log": loss.get("midway") == "log",
              "cosine rate": train.get("lr_schedule") == "cosine", "select r1": train.get("select") == "r1"}
