@@ -40,7 +40,9 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_losses(log: list[dict], coefficients: dict[str, float], path: Path) -> None:
     """The loss as it is minimised: each term times its coefficient (those weighted 0 left out), stacked, so
-    the top edge is the total; training (mean over the epoch's steps, in training mode) beside validation (eval mode)."""
+    the top edge is the total; a term below 0 (the uniformity's log) stacked down from 0 instead, the total
+    then the top edge less that band's depth; training (mean over the epoch's steps, in training mode) beside
+    validation (eval mode)."""
     epochs = [row["epoch"] for row in log]
     terms = [t for t in TERMS[1:] if coefficients[COEFFICIENT_OF[t]] != 0]  # the terms that weigh in
     fig = Figure(figsize=(12, 4.8), layout="constrained")
@@ -51,7 +53,14 @@ def plot_losses(log: list[dict], coefficients: dict[str, float], path: Path) -> 
     for ax, (part, title) in zip(axes, panels):
         weighted = [[coefficients[COEFFICIENT_OF[t]] * row[part][t] for row in log] for t in terms]
         labels = [f"{COEFFICIENT_OF[t]} x {t} ({coefficients[COEFFICIENT_OF[t]]:.3g})" for t in terms]
-        ax.stackplot(epochs, weighted, labels=labels, alpha=0.85)
+        colors = [f"C{i}" for i in range(len(terms))]
+        below = [i for i, w in enumerate(weighted) if max(w) < 0]
+        if below:  # matplotlib stacks every band on the previous one: these go down from 0 on their own
+            ax.stackplot(epochs, [weighted[i] for i in below], labels=[labels[i] for i in below],
+                         colors=[colors[i] for i in below], alpha=0.85)
+        above = [i for i in range(len(terms)) if i not in below]
+        ax.stackplot(epochs, [weighted[i] for i in above], labels=[labels[i] for i in above],
+                     colors=[colors[i] for i in above], alpha=0.85)
         ax.plot(epochs, [row[part]["total"] for row in log], color="black", lw=1, ls="--", label="total")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
