@@ -74,3 +74,28 @@ def test_reconstructions_have_a_seam_and_their_own_contrast(figures):
     assert red.any(axis=0).sum() >= 8  # a seam column in every image of the reconstructed rows
     grey = mosaic[..., 0][~red]
     assert grey.min() == 0 and grey.max() == 1  # each half stretched over its own range
+
+
+def test_a_term_below_zero_goes_down_from_zero_and_the_rest_stack_to_the_total(tmp_path, monkeypatch):
+    """The uniformity's log is negative: its band hangs from 0, the positive bands stack up from 0, and
+    the dashed total is the top edge less that band's depth."""
+    coefficients = {c: 0.0 for c in COEFFICIENT_OF.values()} | {"lx": 1.0, "lh": 2.0, "lu": 3.0}
+    log = []
+    for epoch in (1, 2, 3):
+        terms = {t: 0.0 for t in COEFFICIENT_OF} | {"recon_x": 10.0 / epoch, "midway": 4.0 - epoch,
+                                                   "uniform_x": -2.0 - epoch, "uniform_y": -1.0}
+        terms["total"] = sum(coefficients[COEFFICIENT_OF[t]] * v for t, v in terms.items())
+        log.append({"epoch": epoch, "train": terms, "val": dict(terms)})
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.__setitem__(path.name, fig))
+    plots.plot_losses(log, coefficients, tmp_path / plots.LOSS_PNG)
+    for ax in drawn[plots.LOSS_PNG].axes:
+        bands = {c.get_label(): c.get_paths()[0].vertices[:, 1] for c in ax.collections}
+        down = [bands[f"lu x uniform_{v} (3)"] for v in "xy"]
+        assert max(b.max() for b in down) == 0  # both hang from 0
+        assert min(b.min() for b in down) == pytest.approx(3 * (-3.0 - 1.0 - 2.0))  # stacked on each other
+        up = [bands["lx x recon_x (1)"], bands["lh x midway (2)"]]
+        assert min(b.min() for b in up) == 0 and max(b.max() for b in up) == pytest.approx(10 + 2 * 3)
+        total = [line for line in ax.get_lines() if line.get_label() == "total"][0].get_ydata()
+        assert list(total) == pytest.approx([row["val"]["total"] for row in log])
+        assert total[0] == pytest.approx(10 + 2 * 3 - 3 * (3 + 1))
