@@ -61,8 +61,9 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         lh, lc, lu: mid-way, decorrelation and uniformity weights; None = the preset's. The mnist
             preset's (lh 2, lc 6, lu 12) are tuned for a 50-d code on 54000 rows; for a code of a few
             dimensions a lower lc keeps the decorrelation from swamping it (4 dimensions: lc 3 did
-            better than 6, and 6 better than 12), and on small data (about 1000s of rows) the digits
-            preset's settings did better.
+            better than 6, and 6 better than 12). On small data the mnist preset held from a few
+            thousand rows up; on about a thousand rows of a few columns, preset="digits" did a little
+            better at a small share of the time (docs/guide.md#the-scikit-learn-estimator).
         epochs: 20 by default (None: the preset's, 20 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
