@@ -164,6 +164,25 @@ def test_emulated_loss_kernels_with_more_tiles_than_blocks(loss_kernels):
                                atol=1e-12)
 
 
+def test_emulated_loss_kernels_sum_a_deep_network_and_refuse_a_deeper_one(loss_kernels):
+    """20 hidden positions (21 weights, 40 gammas: 114 segments, past the 4 KB of kernel arguments that
+    bounded the table before CUDA 12.1) sum as they should; a table past its 256 segments is refused by
+    name, not overrun."""
+    out, x, y, _, _ = loss_inputs(33, 12, 10, 6, torch.float64)
+    out = [t.detach() for t in out]
+    weights = [torch.randn(7, 5, dtype=torch.float64) for _ in range(21)]
+    gammas = [torch.rand(7, dtype=torch.float64) + 0.5 for _ in range(40)]
+    cx, cy = (h.T @ h / h.shape[0] for h in out[2:4])
+    cxy, ex, ey = cross_matrix(out[2], out[3]), gaps(out[2]), gaps(out[3])
+    sums, _, _ = loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas,
+                                        list(COEFFICIENTS.values()), 0, 3)
+    torch.testing.assert_close(sums, expected_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights, gammas), rtol=1e-12,
+                               atol=1e-12)
+    with pytest.raises(RuntimeError, match="at most 256 summed tensors"):
+        loss_kernels.loss_sums(x, y, *out[:4], cx, cy, cxy, ex, ey, weights * 12, gammas,
+                               list(COEFFICIENTS.values()), 0, 3)
+
+
 @pytest.mark.parametrize("dtype", HALF_TOLERANCE)
 def test_emulated_half_precision_loss_kernels_match_float32_reference(loss_kernels, dtype):
     out, x, y, weights, gammas = loss_inputs(129, 392, 1000, 50, torch.float32, blocks=True)

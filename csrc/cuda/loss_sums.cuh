@@ -36,13 +36,16 @@ struct Segment {
   bool in_acc;
 };
 
-// Passed by value as a kernel argument (under 4 KB): at most 14 + 5 n segments for n hidden positions.
-constexpr int kMaxSegments = 64;
+// Passed by value as a kernel argument: 14 + 5 n segments for n hidden positions (the fixed terms, and
+// per position a weight and the x and y gammas twice). CUDA 12.1 and later on Volta and later take up to
+// 32764 bytes of arguments (4 KB before), which 256 segments fit: 48 hidden positions.
+constexpr int kMaxSegments = 256;
 struct Segments {
   Segment s[kMaxSegments];
   int count;
   int64_t tiles;
 };
+static_assert(sizeof(Segments) <= 32764, "the segment table must fit CUDA's kernel argument space");
 
 constexpr int kTile = 8192;      // elements of one segment a thread block reduces at a time
 constexpr int kThreads = 256;
@@ -160,7 +163,7 @@ class SegmentTable {
  public:
   void add(const at::Tensor& a, const at::Tensor& b, int64_t n, int64_t stride, Op op, int sum, bool in_acc) {
     TORCH_CHECK(t_.count < kMaxSegments, "the CUDA twoway_loss takes at most ", kMaxSegments,
-                " summed tensors (14, and 5 per hidden position): too many weights and gammas");
+                " summed tensors (14, and 5 per hidden position): too many hidden positions");
     Segment& s = t_.s[t_.count++];
     s.a = a.data_ptr();
     s.b = b.defined() ? b.data_ptr() : nullptr;
