@@ -45,7 +45,7 @@ def main() -> None:
             start = time.perf_counter()
             estimator = TwoWayEstimator(preset=preset, n_components=k, random_state=args.seed).fit(x[:fit], y[:fit])
             seconds = time.perf_counter() - start
-            zx, _ = estimator.transform(x[fit:], y[fit:])
+            zx = estimator.transform(x[fit:])
             print(f"{name:>12}  preset {preset:<8} CCA protocol {estimator.score(x[fit:], y[fit:]):6.2f}  "
                   f"effective rank {metrics.effective_rank(zx):5.1f} of {k}  fit {seconds:6.1f} s", flush=True)
 

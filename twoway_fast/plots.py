@@ -55,12 +55,11 @@ def plot_losses(log: list[dict], coefficients: dict[str, float], path: Path) -> 
         labels = [f"{COEFFICIENT_OF[t]} x {t} ({coefficients[COEFFICIENT_OF[t]]:.3g})" for t in terms]
         colors = [f"C{i}" for i in range(len(terms))]
         below = [i for i, w in enumerate(weighted) if max(w) < 0]
-        if below:  # matplotlib stacks every band on the previous one: these go down from 0 on their own
-            ax.stackplot(epochs, [weighted[i] for i in below], labels=[labels[i] for i in below],
-                         colors=[colors[i] for i in below], alpha=0.85)
-        above = [i for i in range(len(terms)) if i not in below]
-        ax.stackplot(epochs, [weighted[i] for i in above], labels=[labels[i] for i in above],
-                     colors=[colors[i] for i in above], alpha=0.85)
+        # matplotlib stacks every band on the previous one: the terms below 0 go down from 0 on their own
+        for group in (below, [i for i in range(len(terms)) if i not in below]):
+            if group:
+                ax.stackplot(epochs, [weighted[i] for i in group], labels=[labels[i] for i in group],
+                             colors=[colors[i] for i in group], alpha=0.85)
         ax.plot(epochs, [row[part]["total"] for row in log], color="black", lw=1, ls="--", label="total")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
