@@ -61,6 +61,12 @@ def test_callbacks_get_every_step_s_terms_and_every_epoch_s_row():
     assert log[0]["train"]["total"] == pytest.approx(sum(first) / per_epoch, rel=1e-6)
 
 
+def test_epoch_line_names_bf16_products_and_not_float32_ones():
+    row = {"epoch": 3, "train": {"total": 1.5}, "samples_per_s": 1000.0, "precision": "fp32"}
+    assert callbacks.epoch_line(row) == "epoch   3: train loss 1.5  [1000 samples/s]"
+    assert callbacks.epoch_line(row | {"precision": "bf16"}).endswith("[1000 samples/s, bf16 products]")
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

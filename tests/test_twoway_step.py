@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from twoway_fast import TwoWayNet, data, presets
+from twoway_fast import train as train_mod
 from twoway_fast.loss import TwoWayLoss
 from twoway_fast.loss_terms import LossTerms
 from twoway_fast.train import Trainer, TrainConfig, build
@@ -511,6 +512,7 @@ def test_trainer_in_bf16_trains_like_float32():
         trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
         assert trainer.step.products == (torch.bfloat16 if precision == "bf16" else None)
         logs[precision] = trainer.fit()
+        assert {row["precision"] for row in logs[precision]} == {precision}
     for low, full in zip(logs["bf16"], logs["fp32"]):
         torch.testing.assert_close(low["val"]["total"], full["val"]["total"], rtol=2e-2, atol=0)
 
@@ -524,3 +526,29 @@ def test_bf16_needs_the_fused_cpu_step():
         Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
     with pytest.raises(ValueError, match="train.precision must be one of"):
         TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_takes_bf16_where_the_cpu_multiplies_it_natively(monkeypatch, native):
+    digits = data.load("digits", data.DataConfig(preprocess="none"))
+    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "train.epochs=1",
+                                                 "train.precision='auto'"])
+    monkeypatch.setattr(train_mod, "native_bf16_products", lambda: native)
+    config = TrainConfig(**preset.train)
+    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
+    trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+    assert trainer.precision == ("bf16" if native else "fp32")
+    assert trainer.step.products == (torch.bfloat16 if native else None)
+    assert trainer.fit()[0]["precision"] == trainer.precision
+
+
+def test_auto_precision_is_float32_outside_the_fused_cpu_step(monkeypatch):
+    # Where bf16 would be refused (here the reference backend), "auto" trains in float32 instead.
+    digits = data.load("digits", data.DataConfig(preprocess="none"))
+    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "model.backend='reference'",
+                                                 "train.epochs=1", "train.precision='auto'"])
+    monkeypatch.setattr(train_mod, "native_bf16_products", lambda: True)
+    config = TrainConfig(**preset.train)
+    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
+    trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+    assert trainer.precision == "fp32" and not isinstance(trainer.step, DirectStep)

@@ -25,7 +25,7 @@ class Callback(Protocol):
     the step's LossTerms, 0-d tensors on the training device: reading one (float(terms.total)) waits for
     the device, so read them only as often as needed.
     on_epoch(row): after every epoch, with the row metrics.jsonl gets (epoch, lr, seconds, samples_per_s,
-    train: the mean of each loss term over the epoch, val: the validation terms and metrics, best)."""
+    precision: the dtype of the network's products, "fp32" or "bf16"; train: the mean of each loss term over the epoch, val: the validation terms and metrics, best)."""
 
     def on_step(self, step: int, terms: LossTerms) -> None: ...
 
@@ -51,7 +51,8 @@ def epoch_line(row: dict[str, Any]) -> str:
     if val is not None:
         line += (f", val loss {val['total']:.4g}, val total corr {val['total_correlation']:.2f}, "
                  f"val R@1 {val['x2y']['r1']:.1f}/{val['y2x']['r1']:.1f}{'  (best)' if row['best'] else ''}")
-    return line + f"  [{row['samples_per_s']:.0f} samples/s]"
+    products = ", bf16 products" if row.get("precision") == "bf16" else ""
+    return line + f"  [{row['samples_per_s']:.0f} samples/s{products}]"
 
 
 class EpochLines:

@@ -10,7 +10,7 @@ from .config_types import check_value, hints_of
 SPLITS = ("train", "val", "test")  # the splits every data set has
 LOWER_IS_BETTER = {"loss": True, "total_correlation": False, "r1": False}  # train.select choices
 LR_SCHEDULES = ("multistep", "cosine")
-PRECISIONS = ("fp32", "bf16")  # train.precision: the dtype of the network's matrix products
+PRECISIONS = ("fp32", "bf16", "auto")  # train.precision: the dtype of the network's matrix products
 PREPROCESS = ("none", "l2_rows", "standardize")
 
 
@@ -31,7 +31,9 @@ class TrainConfig:
     select: str = "loss"  # best epoch by validation "loss" (lowest), "total_correlation" or "r1" (highest)
     sync_stats: bool = True  # several processes: BN and decorrelation statistics over all their rows
     cuda_graph: bool = False  # replay each step as a captured CUDA graph (twoway_fast.step.graph); CUDA only
-    precision: str = "fp32"  # "bf16": the network's products in bfloat16 (the fused CPU step; docs/guide.md)
+    # "bf16": the network's products in bfloat16 (the fused CPU step; docs/guide.md); "auto": bf16 where
+    # that step runs on a CPU that multiplies bfloat16 in hardware, fp32 elsewhere
+    precision: str = "fp32"
 
     def __post_init__(self):
         _check_types(self, "train")

@@ -27,7 +27,7 @@ from .distributed import Ranks, average_buffers, broadcast_parameters
 from .evaluation import encode, retrieval_of
 from .presets import Preset
 from .projection import Projection
-from .step.direct import DirectStep, direct_step_applies
+from .step.direct import DirectStep, direct_step_applies, native_bf16_products
 from .step.graph import CapturedStep
 from .types import LossTerms
 
@@ -110,6 +110,8 @@ class Trainer:
         if self.ranks.world > 1:
             model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
             broadcast_parameters(model)
+        # The products' dtype this trainer runs ("auto" resolved below; recorded in each metrics row).
+        self.precision = "fp32" if config.precision == "auto" else config.precision
         if config.cuda_graph:
             if train.device.type != "cuda":
                 raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")
@@ -119,11 +121,13 @@ class Trainer:
             self.step = CapturedStep(self._eager_step, self.optimizer)
         elif direct_step_applies(model, criterion, train.device):  # the autograd step's result, faster
             reduce = self.ranks.average_gradients if self.ranks.world > 1 else None
-            products = torch.bfloat16 if config.precision == "bf16" else None
+            if config.precision == "auto":
+                self.precision = "bf16" if native_bf16_products() else "fp32"
+            products = torch.bfloat16 if self.precision == "bf16" else None
             self.step = DirectStep(model, criterion, self.optimizer, self.first_row, reduce, products)
         else:
             self.step = self._eager_step
-        if config.precision == "bf16" and not isinstance(self.step, DirectStep):
+        if self.precision == "bf16" and not isinstance(self.step, DirectStep):
             raise ValueError("train.precision 'bf16' runs in the fused backend's CPU training step only: a "
                              f"TwoWayNet with backend 'fused' (this one: {getattr(model, 'backend', None)!r}), "
                              f"data on the CPU (here: {train.device}), one process or train.sync_stats false")
@@ -185,7 +189,7 @@ class Trainer:
             self.epoch += 1
             self.scheduler.step()
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                   "samples_per_s": round(samples / seconds, 1), "train": train_terms}
+                   "samples_per_s": round(samples / seconds, 1), "precision": self.precision, "train": train_terms}
             row["best"] = True
             if self.val_split is not None:  # on every rank: one model, one result, no rank waits for a verdict
                 row["val"] = self.validate(self.val_split)
