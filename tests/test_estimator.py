@@ -72,6 +72,15 @@ def test_preprocess_standardize_makes_the_fit_blind_to_each_columns_scale_and_of
         TwoWayEstimator(preprocess="zscore", **kw).fit(x, y)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_sets_the_dtype_of_the_training_products(precision):
+    x, y = two_views()
+    est = TwoWayEstimator(hidden=[16, 4, 16], epochs=1, batch_size=32, precision=precision).fit(x, y)
+    assert [row["precision"] for row in est.log_] == [precision]
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        TwoWayEstimator(hidden=[16, 4, 16], epochs=1, precision="fp16").fit(x, y)
+
+
 def test_pipeline_and_grid_search():
     x, y = two_views(200)
     pipe = make_pipeline(StandardScaler(), TwoWayEstimator(hidden=[16, 4, 16], epochs=3, batch_size=50))

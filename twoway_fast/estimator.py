@@ -67,6 +67,9 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         epochs: 20 by default (None: the preset's, 20 for mnist).
         batch_size, lr, optimizer: training values; None = the preset's. The batch size is capped at
             the number of training rows.
+        precision: the dtype of the network's products in training, "fp32", "bf16" or "auto" (bf16 on
+            a CPU that multiplies bfloat16 in hardware, else fp32); None = the preset's (mnist: "auto").
+            log_ records what each epoch ran in.
         preprocess: "none", "standardize" or "l2_rows", applied to each view; None = the preset's
             (mnist: "none", for pixels in [0, 1]). "standardize" makes the fit independent of each
             column's scale and offset, which "none" is not (docs/method.md#data).
@@ -86,7 +89,8 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def __init__(self, preset="mnist", faithful=False, n_components=None, hidden=None, repr_layer=None, dropout=None,
                  bn_eps=None, lh=None, lc=None, lu=None, epochs=20, batch_size=None, lr=None, optimizer=None,
-                 preprocess=None, validation_fraction=0.1, device="cpu", random_state=0, verbose=False):
+                 precision=None, preprocess=None, validation_fraction=0.1, device="cpu", random_state=0,
+                 verbose=False):
         self.preset = preset
         self.faithful = faithful
         self.n_components = n_components
@@ -101,6 +105,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.batch_size = batch_size
         self.lr = lr
         self.optimizer = optimizer
+        self.precision = precision
         self.preprocess = preprocess
         self.validation_fraction = validation_fraction
         self.device = device
@@ -126,7 +131,7 @@ class TwoWayEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                       "bn_eps": self.bn_eps},
             "loss": {"lh": self.lh, "lc": self.lc, "lu": self.lu},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                      "optimizer": self.optimizer, "seed": seed},
+                      "optimizer": self.optimizer, "precision": self.precision, "seed": seed},
             "data": {"preprocess": self.preprocess},
         }
         table = {s: {k: v for k, v in values.items() if v is not None} for s, values in chosen.items()}
