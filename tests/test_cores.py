@@ -44,7 +44,7 @@ def test_budget_follows_free_cores_up_to_its_ceiling(monkeypatch):
         torch.set_num_threads(threads)
 
 
-def fitted(threads: int, adapt: bool, monkeypatch=None, free=None):
+def fitted(threads: int, adapt: bool, monkeypatch=None, free=None, precision="fp32"):
     """(state_dict, thread counts seen by on_step) after 2 epochs of the digits preset."""
     preset = presets.get("digits")
     dataset = data.load("digits", data.DataConfig(**preset.data))
@@ -60,7 +60,7 @@ def fitted(threads: int, adapt: bool, monkeypatch=None, free=None):
     try:
         if free is not None:
             monkeypatch.setattr(cores, "free_cores", lambda: free)
-        trainer = Trainer(model, criterion, dataset.train, None, TrainConfig(**(preset.train | {"epochs": 2})), None,
+        trainer = Trainer(model, criterion, dataset.train, None, TrainConfig(**(preset.train | {"epochs": 2, "precision": precision})), None,
                           progress=False, callbacks=[Record()], adapt_threads=adapt)
         trainer.fit()
         assert torch.get_num_threads() == threads  # restored
@@ -69,9 +69,10 @@ def fitted(threads: int, adapt: bool, monkeypatch=None, free=None):
     return model.state_dict(), seen
 
 
-def test_training_gives_the_same_bits_with_one_or_two_threads():
-    one, _ = fitted(1, adapt=False)
-    two, _ = fitted(2, adapt=False)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_gives_the_same_bits_with_one_or_two_threads(precision):
+    one, _ = fitted(1, adapt=False, precision=precision)
+    two, _ = fitted(2, adapt=False, precision=precision)
     for name, value in one.items():
         assert torch.equal(value, two[name]), name
 
