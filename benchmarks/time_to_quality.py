@@ -74,7 +74,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     trainer.fit()
-    summary = {"precision": trainer.precision, "threads": torch.get_num_threads(), "load_average_end": os.getloadavg()[0], "target": a.target,
+    summary = {"precision": trainer.precision, "threads": torch.get_num_threads(),
+               "load_average_end": os.getloadavg()[0], "target": a.target,
                "total_train_seconds": recall.rows[-1]["train_seconds"]}
     for key in ("r1", "r1_projected"):
         hit = first_reaching(recall.rows, a.target, key)

@@ -60,7 +60,8 @@ def fitted(threads: int, adapt: bool, monkeypatch=None, free=None, precision="fp
     try:
         if free is not None:
             monkeypatch.setattr(cores, "free_cores", lambda: free)
-        trainer = Trainer(model, criterion, dataset.train, None, TrainConfig(**(preset.train | {"epochs": 2, "precision": precision})), None,
+        config = TrainConfig(**(preset.train | {"epochs": 2, "precision": precision}))
+        trainer = Trainer(model, criterion, dataset.train, None, config, None,
                           progress=False, callbacks=[Record()], adapt_threads=adapt)
         trainer.fit()
         assert torch.get_num_threads() == threads  # restored

@@ -25,7 +25,8 @@ class Callback(Protocol):
     the step's LossTerms, 0-d tensors on the training device: reading one (float(terms.total)) waits for
     the device, so read them only as often as needed.
     on_epoch(row): after every epoch, with the row metrics.jsonl gets (epoch, lr, seconds, samples_per_s,
-    precision: the dtype of the network's products, "fp32" or "bf16"; train: the mean of each loss term over the epoch, val: the validation terms and metrics, best)."""
+    precision: the dtype of the network's products, "fp32" or "bf16"; train: the mean of each loss term
+    over the epoch, val: the validation terms and metrics, best)."""
 
     def on_step(self, step: int, terms: LossTerms) -> None: ...
 
