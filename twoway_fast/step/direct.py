@@ -33,7 +33,8 @@ _GLOBAL_STEP_HOOKS = [getattr(torch_optimizer, name, {}) for name in
 
 def native_bf16_products() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), where bfloat16 products
-    run about twice as fast as float32 ones; elsewhere oneDNN converts them and they run slower."""
+    run about twice as fast as float32 ones; without those instructions they are widened to float32 inside
+    the GEMM and gain nothing."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
