@@ -501,16 +501,21 @@ def test_bf16_step_opcheck():
     torch.library.opcheck(torch.ops.twoway_fast.twoway_step_gradients.default, args)
 
 
+def digits_trainer(*overrides: str) -> Trainer:
+    """A Trainer of the mnist preset with `overrides` on the digits halves (raw pixels), no run folder."""
+    digits = data.load("digits", data.DataConfig(preprocess="none"))
+    preset = presets.resolve("mnist", overrides=list(overrides))
+    config = TrainConfig(**preset.train)
+    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
+    return Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+
+
 def test_trainer_in_bf16_trains_like_float32():
     # train.precision "bf16" on digits: the same run's losses within 2% of float32's, epoch by epoch.
-    digits = data.load("digits", data.DataConfig(preprocess="none"))
-    preset = presets.resolve("mnist", overrides=["model.hidden=[64,16,64]", "train.batch_size=128",
-                                                 "train.epochs=3"])
     logs = {}
     for precision in ("fp32", "bf16"):
-        config = TrainConfig(**{**preset.train, "precision": precision})
-        model, criterion = build(preset, digits.dx, digits.dy, config.seed)
-        trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+        trainer = digits_trainer("model.hidden=[64,16,64]", "train.batch_size=128", "train.epochs=3",
+                                 f"train.precision='{precision}'")
         assert trainer.step.products == (torch.bfloat16 if precision == "bf16" else None)
         logs[precision] = trainer.fit()
         assert {row["precision"] for row in logs[precision]} == {precision}
@@ -519,25 +524,16 @@ def test_trainer_in_bf16_trains_like_float32():
 
 
 def test_bf16_needs_the_fused_cpu_step():
-    digits = data.load("digits", data.DataConfig(preprocess="none"))
-    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "model.backend='reference'"])
-    config = TrainConfig(**{**preset.train, "precision": "bf16"})
-    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
     with pytest.raises(ValueError, match="train.precision 'bf16' runs in the fused backend's CPU training step only"):
-        Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+        digits_trainer("model.hidden=[16,8,16]", "model.backend='reference'", "train.precision='bf16'")
     with pytest.raises(ValueError, match="train.precision must be one of"):
         TrainConfig(precision="fp16")
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_takes_bf16_where_the_cpu_multiplies_it_natively(monkeypatch, native):
-    digits = data.load("digits", data.DataConfig(preprocess="none"))
-    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "train.epochs=1",
-                                                 "train.precision='auto'"])
     monkeypatch.setattr(train_mod, "native_bf16_products", lambda: native)
-    config = TrainConfig(**preset.train)
-    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
-    trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+    trainer = digits_trainer("model.hidden=[16,8,16]", "train.epochs=1", "train.precision='auto'")
     assert trainer.precision == ("bf16" if native else "fp32")
     assert trainer.step.products == (torch.bfloat16 if native else None)
     assert trainer.fit()[0]["precision"] == trainer.precision
@@ -545,11 +541,7 @@ def test_auto_precision_takes_bf16_where_the_cpu_multiplies_it_natively(monkeypa
 
 def test_auto_precision_is_float32_outside_the_fused_cpu_step(monkeypatch):
     # Where bf16 would be refused (here the reference backend), "auto" trains in float32 instead.
-    digits = data.load("digits", data.DataConfig(preprocess="none"))
-    preset = presets.resolve("mnist", overrides=["model.hidden=[16,8,16]", "model.backend='reference'",
-                                                 "train.epochs=1", "train.precision='auto'"])
     monkeypatch.setattr(train_mod, "native_bf16_products", lambda: True)
-    config = TrainConfig(**preset.train)
-    model, criterion = build(preset, digits.dx, digits.dy, config.seed)
-    trainer = Trainer(model, criterion, digits.train, digits.val, config, None, progress=False)
+    trainer = digits_trainer("model.hidden=[16,8,16]", "model.backend='reference'", "train.epochs=1",
+                             "train.precision='auto'")
     assert trainer.precision == "fp32" and not isinstance(trainer.step, DirectStep)

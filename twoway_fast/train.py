@@ -110,8 +110,11 @@ class Trainer:
         if self.ranks.world > 1:
             model.stats_group = torch.distributed.group.WORLD if config.sync_stats else None
             broadcast_parameters(model)
-        # The products' dtype this trainer runs ("auto" resolved below; recorded in each metrics row).
-        self.precision = "fp32" if config.precision == "auto" else config.precision
+        direct = not config.cuda_graph and direct_step_applies(model, criterion, train.device)
+        # The products' dtype this trainer runs ("auto" resolved here; recorded in each metrics row).
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if direct and native_bf16_products() else "fp32"
         if config.cuda_graph:
             if train.device.type != "cuda":
                 raise ValueError(f"train.cuda_graph needs a CUDA device, but the training data is on {train.device}")
@@ -119,10 +122,8 @@ class Trainer:
                 raise ValueError("train.cuda_graph runs in one process only: the all-reduces of a "
                                  "multi-process step are not captured")
             self.step = CapturedStep(self._eager_step, self.optimizer)
-        elif direct_step_applies(model, criterion, train.device):  # the autograd step's result, faster
+        elif direct:  # the autograd step's result, faster
             reduce = self.ranks.average_gradients if self.ranks.world > 1 else None
-            if config.precision == "auto":
-                self.precision = "bf16" if native_bf16_products() else "fp32"
             products = torch.bfloat16 if self.precision == "bf16" else None
             self.step = DirectStep(model, criterion, self.optimizer, self.first_row, reduce, products)
         else:
